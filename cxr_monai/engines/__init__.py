@@ -1,0 +1,1 @@
+"""Ignite workflows: SR GAN trainer, latent GAN trainer."""

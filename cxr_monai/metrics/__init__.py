@@ -1,0 +1,1 @@
+"""Metrics: SR quality, classification report, feature-based generative metrics."""

@@ -1,0 +1,6 @@
+"""Networks: plain ``torch.nn.Module``s with typed constructors and no I/O."""
+
+from .blocks import *  # noqa: F401,F403
+from .classifiers import *  # noqa: F401,F403
+from .gans import *  # noqa: F401,F403
+from .sr import *  # noqa: F401,F403
