@@ -1,1 +1,3 @@
-"""Ignite workflows: SR GAN trainer, latent GAN trainer."""
+"""Ignite workflows and handlers: classifier writer/calibration, SR GAN trainer, latent GAN trainer."""
+
+from .classification import *  # noqa: F401,F403

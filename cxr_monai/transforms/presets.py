@@ -1,1 +1,102 @@
-__all__: list[str] = []
+"""The one preprocessing definition per model, shared by training, evaluation, deploy and MONAI Label.
+
+Bundles compose these lists (``"$cxr_monai.transforms.classifier_preprocessing(...)"``); the deploy
+operators and label infer tasks call the same functions. Nothing else may re-implement them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    EnsureTyped,
+    MapTransform,
+    Resized,
+    ScaleIntensityRangePercentilesd,
+)
+
+__all__ = [
+    "LoadCXRImaged",
+    "classifier_preprocessing",
+    "classifier_train_transforms",
+    "sr_preprocessing",
+]
+
+
+class LoadCXRImaged(MapTransform):
+    """Load a radiograph from a path with :class:`cxr_monai.io.LoadCXRd`, or accept an image already
+    in memory (e.g. a MedMNIST array): uint8 is scaled by 1/255, (H, W) gets a channel axis.
+
+    Args:
+        keys: keys of the items to load.
+        max_pixels: pixel limit passed to the loader.
+        allow_missing_keys: do not raise when a key is absent.
+    """
+
+    def __init__(self, keys: KeysCollection, max_pixels: int = 50_000_000, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        from cxr_monai.io import LoadCXRd
+
+        self.loader = LoadCXRd(keys, max_pixels=max_pixels, allow_missing_keys=allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        paths = [k for k in self.key_iterator(d) if isinstance(d[k], (str, bytes)) or hasattr(d[k], "__fspath__")]
+        if paths:
+            d = dict(self.loader({**d}))
+        for key in self.key_iterator(d):
+            if key in paths:
+                continue
+            arr = d[key]
+            arr = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+            if arr.dtype == np.uint8:
+                arr = arr.astype(np.float32) / 255.0
+            if arr.ndim == 2:
+                arr = arr[None]
+            if arr.ndim != 3 or arr.shape[0] != 1:
+                raise ValueError(f"in-memory image under {key!r} must be (H, W) or (1, H, W), got {arr.shape}")
+            d[key] = MetaTensor(torch.as_tensor(arr, dtype=torch.float32))
+        return d
+
+
+def classifier_preprocessing(keys: Sequence[str] = ("image",), spatial_size: int = 224,
+                             max_pixels: int = 50_000_000) -> list:
+    """Deterministic classifier preprocessing: load (display orientation, [0, 1]) -> resize the whole
+    image to ``spatial_size`` squared (as the Kermany images were stretched) with anti-aliasing ->
+    robust intensity normalisation (1st-99th percentile to [0, 1], clipped; removes exposure and
+    windowing differences between sites) -> float32 tensor.
+
+    Args:
+        keys: image keys.
+        spatial_size: side of the square network input (224 for Kermany, 28 for PneumoniaMNIST).
+        max_pixels: refuse larger images (see :func:`cxr_monai.io.load_cxr`).
+    """
+    keys = list(keys)
+    return [
+        LoadCXRImaged(keys, max_pixels=max_pixels),
+        Resized(keys, spatial_size=(spatial_size, spatial_size), mode="bilinear", anti_aliasing=True),
+        ScaleIntensityRangePercentilesd(keys, lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True),
+        EnsureTyped(keys, dtype=torch.float32, track_meta=True),
+    ]
+
+
+def classifier_train_transforms(keys: Sequence[str] = ("image",), spatial_size: int = 224, augment: bool = True,
+                                flip: bool = False, label_key: str = "label") -> list:
+    """:func:`classifier_preprocessing` followed by the CXR augmentation preset (rotation 10 degrees,
+    zoom 0.1, shift 0.1, intensity jitter; horizontal flip optional: the heart is on the left)."""
+    from cxr_monai.transforms.augmentation import cxr_augmentation
+
+    xs = classifier_preprocessing(keys, spatial_size)
+    if augment:
+        xs += list(cxr_augmentation(keys=list(keys), spatial_size=(spatial_size, spatial_size), flip=flip))
+    xs.append(EnsureTyped(label_key, dtype=torch.long, track_meta=False))
+    return xs
+
+
+def sr_preprocessing(keys: Sequence[str] = ("image",), max_pixels: int = 50_000_000) -> list:
+    """Super-resolution preprocessing: load only (the SR network sees the image contract as is)."""
+    return [LoadCXRImaged(list(keys), max_pixels=max_pixels), EnsureTyped(list(keys), dtype=torch.float32)]

@@ -1,0 +1,67 @@
+"""Patient-aware splits for Kermany-style file names."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["patient_id", "patient_aware_split"]
+
+_PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
+_IM = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)-\d+", re.IGNORECASE)
+
+
+def patient_id(filename: str | Path) -> str:
+    """Patient key of a Kermany file name.
+
+    ``person123_bacteria_4.jpeg`` -> ``person123``; ``IM-0115-0001.jpeg`` -> ``IM-0115``;
+    ``NORMAL2-IM-1427-0001.jpeg`` -> ``NORMAL2-IM-1427``. Any other name is its own patient (its stem).
+    """
+    name = Path(filename).name
+    for pattern in (_PERSON, _IM):
+        m = pattern.match(name)
+        if m:
+            return m.group(1).upper() if pattern is _IM else m.group(1).lower()
+    return name.split(".")[0]
+
+
+def patient_aware_split(
+    datalist: Sequence[dict], val_fraction: float = 0.15, seed: int = 0, key: str = "image"
+) -> tuple[list[dict], list[dict]]:
+    """Split a datalist so that no patient has images on both sides, stratified by label.
+
+    Patients are grouped by :func:`patient_id`, assigned the label of their first image, shuffled per
+    label with ``seed`` and moved to validation until each label holds about ``val_fraction`` of its images.
+
+    Args:
+        datalist: items with ``key`` (path) and optionally ``label``.
+        val_fraction: share of images for validation, in (0, 1).
+        seed: shuffling seed; the same seed gives the same split.
+        key: the item key holding the file path.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(datalist):
+        groups.setdefault(patient_id(item[key]), []).append(i)
+    by_label: dict[int, list[str]] = {}
+    for pid, idx in groups.items():
+        by_label.setdefault(int(datalist[idx[0]].get("label", 0)), []).append(pid)
+    rng = np.random.default_rng(seed)
+    val_idx: set[int] = set()
+    for label in sorted(by_label):
+        pids = sorted(by_label[label])
+        rng.shuffle(pids)
+        target = val_fraction * sum(len(groups[p]) for p in pids)
+        taken = 0
+        for pid in pids:
+            if taken >= target:
+                break
+            val_idx.update(groups[pid])
+            taken += len(groups[pid])
+    train = [item for i, item in enumerate(datalist) if i not in val_idx]
+    val = [item for i, item in enumerate(datalist) if i in val_idx]
+    return train, val

@@ -1,0 +1,73 @@
+"""Grad-CAM heat maps (``monai.visualize.GradCAM``) and overlay figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["gradcam", "save_overlay", "cam_mass_inside"]
+
+
+def gradcam(net: nn.Module, image: torch.Tensor, target_layer: str, class_idx: int | None = 1) -> np.ndarray:
+    """Grad-CAM of ``class_idx`` (default PNEUMONIA) for a batch, upsampled to the input size.
+
+    Args:
+        net: the classifier (put in eval mode by the caller).
+        image: (N, 1, H, W) tensor.
+        target_layer: dotted name of the layer to explain (``layer4`` for :class:`ResNet18SA`).
+        class_idx: class to explain; ``None`` explains the predicted class.
+
+    Returns:
+        (N, H, W) float32 maps in [0, 1].
+    """
+    from monai.visualize import GradCAM
+
+    cam = GradCAM(nn_module=net, target_layers=target_layer)
+    with torch.enable_grad():
+        maps = cam(x=image.detach().float().clone().requires_grad_(True), class_idx=class_idx)
+    return maps[:, 0].detach().cpu().numpy().astype(np.float32)
+
+
+def cam_mass_inside(cam: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the Grad-CAM mass (sum of the map) that falls inside a binary mask."""
+    cam = np.asarray(cam, dtype=np.float64)
+    total = cam.sum()
+    return float(cam[np.asarray(mask, bool)].sum() / total) if total > 0 else 0.0
+
+
+def save_overlay(image: np.ndarray | torch.Tensor, cam: np.ndarray, path: str | Path, title: str = "",
+                 alpha: float = 0.4) -> Path:
+    """Save the radiograph beside its Grad-CAM overlay as one PNG.
+
+    Args:
+        image: (1, H, W) or (H, W) in [0, 1].
+        cam: (H, W) map in [0, 1].
+        path: PNG to write (parents created).
+        title: figure title (e.g. ``PNEUMONIA p=0.93``).
+        alpha: opacity of the heat map.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
+    img = img.reshape(img.shape[-2:])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.7), dpi=110)
+    for ax in axes:
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        ax.axis("off")
+    axes[1].imshow(cam, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+    axes[0].set_title("input")
+    axes[1].set_title("Grad-CAM")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
