@@ -31,7 +31,8 @@ def bare_state_dict(obj: dict, key: str = "network") -> dict:
     for k in (key, "model", "state_dict"):
         if k in obj and isinstance(obj[k], dict):
             return obj[k]
-    return obj
+    # MONAI's key-metric saver stores a single object's state flat, beside its own tracking state
+    return {k: v for k, v in obj.items() if k != "checkpointer"}
 
 
 def read_json(path: str | Path, default: dict | None = None) -> dict:

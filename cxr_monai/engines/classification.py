@@ -28,6 +28,17 @@ __all__ = ["ClassificationWriter", "calibrate_classifier", "item_name"]
 logger = logging.getLogger(__name__)
 
 
+def _allow_numpy_scalars_in_checkpoints() -> None:
+    """MONAI's key-metric saver stores the best score as a numpy scalar; let ``torch.load(weights_only=True)``
+    (used by MONAI's CheckpointLoader on resume) accept numpy scalars and dtypes, nothing else."""
+    scalar = getattr(getattr(np, "_core", np.core), "multiarray").scalar
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    torch.serialization.add_safe_globals([scalar, np.dtype, *dtypes])
+
+
+_allow_numpy_scalars_in_checkpoints()
+
+
 def item_name(item: dict, key: str = "image", index: int = 0) -> str:
     """Source name of a decollated item: ``id`` if present, else the image's ``filename_or_obj`` meta."""
     if item.get("id") is not None:

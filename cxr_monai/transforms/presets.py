@@ -92,7 +92,7 @@ def classifier_train_transforms(keys: Sequence[str] = ("image",), spatial_size: 
 
     xs = classifier_preprocessing(keys, spatial_size)
     if augment:
-        xs += list(cxr_augmentation(keys=list(keys), spatial_size=(spatial_size, spatial_size), flip=flip))
+        xs += list(cxr_augmentation(keys=list(keys), flip=flip))
     xs.append(EnsureTyped(label_key, dtype=torch.long, track_meta=False))
     return xs
 

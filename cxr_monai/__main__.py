@@ -1,0 +1,3 @@
+from cxr_monai.cli import main
+
+main()

@@ -1,0 +1,617 @@
+"""Ignite workflows for paired super-resolution: the SR trainer (stage 1 L1, stage 2 GAN + EMA) and handlers.
+
+MONAI's ``AdversarialTrainer`` feeds the network INPUT to the discriminator as "real", which for SR is the
+low-resolution image; :class:`SRTrainer` instead subclasses :class:`monai.engines.Trainer` (as the model-zoo's
+VaeGanTrainer does) and shows the discriminator the HR target as real and the SR output as fake.
+
+Batches are dictionaries with the LR input under ``lr_key`` and the HR target under ``hr_key``
+(:class:`PrepareSRBatch`); the engine output uses MONAI's ``CommonKeys``: ``image`` (LR), ``label`` (HR),
+``pred`` (SR), ``loss`` plus the loss terms.
+
+Handlers: :class:`SRMetricsWriter` (evaluation: ``metrics.json``, ``per_image.csv``, figure),
+:class:`SRImageWriter` (inference: 16-bit PNG / derived DICOM / NIfTI); the generator EMA is built into the
+trainer (:func:`make_ema`); :class:`BackProjectiond` is the optional hallucination-guard post-processing.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.engines import Trainer
+from monai.engines.utils import PrepareBatch, default_metric_cmp_fn
+from monai.transforms import MapTransform
+from monai.utils import CommonKeys as Keys
+from monai.utils import IgniteInfo, min_version, optional_import
+from torch import nn
+from torch.optim.optimizer import Optimizer
+
+from cxr_monai.losses.adversarial import hinge_d_loss, hinge_g_loss, relativistic_d_loss, relativistic_g_loss
+from cxr_monai.metrics.sr import back_projection, bicubic_up, sr_image_metrics
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine, Events
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+    Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+
+__all__ = [
+    "PrepareSRBatch",
+    "SRTrainer",
+    "make_ema",
+    "BackProjectiond",
+    "SRMetricsWriter",
+    "SRImageWriter",
+    "sr_file_datalist",
+]
+
+_GAN_LOSSES = ("relativistic", "hinge")
+
+
+class PrepareSRBatch(PrepareBatch):
+    """Return ``(lr, hr)`` from a batch dictionary, moved to ``device`` (HR is ``None`` when absent).
+
+    Args:
+        lr_key: key of the low-resolution input.
+        hr_key: key of the high-resolution target.
+    """
+
+    def __init__(self, lr_key: str = "lr", hr_key: str = "hr") -> None:
+        self.lr_key, self.hr_key = lr_key, hr_key
+
+    def __call__(
+        self,
+        batchdata: dict[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.lr_key not in batchdata:
+            raise KeyError(f"batch has no LR input under {self.lr_key!r} (keys: {sorted(batchdata)})")
+        lr = batchdata[self.lr_key].to(device=device, non_blocking=non_blocking, **kwargs)
+        hr = batchdata.get(self.hr_key)
+        if isinstance(hr, torch.Tensor):
+            hr = hr.to(device=device, non_blocking=non_blocking, **kwargs)
+        return lr, hr
+
+
+def make_ema(network: nn.Module) -> nn.Module:
+    """A frozen deep copy of ``network`` to hold its exponential moving average."""
+    ema = copy.deepcopy(network)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema.eval()
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, network: nn.Module, decay: float) -> None:
+    for pe, p in zip(ema.parameters(), network.parameters()):
+        pe.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+    for be, b in zip(ema.buffers(), network.buffers()):
+        be.copy_(b)
+
+
+class SRTrainer(Trainer):
+    """Paired SR trainer. Stage 1 (PSNR-oriented): leave ``d_network`` as ``None`` and train with the pixel
+    loss. Stage 2 (GAN fine-tuning from stage 1): give a discriminator, its optimiser and the adversarial
+    weight; an optional perceptual loss and an EMA copy of the generator (used for validation and export).
+
+    Generator loss: ``pixel_weight * pixel + perceptual_weight * perceptual + gan_weight * adversarial
+    + consistency_weight * consistency``. Discriminator: HR = real, SR = fake, relativistic average (ESRGAN) or
+    hinge loss.
+
+    Args:
+        device: device to run on.
+        max_epochs: number of epochs.
+        train_data_loader: yields dicts with ``lr_key`` / ``hr_key`` tensors.
+        g_network: the generator.
+        g_optimizer: its optimiser.
+        pixel_loss: ``loss(sr, hr)``; default L1.
+        pixel_weight: weight of the pixel loss (1.0 in stage 1; 0.01 in ESRGAN stage 2).
+        d_network: discriminator (``None`` for stage 1).
+        d_optimizer: discriminator optimiser (required with ``d_network``).
+        gan_loss: ``"relativistic"`` (ESRGAN) or ``"hinge"``.
+        gan_weight: weight of the generator's adversarial term (0.005 ESRGAN, 0.1 Real-ESRGAN).
+        perceptual_loss: optional ``loss(sr, hr)`` (e.g. :class:`~cxr_monai.losses.PerceptualLoss`).
+        perceptual_weight: its weight.
+        consistency_loss: optional ``loss(sr, lr)`` (e.g. :class:`~cxr_monai.losses.DegradationConsistencyLoss`).
+        consistency_weight: its weight.
+        ema_network: optional EMA copy of the generator (see :func:`make_ema`), updated after every G step.
+        ema_decay: EMA decay per iteration.
+        grad_clip: clip the generator's gradient norm to this value (``None``: no clipping).
+        epoch_length: iterations per epoch (default: ``len(train_data_loader)``).
+        non_blocking: non-blocking device copies.
+        prepare_batch: returns ``(lr, hr)``; default :class:`PrepareSRBatch` with ``lr_key``/``hr_key``.
+        lr_key: LR key in the batch (used by the default ``prepare_batch``).
+        hr_key: HR key in the batch.
+        iteration_update: custom iteration function (default: :meth:`_iteration`).
+        postprocessing: transforms on the decollated output.
+        key_train_metric: Ignite metric(s) computed on the output every iteration.
+        additional_metrics: more Ignite metrics.
+        metric_cmp_fn: comparison of the key metric.
+        train_handlers: MONAI/Ignite handlers (StatsHandler, CheckpointSaver, LrScheduleHandler, ...).
+        amp: CUDA automatic mixed precision.
+        event_names: additional events.
+        event_to_attr: event-to-state mapping.
+        decollate: decollate the output (default ``False``: SR batches are large).
+        optim_set_to_none: ``zero_grad(set_to_none=...)``.
+        to_kwargs: extra ``Tensor.to`` arguments.
+        amp_kwargs: ``torch.autocast`` arguments.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        g_network: nn.Module,
+        g_optimizer: Optimizer,
+        pixel_loss: Callable | None = None,
+        pixel_weight: float = 1.0,
+        d_network: nn.Module | None = None,
+        d_optimizer: Optimizer | None = None,
+        gan_loss: str = "relativistic",
+        gan_weight: float = 0.005,
+        perceptual_loss: Callable | None = None,
+        perceptual_weight: float = 1.0,
+        consistency_loss: Callable | None = None,
+        consistency_weight: float = 0.0,
+        ema_network: nn.Module | None = None,
+        ema_decay: float = 0.999,
+        grad_clip: float | None = None,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable | None = None,
+        lr_key: str = "lr",
+        hr_key: str = "hr",
+        iteration_update: Callable | None = None,
+        postprocessing: Callable | None = None,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        event_names: list | None = None,
+        event_to_attr: dict | None = None,
+        decollate: bool = False,
+        optim_set_to_none: bool = False,
+        to_kwargs: dict | None = None,
+        amp_kwargs: dict | None = None,
+    ) -> None:
+        if gan_loss not in _GAN_LOSSES:
+            raise ValueError(f"gan_loss must be one of {_GAN_LOSSES}, got {gan_loss!r}.")
+        if (d_network is None) != (d_optimizer is None):
+            raise ValueError("d_network and d_optimizer must be given together (stage 2) or both omitted (stage 1).")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
+        if min(pixel_weight, gan_weight, perceptual_weight, consistency_weight) < 0:
+            raise ValueError("loss weights must be >= 0.")
+        if grad_clip is not None and grad_clip <= 0:
+            raise ValueError(f"grad_clip must be positive, got {grad_clip}.")
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch if prepare_batch is not None else PrepareSRBatch(lr_key, hr_key),
+            iteration_update=iteration_update,
+            postprocessing=postprocessing,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            handlers=train_handlers,
+            amp=amp,
+            event_names=event_names,
+            event_to_attr=event_to_attr,
+            decollate=decollate,
+            to_kwargs=to_kwargs,
+            amp_kwargs=amp_kwargs,
+        )
+        self.g_network, self.g_optimizer = g_network, g_optimizer
+        self.d_network, self.d_optimizer = d_network, d_optimizer
+        self.pixel_loss = pixel_loss if pixel_loss is not None else nn.L1Loss()
+        self.pixel_weight, self.gan_weight = float(pixel_weight), float(gan_weight)
+        self.perceptual_loss, self.perceptual_weight = perceptual_loss, float(perceptual_weight)
+        self.consistency_loss, self.consistency_weight = consistency_loss, float(consistency_weight)
+        self.gan_loss = gan_loss
+        self.ema_network, self.ema_decay = ema_network, float(ema_decay)
+        self.grad_clip = grad_clip
+        self.optim_set_to_none = optim_set_to_none
+        # also reachable through the engine state, like MONAI's GAN trainers
+        self.state.g_network, self.state.d_network, self.state.ema_network = g_network, d_network, ema_network
+
+    def _generator_loss(self, lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, out: dict) -> torch.Tensor:
+        loss = self.pixel_weight * self.pixel_loss(sr, hr)
+        out["loss_pixel"] = loss.detach()
+        if self.perceptual_loss is not None and self.perceptual_weight > 0:
+            perc = self.perceptual_loss(sr, hr)
+            out["loss_perceptual"] = perc.detach()
+            loss = loss + self.perceptual_weight * perc
+        if self.consistency_loss is not None and self.consistency_weight > 0:
+            cons = self.consistency_loss(sr, lr)
+            out["loss_consistency"] = cons.detach()
+            loss = loss + self.consistency_weight * cons
+        if self.d_network is not None and self.gan_weight > 0:
+            for p in self.d_network.parameters():
+                p.requires_grad_(False)
+            fake_logits = self.d_network(sr)
+            if self.gan_loss == "relativistic":
+                with torch.no_grad():
+                    real_logits = self.d_network(hr)
+                adv = relativistic_g_loss(real_logits, fake_logits)
+            else:
+                adv = hinge_g_loss(fake_logits)
+            for p in self.d_network.parameters():
+                p.requires_grad_(True)
+            out["loss_g_adv"] = adv.detach()
+            loss = loss + self.gan_weight * adv
+        return loss
+
+    def _iteration(self, engine: SRTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        """One step: generator update (pixel [+ perceptual + adversarial + consistency]), then the
+        discriminator update on HR (real) vs detached SR (fake), then the EMA update."""
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        lr, hr = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        if hr is None:
+            raise ValueError("SR training needs the HR target in the batch.")
+        out: dict[str, Any] = {Keys.IMAGE: lr, Keys.LABEL: hr}
+        engine.g_network.train()
+        engine.g_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        sr = engine.g_network(lr)
+        g_loss = engine._generator_loss(lr, sr, hr, out)
+        g_loss.backward()
+        if engine.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(engine.g_network.parameters(), engine.grad_clip)
+        engine.g_optimizer.step()
+        out[Keys.PRED] = sr.detach()
+        out[Keys.LOSS] = g_loss.detach()
+        if engine.d_network is not None and engine.d_optimizer is not None:
+            engine.d_network.train()
+            engine.d_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+            real_logits = engine.d_network(hr)
+            fake_logits = engine.d_network(sr.detach())
+            d_fn = relativistic_d_loss if engine.gan_loss == "relativistic" else hinge_d_loss
+            d_loss = d_fn(real_logits, fake_logits)
+            d_loss.backward()
+            engine.d_optimizer.step()
+            out["loss_d"] = d_loss.detach()
+        if engine.ema_network is not None:
+            _ema_update(engine.ema_network, engine.g_network, engine.ema_decay)
+        engine.state.output = out
+        return out
+
+
+class BackProjectiond(MapTransform):
+    """Optional hallucination guard: iterative back-projection of the SR output onto its LR input.
+
+    Args:
+        keys: keys of the SR outputs (e.g. ``"pred"``).
+        lr_key: key of the LR input each output came from.
+        sigma: blur sigma of the degradation model (HR px).
+        scale: SR factor.
+        iterations: back-projection steps (0 disables it).
+        step: step size.
+        allow_missing_keys: don't raise when a key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        lr_key: str = "image",
+        sigma: float = 1.0,
+        scale: int = 4,
+        iterations: int = 10,
+        step: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if iterations < 0 or step <= 0 or scale < 1 or sigma < 0:
+            raise ValueError("need iterations >= 0, step > 0, scale >= 1 and sigma >= 0.")
+        self.lr_key, self.sigma, self.scale, self.iterations, self.step = lr_key, sigma, scale, iterations, step
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.iterations == 0:
+            return d
+        for key in self.key_iterator(d):
+            sr = d[key]
+            fixed = back_projection(torch.as_tensor(sr), torch.as_tensor(d[self.lr_key]), self.sigma, self.scale,
+                                    self.iterations, self.step)
+            if hasattr(sr, "copy_meta_from"):  # keep MetaTensor meta
+                sr = sr.clone()
+                sr.data = fixed.to(sr.dtype)
+                d[key] = sr
+            else:
+                d[key] = fixed
+        return d
+
+
+BackProjectionD = BackProjectionDict = BackProjectiond
+
+
+def _meta_get(x: Any, key: str, default: Any = None) -> Any:
+    meta = getattr(x, "meta", None)
+    if isinstance(meta, Mapping) and key in meta:
+        return meta[key]
+    return default
+
+
+def _items(output: Any) -> list[dict]:
+    """The engine output as a list of per-image dicts (decollated or batched)."""
+    if isinstance(output, list):
+        return output
+    if isinstance(output, Mapping):
+        n = output[Keys.PRED].shape[0]
+        items = []
+        for i in range(n):
+            item = {}
+            for k, v in output.items():
+                item[k] = v[i] if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n else v
+            items.append(item)
+        return items
+    raise TypeError(f"unexpected engine output type {type(output).__name__}")
+
+
+def _name_of(item: Mapping, fallback: str) -> str:
+    for key in (Keys.LABEL, Keys.IMAGE, Keys.PRED):
+        name = _meta_get(item.get(key), "filename_or_obj")
+        if isinstance(name, (list, tuple)):
+            name = name[0] if name else None
+        if name:
+            return str(name)
+    return fallback
+
+
+class SRMetricsWriter:
+    """Evaluation handler: per-image PSNR/SSIM/MS-SSIM of SR and bicubic against HR, degradation-consistency
+    PSNR (hallucination guard); writes ``metrics.json`` (means + ``n`` + convention), ``per_image.csv`` and a
+    figure of LR / bicubic / SR / HR crops for the first ``figure_cases`` images.
+
+    Args:
+        output_dir: folder to write to (created).
+        sigma: blur sigma of the degradation (HR px).
+        scale: SR factor (also the excluded HR border).
+        figure_cases: number of cases in the figure (0: no figure).
+        figure_crop: size of the HR region shown per case.
+        with_ms_ssim: compute MS-SSIM.
+        extra: constant entries added to ``metrics.json`` (e.g. the configuration).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        sigma: float = 1.0,
+        scale: int = 4,
+        figure_cases: int = 4,
+        figure_crop: int = 128,
+        with_ms_ssim: bool = True,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        if scale < 1 or sigma < 0 or figure_cases < 0 or figure_crop < 8:
+            raise ValueError("need scale >= 1, sigma >= 0, figure_cases >= 0, figure_crop >= 8.")
+        self.output_dir = Path(output_dir)
+        self.sigma, self.scale = sigma, scale
+        self.figure_cases, self.figure_crop = figure_cases, figure_crop
+        self.with_ms_ssim = with_ms_ssim
+        self.extra = dict(extra or {})
+        self.rows: list[dict[str, Any]] = []
+        self._fig: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows, self._fig = [], []
+
+    def add(self, sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, name: str) -> dict[str, Any]:
+        """Score one (1, H, W) triple and remember it."""
+        sr, hr, lr = (torch.as_tensor(t).detach().float().cpu() for t in (sr, hr, lr))
+        row: dict[str, Any] = {"image": name}
+        row.update(sr_image_metrics(sr, hr, lr, self.sigma, self.scale, self.with_ms_ssim))
+        self.rows.append(row)
+        if len(self._fig) < self.figure_cases:
+            bic = bicubic_up(lr, self.scale)
+            self._fig.append((Path(name).name, lr[0].numpy(), bic[0].numpy(), sr[0].clamp(0, 1).numpy(),
+                              hr[0].numpy()))
+        return row
+
+    def iteration_completed(self, engine: Engine) -> None:
+        for item in _items(engine.state.output):
+            hr = item.get(Keys.LABEL)
+            if not isinstance(hr, torch.Tensor):
+                raise ValueError("SRMetricsWriter needs the HR image under 'label' in the engine output.")
+            self.add(item[Keys.PRED], hr, item[Keys.IMAGE], _name_of(item, f"case_{len(self.rows):04d}"))
+
+    def summary(self) -> dict[str, Any]:
+        """Means over the images so far, with the convention."""
+        keys = [k for k in (self.rows[0] if self.rows else {}) if k != "image"]
+        mean = {k: float(np.nanmean([r[k] for r in self.rows])) for k in keys}
+        out: dict[str, Any] = {
+            "psnr_sr": mean.get("psnr_sr"),
+            "psnr_bicubic": mean.get("psnr_bicubic"),
+            "psnr_gain_db": None if not mean else mean["psnr_sr"] - mean["psnr_bicubic"],
+            "ssim_sr": mean.get("ssim_sr"),
+            "ssim_bicubic": mean.get("ssim_bicubic"),
+            "ms_ssim": mean.get("ms_ssim_sr"),
+            "ms_ssim_sr": mean.get("ms_ssim_sr"),
+            "ms_ssim_bicubic": mean.get("ms_ssim_bicubic"),
+            "consistency": mean.get("consistency_psnr_sr"),
+            "consistency_psnr_sr": mean.get("consistency_psnr_sr"),
+            "consistency_psnr_bicubic": mean.get("consistency_psnr_bicubic"),
+            "n": len(self.rows),
+            "convention": (
+                f"HR degraded by Gaussian blur sigma={self.sigma} HR px (reflect padding) + antialiased bicubic "
+                f"x{self.scale} downsampling; bicubic baseline F.interpolate(bicubic, align_corners=False) clamped; "
+                f"PSNR/SSIM (MONAI, data range 1, 11x11 Gaussian window sigma 1.5) with a {self.scale}-px border "
+                f"excluded; consistency = PSNR(degrade(SR), LR), 1 LR px border excluded."
+            ),
+        }
+        out.update(self.extra)
+        return out
+
+    def completed(self, engine: Engine | None = None) -> dict[str, Any]:
+        """Write metrics.json, per_image.csv and the figure; return the summary."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        summary = self.summary()
+        (self.output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        if self.rows:
+            with open(self.output_dir / "per_image.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
+                writer.writeheader()
+                writer.writerows(self.rows)
+        if self._fig:
+            self._figure(self.output_dir / "figure.png")
+        return summary
+
+    def _figure(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        n = len(self._fig)
+        fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
+        c = self.figure_crop
+        for r, (name, lr, bic, sr, hr) in enumerate(self._fig):
+            h, w = hr.shape
+            t, l_ = max(0, (h - c) // 2), max(0, (w - c) // 2)
+            s = self.scale
+            panels = [
+                ("LR (nearest)", np.kron(lr[t // s : (t + c) // s, l_ // s : (l_ + c) // s], np.ones((s, s)))),
+                ("bicubic", bic[t : t + c, l_ : l_ + c]),
+                ("SR", sr[t : t + c, l_ : l_ + c]),
+                ("HR", hr[t : t + c, l_ : l_ + c]),
+            ]
+            for col, (title, img) in enumerate(panels):
+                ax = axes[r][col]
+                ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_title(f"{title}" if col else f"{name}\n{title}", fontsize=8)
+                ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+class SRImageWriter:
+    """Inference handler: write every SR output next to its source's name, in the same format family.
+
+    PNG/JPEG/other raster inputs -> 16-bit PNG (``cxr_monai.io.save_png``); DICOM -> derived secondary capture
+    (``cxr_monai.io.write_derived_dicom``, pixel spacing divided by the scale, source UIDs referenced); NIfTI ->
+    NIfTI with the voxel size divided by the scale. ``output_format`` forces one format for all.
+
+    Args:
+        output_dir: folder to write to (created).
+        scale: SR factor (for the written pixel spacing).
+        output_format: ``None`` (same family as the input), ``"png"``, ``"dcm"`` or ``"nii.gz"``.
+        suffix: appended to the output file stem.
+        series_description: SeriesDescription of derived DICOM outputs.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        scale: int = 4,
+        output_format: str | None = None,
+        suffix: str = "_sr",
+        series_description: str = "cxr_monai CSAEGAN 4x super-resolution",
+    ) -> None:
+        if output_format not in (None, "png", "dcm", "nii.gz"):
+            raise ValueError(f"output_format must be None, 'png', 'dcm' or 'nii.gz', got {output_format!r}.")
+        if scale < 1:
+            raise ValueError(f"scale must be >= 1, got {scale}.")
+        self.output_dir = Path(output_dir)
+        self.scale, self.output_format, self.suffix = scale, output_format, suffix
+        self.series_description = series_description
+        self.written: list[Path] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    @staticmethod
+    def _family(name: str) -> str:
+        low = name.lower()
+        if low.endswith((".nii", ".nii.gz")):
+            return "nii.gz"
+        if low.endswith((".dcm", ".dicom")) or "." not in Path(low).name:
+            return "dcm"
+        return "png"
+
+    def write(self, sr: torch.Tensor, source: Any, name: str) -> Path:
+        """Write one (1, H, W) SR image; ``source`` is the input MetaTensor (or its meta dict)."""
+        from cxr_monai.io import save_png, write_derived_dicom
+
+        fmt = self.output_format or self._family(name)
+        stem = Path(name).name
+        for ext in (".nii.gz", ".nii", ".dcm", ".dicom", ".png", ".jpeg", ".jpg", ".tif", ".tiff", ".bmp"):
+            if stem.lower().endswith(ext):
+                stem = stem[: -len(ext)]
+                break
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / f"{stem}{self.suffix}.{fmt}"
+        img = torch.as_tensor(sr).detach().float().cpu().clamp(0, 1)
+        if fmt == "png":
+            save_png(path, img, bits=16)
+        elif fmt == "dcm":
+            src_file = name if Path(name).is_file() and self._family(name) == "dcm" else None
+            src_meta = dict(getattr(source, "meta", {}) or {})
+            write_derived_dicom(path, img, src_file if src_file else (src_meta or None),
+                                series_description=self.series_description)
+        else:
+            import nibabel as nib
+
+            spacing = _meta_get(source, "spacing")
+            sp = [float(v) for v in spacing] if spacing is not None else [math.nan, math.nan]
+            known = all(math.isfinite(v) and v > 0 for v in sp)
+            row_mm, col_mm = (sp[0] / self.scale, sp[1] / self.scale) if known else (1.0, 1.0)
+            # cxr_monai.io reads NIfTI (X, Y) as (rows = Y, cols = X): write the transpose back
+            nii = nib.Nifti1Image(img[0].numpy().T.astype(np.float32), np.diag([col_mm, row_mm, 1.0, 1.0]))
+            if known:
+                nii.header.set_xyzt_units("mm")
+            nib.save(nii, str(path))
+        self.written.append(path)
+        return path
+
+    def __call__(self, engine: Engine) -> None:
+        for i, item in enumerate(_items(engine.state.output)):
+            self.write(item[Keys.PRED], item.get(Keys.IMAGE), _name_of(item, f"image_{len(self.written) + i:04d}"))
+
+
+def sr_file_datalist(
+    dataset_dir: str | Path,
+    key: str = "image",
+    extensions: Sequence[str] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz", ".tif", ".tiff"),
+    recursive: bool = True,
+) -> list[dict[str, str]]:
+    """Datalist ``[{key: path}, ...]`` of the image files under a folder (sorted), or of one file.
+
+    Args:
+        dataset_dir: a folder or a single image file.
+        key: dict key of the paths.
+        extensions: accepted file endings (case-insensitive).
+        recursive: also search sub-folders.
+    """
+    root = Path(dataset_dir)
+    if root.is_file():
+        return [{key: str(root)}]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such file or folder")
+    files = root.rglob("*") if recursive else root.glob("*")
+    out = [
+        {key: str(p)} for p in sorted(files)
+        if p.is_file() and p.name.lower().endswith(tuple(e.lower() for e in extensions))
+    ]
+    if not out:
+        raise FileNotFoundError(f"{root}: no image files with endings {list(extensions)}")
+    return out

@@ -1,0 +1,7 @@
+"""CXR transforms: degradation (blur + bicubic, low-dose noise), augmentation and preprocessing presets."""
+
+from __future__ import annotations
+
+from .augmentation import *  # noqa: F401,F403
+from .degradation import *  # noqa: F401,F403
+from .presets import *  # noqa: F401,F403

@@ -1,0 +1,342 @@
+"""Augmentation for chest radiographs: mild geometry and intensity jitter that keeps the image contract.
+
+The preset :func:`cxr_augmentation` follows the settings of the MRP seed study (rotation 10 degrees, zoom 0.1,
+width/height shift 0.1, as Keras' ``ImageDataGenerator`` expresses them) with MONAI transforms:
+
+* :class:`RandCXRAffined` - MONAI's ``RandAffined`` with the rotation in degrees and the shift as a *fraction of
+  the image size* (converted to pixels from each image's own size at call time, so one preset serves 224-px
+  classifier inputs and full-size radiographs alike). The border is filled with ``"border"`` (edge replication)
+  or ``"reflection"``, never zeros: black wedges in the corners are a shortcut a classifier can learn.
+* optional horizontal flip (off by default: it moves the heart to the right, which never happens in real
+  PA/AP chest films except in situs inversus / dextrocardia);
+* intensity jitter: gamma (``RandAdjustContrastd``), a small multiplicative and additive change
+  (``RandScaleIntensityd`` / ``RandShiftIntensityd``), then :class:`ClampIntensityd` back to [0, 1].
+
+:func:`cxr_augmentation_array` builds the same chain from array transforms, for code that holds bare tensors.
+Every transform works on numpy arrays, torch Tensors and MetaTensors shaped ``(C, H, W)``; MONAI's random
+spatial/intensity transforms return torch Tensors (MetaTensors when meta tracking is on).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+
+import torch
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import (
+    MapTransform,
+    RandAdjustContrast,
+    RandAdjustContrastd,
+    RandAffine,
+    RandAffined,
+    RandFlip,
+    RandFlipd,
+    RandScaleIntensity,
+    RandScaleIntensityd,
+    RandShiftIntensity,
+    RandShiftIntensityd,
+    Transform,
+)
+from monai.transforms.utils_pytorch_numpy_unification import clip
+from monai.utils import TransformBackends, ensure_tuple
+
+__all__ = [
+    "ClampIntensity",
+    "ClampIntensityd",
+    "ClampIntensityD",
+    "ClampIntensityDict",
+    "RandCXRAffine",
+    "RandCXRAffined",
+    "RandCXRAffineD",
+    "RandCXRAffineDict",
+    "cxr_augmentation",
+    "cxr_augmentation_array",
+]
+
+_ALLOWED_PADDING = ("border", "reflection")
+
+
+class ClampIntensity(Transform):
+    """Clamp intensities to ``[minv, maxv]`` (the [0, 1] image contract by default); keeps the input type.
+
+    Args:
+        minv: lower bound.
+        maxv: upper bound, > ``minv``.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, minv: float = 0.0, maxv: float = 1.0) -> None:
+        if not float(minv) < float(maxv):
+            raise ValueError(f"minv must be < maxv, got {minv} and {maxv}.")
+        self.minv = float(minv)
+        self.maxv = float(maxv)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Return ``img`` clamped to ``[minv, maxv]``."""
+        return clip(img, self.minv, self.maxv)
+
+
+class ClampIntensityd(MapTransform):
+    """Dictionary version of :class:`ClampIntensity`.
+
+    Args:
+        keys: key(s) of the images to clamp.
+        minv: lower bound.
+        maxv: upper bound.
+        allow_missing_keys: don't raise an exception if a key is missing.
+    """
+
+    backend = ClampIntensity.backend
+
+    def __init__(
+        self, keys: KeysCollection, minv: float = 0.0, maxv: float = 1.0, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.clamp = ClampIntensity(minv, maxv)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Return a copy of ``data`` with the images clamped."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.clamp(d[key])
+        return d
+
+
+def _check_affine_args(rotate_deg: float, zoom: float, shift: float, padding_mode: str | Sequence[str]) -> None:
+    if not 0.0 <= float(rotate_deg) <= 180.0:
+        raise ValueError(f"rotate_deg must be in [0, 180], got {rotate_deg}.")
+    if not 0.0 <= float(zoom) < 1.0:
+        raise ValueError(f"zoom must be in [0, 1), got {zoom}.")
+    if not 0.0 <= float(shift) < 1.0:
+        raise ValueError(f"shift must be a fraction of the image size in [0, 1), got {shift}.")
+    for mode in ensure_tuple(padding_mode):
+        if str(mode) not in _ALLOWED_PADDING:
+            raise ValueError(
+                f"padding_mode must be one of {_ALLOWED_PADDING} (zeros would add black edges), got {padding_mode!r}."
+            )
+
+
+def _spatial_shape(img: NdarrayOrTensor) -> tuple[int, ...]:
+    if isinstance(img, MetaTensor):
+        return tuple(int(s) for s in img.peek_pending_shape())
+    return tuple(int(s) for s in img.shape[1:])
+
+
+class RandCXRAffine(RandAffine):
+    """``monai.transforms.RandAffine`` with rotation in degrees and shift as a fraction of the image size.
+
+    On each call the translation range is set to ``shift * size`` pixels per spatial axis of that image, so the
+    same transform serves any image size. Output size = input size.
+
+    Args:
+        prob: probability of applying the transform.
+        rotate_deg: rotation drawn uniformly in ``[-rotate_deg, rotate_deg]`` degrees.
+        zoom: scale drawn per axis uniformly in ``[1 - zoom, 1 + zoom]``.
+        shift: translation per axis drawn uniformly in ``[-shift, shift]`` times the image size.
+        mode: interpolation mode (``"bilinear"`` or ``"nearest"``; bilinear keeps [0, 1] without overshoot).
+        padding_mode: ``"border"`` or ``"reflection"`` (zeros is refused: it makes black edges).
+    """
+
+    def __init__(
+        self,
+        prob: float = 0.5,
+        rotate_deg: float = 10.0,
+        zoom: float = 0.1,
+        shift: float = 0.1,
+        mode: str = "bilinear",
+        padding_mode: str = "border",
+    ) -> None:
+        _check_affine_args(rotate_deg, zoom, shift, padding_mode)
+        super().__init__(
+            prob=prob,
+            rotate_range=math.radians(float(rotate_deg)) or None,
+            scale_range=float(zoom) or None,
+            mode=mode,
+            padding_mode=padding_mode,
+        )
+        self.shift = float(shift)
+
+    def __call__(self, img: NdarrayOrTensor, *args, **kwargs) -> torch.Tensor:  # type: ignore[override]
+        """Apply to ``img`` ``(C, H, W)``; other arguments as ``RandAffine.__call__``."""
+        self.rand_affine_grid.translate_range = tuple(self.shift * s for s in _spatial_shape(img))
+        return super().__call__(img, *args, **kwargs)
+
+
+class RandCXRAffined(RandAffined):
+    """Dictionary version of :class:`RandCXRAffine`; all keys share one draw (sized from the first key).
+
+    Args:
+        keys: key(s) of the images (and masks) to transform together.
+        prob: probability of applying the transform.
+        rotate_deg: rotation range in degrees.
+        zoom: per-axis scale range ``[1 - zoom, 1 + zoom]``.
+        shift: per-axis translation range as a fraction of the image size.
+        mode: interpolation mode, one per key or shared (use ``"nearest"`` for masks).
+        padding_mode: ``"border"`` or ``"reflection"``, one per key or shared.
+        allow_missing_keys: don't raise an exception if a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.5,
+        rotate_deg: float = 10.0,
+        zoom: float = 0.1,
+        shift: float = 0.1,
+        mode: str | Sequence[str] = "bilinear",
+        padding_mode: str | Sequence[str] = "border",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        _check_affine_args(rotate_deg, zoom, shift, padding_mode)
+        super().__init__(
+            keys=keys,
+            prob=prob,
+            rotate_range=math.radians(float(rotate_deg)) or None,
+            scale_range=float(zoom) or None,
+            mode=mode,
+            padding_mode=padding_mode,
+            allow_missing_keys=allow_missing_keys,
+        )
+        self.shift = float(shift)
+
+    def __call__(
+        self, data: Mapping[Hashable, NdarrayOrTensor], lazy: bool | None = None
+    ) -> dict[Hashable, NdarrayOrTensor]:
+        """Apply to the images of ``data`` with a translation range sized from the first present key."""
+        first_key = self.first_key(dict(data))
+        if first_key != ():
+            shape = _spatial_shape(data[first_key])
+            self.rand_affine.rand_affine_grid.translate_range = tuple(self.shift * s for s in shape)
+        return super().__call__(data, lazy=lazy)
+
+
+def _check_preset_args(
+    prob: float, gamma: Sequence[float], scale_intensity: float, shift_intensity: float
+) -> tuple[float, float]:
+    if not 0.0 <= float(prob) <= 1.0:
+        raise ValueError(f"prob must be in [0, 1], got {prob}.")
+    gamma_pair = tuple(float(g) for g in ensure_tuple(gamma))
+    if len(gamma_pair) != 2 or not 0.0 < gamma_pair[0] <= gamma_pair[1]:
+        raise ValueError(f"gamma must be a (low, high) pair with 0 < low <= high, got {gamma!r}.")
+    if not 0.0 <= float(scale_intensity) < 1.0:
+        raise ValueError(f"scale_intensity must be in [0, 1), got {scale_intensity}.")
+    if not 0.0 <= float(shift_intensity) < 1.0:
+        raise ValueError(f"shift_intensity must be in [0, 1), got {shift_intensity}.")
+    return gamma_pair[0], gamma_pair[1]
+
+
+def cxr_augmentation(
+    keys: KeysCollection = ("image",),
+    rotate_deg: float = 10.0,
+    zoom: float = 0.1,
+    shift: float = 0.1,
+    flip: bool = False,
+    intensity: bool = True,
+    prob: float = 0.5,
+    gamma: Sequence[float] = (0.8, 1.25),
+    scale_intensity: float = 0.1,
+    shift_intensity: float = 0.05,
+    mode: str | Sequence[str] = "bilinear",
+    padding_mode: str | Sequence[str] = "border",
+    intensity_keys: KeysCollection | None = None,
+    allow_missing_keys: bool = False,
+) -> list[MapTransform]:
+    """The CXR augmentation preset as a list of MONAI dictionary transforms (wrap it in ``Compose``).
+
+    Order: :class:`RandCXRAffined` (when any of rotate/zoom/shift is non-zero), ``RandFlipd`` along the width
+    (when ``flip``), ``RandAdjustContrastd``, ``RandScaleIntensityd``, ``RandShiftIntensityd`` (when
+    ``intensity``), and always a final :class:`ClampIntensityd` to [0, 1]. Each random step fires with
+    probability ``prob`` independently; with ``prob=0`` the chain is the identity on [0, 1] images.
+
+    Args:
+        keys: keys of the images (and masks) that move together.
+        rotate_deg: rotation range in degrees (0 disables).
+        zoom: per-axis zoom range ``[1 - zoom, 1 + zoom]`` (0 disables).
+        shift: per-axis shift range as a fraction of the image size (0 disables).
+        flip: add a random horizontal (left-right) flip; off by default for chest films.
+        intensity: add the intensity jitter.
+        prob: probability of each random step.
+        gamma: ``(low, high)`` gamma range of ``RandAdjustContrastd``.
+        scale_intensity: multiplicative jitter, ``x * (1 + U(-s, s))``.
+        shift_intensity: additive jitter, ``x + U(-s, s)``.
+        mode: interpolation mode for the affine step, one per key or shared (``"nearest"`` for masks).
+        padding_mode: ``"border"`` or ``"reflection"``, one per key or shared.
+        intensity_keys: keys for the intensity steps and the clamp (default: ``keys``; leave masks out).
+        allow_missing_keys: don't raise an exception if a key is missing.
+
+    Returns:
+        A list of MONAI ``MapTransform`` instances.
+    """
+    g_low, g_high = _check_preset_args(prob, gamma, scale_intensity, shift_intensity)
+    _check_affine_args(rotate_deg, zoom, shift, padding_mode)
+    ikeys = keys if intensity_keys is None else intensity_keys
+    chain: list[MapTransform] = []
+    if rotate_deg or zoom or shift:
+        chain.append(RandCXRAffined(keys, prob, rotate_deg, zoom, shift, mode, padding_mode, allow_missing_keys))
+    if flip:
+        chain.append(RandFlipd(keys, prob=prob, spatial_axis=1, allow_missing_keys=allow_missing_keys))
+    missing = allow_missing_keys
+    if intensity:
+        chain.append(RandAdjustContrastd(ikeys, prob=prob, gamma=(g_low, g_high), allow_missing_keys=missing))
+        if scale_intensity:
+            chain.append(RandScaleIntensityd(ikeys, factors=scale_intensity, prob=prob, allow_missing_keys=missing))
+        if shift_intensity:
+            chain.append(RandShiftIntensityd(ikeys, offsets=shift_intensity, prob=prob, allow_missing_keys=missing))
+    chain.append(ClampIntensityd(ikeys, 0.0, 1.0, allow_missing_keys=missing))
+    return chain
+
+
+def cxr_augmentation_array(
+    rotate_deg: float = 10.0,
+    zoom: float = 0.1,
+    shift: float = 0.1,
+    flip: bool = False,
+    intensity: bool = True,
+    prob: float = 0.5,
+    gamma: Sequence[float] = (0.8, 1.25),
+    scale_intensity: float = 0.1,
+    shift_intensity: float = 0.05,
+    mode: str = "bilinear",
+    padding_mode: str = "border",
+) -> list[Transform]:
+    """Array-transform version of :func:`cxr_augmentation` for a single ``(C, H, W)`` image (same order and args).
+
+    Args:
+        rotate_deg: rotation range in degrees (0 disables).
+        zoom: per-axis zoom range ``[1 - zoom, 1 + zoom]`` (0 disables).
+        shift: per-axis shift range as a fraction of the image size (0 disables).
+        flip: add a random horizontal (left-right) flip.
+        intensity: add the intensity jitter.
+        prob: probability of each random step.
+        gamma: ``(low, high)`` gamma range.
+        scale_intensity: multiplicative jitter amplitude.
+        shift_intensity: additive jitter amplitude.
+        mode: interpolation mode of the affine step.
+        padding_mode: ``"border"`` or ``"reflection"``.
+
+    Returns:
+        A list of MONAI array transforms (wrap it in ``Compose``).
+    """
+    g_low, g_high = _check_preset_args(prob, gamma, scale_intensity, shift_intensity)
+    _check_affine_args(rotate_deg, zoom, shift, padding_mode)
+    chain: list[Transform] = []
+    if rotate_deg or zoom or shift:
+        chain.append(RandCXRAffine(prob, rotate_deg, zoom, shift, mode, padding_mode))
+    if flip:
+        chain.append(RandFlip(prob=prob, spatial_axis=1))
+    if intensity:
+        chain.append(RandAdjustContrast(prob=prob, gamma=(g_low, g_high)))
+        if scale_intensity:
+            chain.append(RandScaleIntensity(factors=scale_intensity, prob=prob))
+        if shift_intensity:
+            chain.append(RandShiftIntensity(offsets=shift_intensity, prob=prob))
+    chain.append(ClampIntensity(0.0, 1.0))
+    return chain
+
+
+ClampIntensityD = ClampIntensityDict = ClampIntensityd
+RandCXRAffineD = RandCXRAffineDict = RandCXRAffined
