@@ -49,7 +49,7 @@ def demo(input: str | None = None, output_dir: str = "demo_output") -> dict:
     Writes into ``output_dir``: ``summary.json``, ``classification/`` (predictions.csv/json, Grad-CAM PNGs),
     ``sr/`` (super-resolved images) when available.
     """
-    from cxr_monai.io import CXRInputError, is_chest, load_cxr
+    from cxr_monai.io import CXRInputError, is_chest, load_cxr, save_png
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +67,9 @@ def demo(input: str | None = None, output_dir: str = "demo_output") -> dict:
             logger.warning("skipping %s: body part %s", path, meta.get("body_part"))
             continue
         accepted.append(str(path))
+        preview = out / "preview" / f"{Path(path).name.split('.')[0]}.png"
+        preview.parent.mkdir(parents=True, exist_ok=True)
+        save_png(preview, image, bits=8)
         summary["inputs"].append({"file": str(path), "shape": list(image.shape[1:]), "modality": meta.get("modality"),
                                   "photometric": meta.get("photometric"), "spacing": meta.get("spacing")})
     if not accepted:
@@ -97,7 +100,11 @@ def main() -> None:
     import fire
 
     logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    fire.Fire({"demo": demo})
+    def _demo(input: str | None = None, output_dir: str = "demo_output") -> None:
+        demo(input, output_dir)
+
+    _demo.__doc__ = demo.__doc__
+    fire.Fire({"demo": _demo})
 
 
 if __name__ == "__main__":

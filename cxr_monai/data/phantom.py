@@ -46,8 +46,9 @@ _FULL_SIZE = 2048
 _UID_ROOT_ENTROPY = "cxr_monai.data.phantom"
 _BITS = 12
 
-# Display density levels (the image before noise is 0.03 + density, clipped).
+# Density levels; the displayed image is ``_OFFSET + _GAIN * density``, clipped to [0, 1].
 _OFFSET = 0.03
+_GAIN = 1.15
 _BODY = 0.68  # soft tissue through the full torso thickness
 _LUNG_AIR = 0.45  # density removed by the lungs' air at their thickest
 _SPINE = 0.075
@@ -70,6 +71,13 @@ def _shape2d(size: int | Sequence[int]) -> tuple[int, int]:
     if min(hw) < 16 or max(hw) > 8192:
         raise ValueError(f"phantom size must be within 16..8192 pixels per side, got {hw}")
     return hw  # type: ignore[return-value]
+
+
+def _check_seed(seed: int) -> int:
+    """A non-negative integer seed."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
 
 
 def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
@@ -229,9 +237,12 @@ def _anatomy_params(seed: int) -> dict:
     return p
 
 
-def _lung(v: np.ndarray, u: np.ndarray, t: np.ndarray, k: int, p: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Relative projected thickness (0..1) of lung ``k`` (0: image left, 1: image right) on one image half,
-    and the hemidiaphragm line ``v_d(u)``."""
+def _lung(v: np.ndarray, u: np.ndarray, t: np.ndarray, k: int, p: dict) -> np.ndarray:
+    """Relative projected thickness (0..1) of lung ``k`` (0: image left, 1: image right) on one image half.
+
+    ``t`` is the lateral distance from the midline; the lung is D-shaped (rounded apex, convex lateral border,
+    straight medial border) and cut from below by its hemidiaphragm dome, leaving a sharp costophrenic angle.
+    """
     top = p["lung_top"]
     y = (v - (top + _LUNG_BASE) / 2) * (2.0 / (_LUNG_BASE - top))  # -1 at the apex, +1 at the base
     up = np.clip(-y, 0.0, 1.0)
@@ -245,7 +256,7 @@ def _lung(v: np.ndarray, u: np.ndarray, t: np.ndarray, k: int, p: dict) -> tuple
     dome_top, dome_c, dome_w = p["dome_top"][k], side * 0.45, 0.42
     vd = _LUNG_BASE - (_LUNG_BASE - dome_top) * np.clip(1.0 - ((u - dome_c) / dome_w) ** 2, 0.0, 1.0)
     below = np.sqrt(np.clip((vd - v) / 0.08, 0.0, 1.0))
-    return prof * below, vd
+    return prof * below
 
 
 def _fields(hw: tuple[int, int], p: dict) -> dict[str, np.ndarray]:
@@ -253,7 +264,7 @@ def _fields(hw: tuple[int, int], p: dict) -> dict[str, np.ndarray]:
     h, w = hw
     v, u = _grid(hw)
     f: dict[str, np.ndarray] = {k: np.zeros(hw, np.float32) for k in (
-        "lung0", "lung1", "ribs", "clavicles", "scapulae", "dome")}
+        "lung0", "lung1", "ribs", "clavicles", "scapulae")}
 
     # body: boxy torso with an elliptical cross-section (soft falloff to the skin line), sloping shoulders
     rs = ((np.abs(u) * (1 / 0.93)) ** 4 + (np.abs(v - 0.25) * (1 / 1.45)) ** 4) ** 0.25
@@ -276,9 +287,8 @@ def _fields(hw: tuple[int, int], p: dict) -> dict[str, np.ndarray]:
         cs = half_cols[k]
         uh = u[:, cs]
         t = side * uh  # lateral distance from the midline
-        lung, vd = _lung(v, uh, t, k, p)
+        lung = _lung(v, uh, t, k, p)
         f[f"lung{k}"][:, cs] = lung * (1.0 - occl[:, cs])
-        f["dome"][:, cs] = vd
         ins = inside[:, cs]
 
         # posterior ribs: one family of curves rendered at once through a continuous rib index
@@ -395,7 +405,7 @@ def _consolidation(
     cv = top + frac * (dome - top)
     lateral = {"upper": 0.0, "middle": 0.0, "lingula": 0.05, "lower": 0.07}[lobe]
     cu = side * (0.10 + 0.55 * p["lung_w"][k] + lateral + rng.uniform(-0.04, 0.04))
-    ra = rng.uniform(0.12, 0.18)
+    ra = rng.uniform(0.13, 0.20)
     edge = _smooth_field(rng, hw, 12)
     mottle = _smooth_field(rng, hw, 56)
     blobs = np.zeros(hw, np.float32)
@@ -446,7 +456,7 @@ def _render(
         pix = np.sqrt(hw[0] * hw[1]) / 512.0
         std = (_NOISE_512 * pix / np.sqrt(dose)) * np.exp(1.6 * (d - 0.3))
         d = d + std * rng.standard_normal(hw, dtype=np.float32)
-    img = np.clip(_OFFSET + d, 0.0, 1.0).astype(np.float32)[None]
+    img = np.clip(_OFFSET + _GAIN * d, 0.0, 1.0).astype(np.float32)[None]
     return img, (mask[None] if mask is not None else None)
 
 
@@ -463,8 +473,9 @@ def make_phantom(
     Args:
         size: output size, an int (square) or ``(H, W)``; 16 to 8192 pixels per side. The anatomy is defined in
             normalised coordinates, so every size shows the same chest.
-        seed: controls the anatomical variation (rib phase and spacing, heart size, lung size, diaphragm
-            heights, vessel trees), the consolidation (lung, lobe, shape) and the noise. Same seed, same image.
+        seed: a non-negative integer; controls the anatomical variation (rib phase and spacing, heart size,
+            lung size, diaphragm heights, vessel trees), the consolidation (lung, lobe, shape) and the noise.
+            Same seed, same image.
         consolidation: add a pneumonia-like consolidation in one lobe of one lung and return its mask.
         noise: add quantum noise (Gaussian, variance growing with attenuation and with 1 / pixel area).
         dose: relative exposure; the noise standard deviation scales with ``1 / sqrt(dose)``.
@@ -474,12 +485,12 @@ def make_phantom(
         mask bool ``(1, H, W)`` of the consolidation, or ``None`` when ``consolidation`` is False.
 
     Raises:
-        ValueError: for a size out of range or a non-positive dose.
+        ValueError: for a size out of range, a negative seed or a non-positive dose.
     """
     hw = _shape2d(size)
     if not dose > 0:
         raise ValueError(f"dose must be positive, got {dose}")
-    img, mask = _render(hw, int(seed), bool(consolidation), bool(noise), float(dose))
+    img, mask = _render(hw, _check_seed(seed), bool(consolidation), bool(noise), float(dose))
     return img, mask
 
 
@@ -490,13 +501,17 @@ def phantom_anatomy(size: int | Sequence[int] = 512, seed: int = 0) -> dict[str,
         size: an int or ``(H, W)``, as for :func:`make_phantom`.
         seed: the phantom's seed.
 
+    Raises:
+        ValueError: for a size out of range or a negative seed.
+
     Returns:
         ``(H, W)`` bool masks: ``body``, ``right_lung`` (the patient's right, on the image left), ``left_lung``,
-        ``lungs``, ``heart``, ``mediastinum`` (midline soft tissue between the lungs, above the heart's
-        lower edge) and ``spine``.
+        ``lungs`` (relative lung thickness above 0.12, the threshold the consolidation mask uses), ``heart``
+        (where it does not overlap lung), ``mediastinum`` (midline soft tissue between the upper lungs, above
+        the heart) and ``spine`` (its midline strip).
     """
     hw = _shape2d(size)
-    f = _fields(hw, _anatomy_params(int(seed)))
+    f = _fields(hw, _anatomy_params(_check_seed(seed)))
     v, u = _grid(hw)
     right, left = f["lung0"] > _LUNG_THR, f["lung1"] > _LUNG_THR
     body = f["body"] > 0.3

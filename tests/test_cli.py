@@ -1,0 +1,29 @@
+"""`python -m cxr_monai demo`: the default phantom run and a run on the shared DICOMs (non-chest skipped)."""
+
+from __future__ import annotations
+
+import json
+
+from cxr_monai.cli import demo
+from tests.conftest import require_shared
+
+
+def test_demo_default_phantom(tmp_path):
+    summary = demo(None, str(tmp_path))
+    assert (tmp_path / "input" / "phantom_cxr.dcm").is_file()
+    assert len(summary["inputs"]) == 1 and summary["inputs"][0]["modality"] == "CR"
+    assert summary["inputs"][0]["shape"] == [1024, 1024]
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert len(list((tmp_path / "preview").glob("*.png"))) == 1
+    cls = [s for s in summary["steps"] if s["step"] == "pneumonia_classification"][0]
+    if "predictions" in cls:  # the bundle ships weights: one prediction with a Grad-CAM overlay
+        assert len(cls["predictions"]) == 1 and 0 <= cls["predictions"][0]["probability"] <= 1
+        assert len(list((tmp_path / "classification" / "gradcam").glob("*.png"))) == 1
+
+
+def test_demo_on_shared_dicoms_skips_the_extremity(tmp_path):
+    folder = require_shared("dicom")
+    summary = demo(str(folder), str(tmp_path))
+    skipped = {s["file"].rsplit("/", 1)[-1] for s in summary["skipped"]}
+    assert "cr_extremity_mono1_j2k.dcm" in skipped
+    assert len(summary["inputs"]) == 3
