@@ -25,6 +25,8 @@ Supported inputs and how their intensities are mapped to ``[0, 1]``:
   intensities stay comparable between files. Colour is collapsed to luma (ITU-R BT.601 weights
   0.299, 0.587, 0.114, computed in float); an alpha channel is dropped.
 * **JPEG** (8-bit, RGB collapsed to luma as for PNG, EXIF orientation applied).
+* **TIFF** (single page) as PNG: 8-bit / 255, 16-bit / 65535, colour to luma; 32-bit float pages use
+  the NIfTI float rule below.
 * **NIfTI** 2D (``.nii``/``.nii.gz``), shape ``(X, Y)`` or ``(X, Y, 1, ...)``. NIfTI's first voxel
   axis is the image's x (column) axis and the second its y (row) axis, which is how MONAI's
   ``PILReader``/``SaveImage`` store a 2D image, so the array is **transposed** to ``(Y, X) = (H, W)``:
@@ -40,10 +42,11 @@ Metadata keys (``load_cxr``): ``spacing`` (``(row_mm, col_mm)`` from PixelSpacin
 ImagerPixelSpacing, else ``None``), ``spacing_source``, ``bits_stored``, ``photometric`` (of the
 source: ``MONOCHROME1``/``MONOCHROME2``/``RGB``...), ``modality``, ``body_part``, ``filename_or_obj``,
 ``study_uid``, ``series_uid``, ``sop_uid``, ``sop_class_uid`` (``None`` for non-DICOM),
-``original_shape`` (``(H, W)``), ``format`` (``dicom``/``png``/``jpeg``/``nifti``), ``intensity``
+``original_shape`` (``(H, W)``), ``format`` (``dicom``/``png``/``jpeg``/``tiff``/``nifti``), ``intensity``
 (the rule applied: ``voi_lut``/``window``/``minmax``/``divide_255``/``divide_65535``/``unit_range``),
-``inverted``, ``transfer_syntax`` (DICOM) and ``dicom_tags`` (a dict of patient/study attributes as strings, ``""`` when absent,
-always the same keys), used by :func:`write_derived_dicom` to keep derived images in the study.
+``inverted``, ``transfer_syntax`` (DICOM) and ``dicom_tags`` (a dict of patient/study attributes
+as strings, ``""`` when absent, always the same keys), used by :func:`write_derived_dicom` to keep
+derived images in the study.
 """
 
 from __future__ import annotations
@@ -85,14 +88,14 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 50_000_000
 """Default pixel limit (50 megapixels): larger images are refused from their header."""
 
-SUPPORTED_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima", ".png", ".jpg", ".jpeg", ".nii", ".nii.gz")
+SUPPORTED_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz")
 """File name endings :func:`load_cxr` accepts; a file without suffix, or any file carrying the
 ``DICM`` magic at byte 128, is read as DICOM."""
 
 SECONDARY_CAPTURE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
-_PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg"}
+_PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff"}
 _BT601 = np.array([0.299, 0.587, 0.114])
 _CHEST_WORDS = ("CHEST", "THORAX", "TORAX", "THORACIC", "LUNG", "PULMON")
 _NON_PROJECTION_MODALITIES = {"CT", "MR", "US", "NM", "PT", "MG", "OP", "OCT", "XC", "ES", "SM", "IO", "PX", "ECG"}
@@ -140,7 +143,7 @@ def _check_max_pixels(max_pixels: int) -> int:
 
 
 def _kind(path: Path) -> str:
-    """``dicom``/``png``/``jpeg``/``nifti`` from the DICOM magic, else from the file name's ending."""
+    """``dicom``/``png``/``jpeg``/``tiff``/``nifti`` from the DICOM magic, else from the file name's ending."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -155,10 +158,14 @@ def _kind(path: Path) -> str:
         return "png"
     if name.endswith((".jpg", ".jpeg")):
         return "jpeg"
+    if name.endswith((".tif", ".tiff")):
+        return "tiff"
     if name.endswith(_DICOM_SUFFIXES) or path.suffix == "":
         return "dicom"
     raise CXRInputError(
-        path, f"unsupported file type {path.suffix!r}; expected DICOM, PNG, JPEG or NIfTI ({', '.join(SUPPORTED_SUFFIXES)})"
+        path,
+        f"unsupported file type {path.suffix!r}; expected DICOM, PNG, JPEG, TIFF or NIfTI "
+        f"({', '.join(SUPPORTED_SUFFIXES)})",
     )
 
 
@@ -309,7 +316,9 @@ def _dicom_intensity(path: Path, ds: Dataset, stored: np.ndarray) -> tuple[np.nd
     try:
         if has_lut:
             integral = values if np.array_equal(values, np.round(values)) else None
-            if integral is not None:
+            if integral is None:
+                warnings.warn(f"{path}: VOI LUT Sequence ignored: modality LUT output is not integral", stacklevel=3)
+            else:
                 desc = [int(v) for v in voi_seq[0].LUTDescriptor]
                 n_entries = desc[0] or 2**16
                 lut_out = apply_voi_lut(np.arange(desc[1], desc[1] + n_entries, dtype=np.int64), ds)
@@ -359,7 +368,8 @@ def _read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]
     for keyword in _DICOM_TAG_KEYWORDS:
         value = ds.get(keyword)
         if value is not None:
-            tags[keyword] = "\\".join(str(v) for v in value) if isinstance(value, pydicom.multival.MultiValue) else str(value)
+            multi = isinstance(value, pydicom.multival.MultiValue)
+            tags[keyword] = "\\".join(str(v) for v in value) if multi else str(value)
     if tsyntax in _LOSSY_SYNTAXES:
         tags["LossyImageCompression"] = "01"
     meta.update(
@@ -394,14 +404,16 @@ def _read_pil(path: Path, kind: str, max_pixels: int) -> tuple[np.ndarray, dict[
     with img:
         fmt = _PIL_FORMATS.get(img.format or "")
         if fmt is None:
-            raise CXRInputError(path, f"file content is {img.format}, not PNG or JPEG")
+            raise CXRInputError(path, f"file content is {img.format}, not PNG, JPEG or TIFF")
         width, height = img.size
         _check_size(path, height, width, max_pixels)
-        if fmt == "png" and getattr(img, "n_frames", 1) > 1:
-            raise CXRInputError(path, f"animated PNG with {img.n_frames} frames")
+        if fmt in ("png", "tiff") and getattr(img, "n_frames", 1) > 1:
+            raise CXRInputError(
+                path, f"{fmt.upper()} with {img.n_frames} frames/pages: a radiograph must be one 2D image"
+            )
         try:
             img.load()
-            if fmt == "jpeg":
+            if fmt in ("jpeg", "tiff"):
                 img = ImageOps.exif_transpose(img)
         except Exception as err:  # noqa: BLE001 - truncated/corrupt streams
             raise CXRInputError(path, f"cannot decode {fmt.upper()} data ({type(err).__name__}: {err})") from err
@@ -412,8 +424,17 @@ def _read_pil(path: Path, kind: str, max_pixels: int) -> tuple[np.ndarray, dict[
         elif mode == "I":
             raw = np.asarray(img)
             if raw.min() < 0 or raw.max() > 65535:
-                raise CXRInputError(path, f"32-bit integer image with values outside 0..65535 ({raw.min()}..{raw.max()})")
+                raise CXRInputError(
+                    path, f"32-bit integer image with values outside 0..65535 ({raw.min()}..{raw.max()})"
+                )
             arr, bits, rule = raw.astype(np.float64) / 65535.0, 16, "divide_65535"
+        elif mode == "F":  # float TIFF: kept when inside [0, 1], else min-max (the NIfTI rule)
+            raw = np.asarray(img, dtype=np.float64)
+            _check_finite(path, raw)
+            if raw.min() >= 0.0 and raw.max() <= 1.0:
+                arr, bits, rule = raw, 32, "unit_range"
+            else:
+                arr, bits, rule = _minmax(path, raw), 32, "minmax"
         elif mode == "1":
             arr, bits, rule = np.asarray(img, dtype=np.float64), 1, "unit_range"
         elif mode in ("L", "LA"):
@@ -495,8 +516,8 @@ def load_cxr(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> t
     See the module docstring for the formats and the intensity rules.
 
     Args:
-        path: DICOM (``.dcm``/``.dicom``/no suffix, or any file with the DICM magic), PNG, JPEG or
-            NIfTI (``.nii``/``.nii.gz``) file.
+        path: DICOM (``.dcm``/``.dicom``/no suffix, or any file with the DICM magic), PNG, JPEG,
+            TIFF or NIfTI (``.nii``/``.nii.gz``) file.
         max_pixels: refuse images with more than this many pixels (rows x columns), checked from
             the file's header before any pixel is decoded.
 
@@ -700,6 +721,9 @@ def _source_info(source: Dataset | Mapping[str, Any] | str | os.PathLike | None)
         info["sop_class_uid"] = _str_or_none(source.get("SOPClassUID"))
         info["modality"] = _str_or_none(source.get("Modality"))
         info["spacing"] = _positive_pair(source.get("PixelSpacing")) or _positive_pair(source.get("ImagerPixelSpacing"))
+        file_meta = getattr(source, "file_meta", None)
+        if file_meta is not None and file_meta.get("TransferSyntaxUID") in _LOSSY_SYNTAXES:
+            info["tags"]["LossyImageCompression"] = "01"
         if "Rows" in source and "Columns" in source:
             info["shape"] = (int(source.Rows), int(source.Columns))
         return info
