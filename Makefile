@@ -7,7 +7,7 @@ OUTPUT ?= demo_output
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo clean tools
 
 venv: $(STAMP)
 
@@ -19,7 +19,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[deploy,dev]'
 	touch $(STAMP)
 
-test: venv
+# dicom3tools (dciodvfy) validates the DICOM we write; the tests that need it skip when it is missing.
+tools:
+	@command -v dciodvfy >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get install -y -qq dicom3tools >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dicom3tools >/dev/null 2>&1; } || \
+		echo "dicom3tools not installed: DICOM validation tests will skip"; } || true
+
+test: venv tools
 	$(PY) -m pytest -q
 
 demo: venv
