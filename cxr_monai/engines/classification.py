@@ -114,16 +114,17 @@ class ClassificationWriter:
                 row["true_label"] = self.class_names[int(torch.as_tensor(item[self.label_key]).reshape(-1)[0])]
             new_rows.append(row)
         if self.gradcam_layer is not None:
-            self._save_gradcam(engine, new_rows)
+            self._save_gradcam([item[self.image_key] for item in outputs], new_rows)
         self.rows += new_rows
 
-    def _save_gradcam(self, engine, rows: list[dict]) -> None:
+    def _save_gradcam(self, images: list[torch.Tensor], rows: list[dict]) -> None:
         from cxr_monai.explain import gradcam, save_overlay
 
         budget = len(rows) if self.gradcam_max is None else max(0, self.gradcam_max - len(self.rows))
         if budget == 0:
             return
-        images = engine.state.batch[self.image_key][:budget].to(next(self.network.parameters()).device)
+        device = next(self.network.parameters()).device
+        images = torch.stack([torch.as_tensor(x) for x in images[:budget]]).to(device)
         was_training = self.network.training
         self.network.eval()
         cams = gradcam(self.network, images, self.gradcam_layer, class_idx=1)

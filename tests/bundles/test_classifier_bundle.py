@@ -20,9 +20,9 @@ def _workflow(config, workflow_type, **overrides):
     from monai.bundle import ConfigWorkflow
 
     files = [str(CONFIGS / c) for c in ([config] if isinstance(config, str) else config)]
+    overrides.setdefault("bundle_root", str(BUNDLE))
     wf = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], meta_file=str(CONFIGS / "metadata.json"),
-                        logging_file=str(CONFIGS / "logging.conf"), workflow_type=workflow_type,
-                        bundle_root=str(BUNDLE), **overrides)
+                        logging_file=str(CONFIGS / "logging.conf"), workflow_type=workflow_type, **overrides)
     wf.initialize()
     wf.run()
     wf.finalize()
