@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["gradcam", "save_overlay", "cam_mass_inside"]
+__all__ = ["gradcam", "save_overlay", "cam_mass_inside", "minmax_normalize"]
 
 
 def gradcam(net: nn.Module, image: torch.Tensor, target_layer: str, class_idx: int | None = 1) -> np.ndarray:
@@ -21,14 +21,28 @@ def gradcam(net: nn.Module, image: torch.Tensor, target_layer: str, class_idx: i
         class_idx: class to explain; ``None`` explains the predicted class.
 
     Returns:
-        (N, H, W) float32 maps in [0, 1].
+        (N, H, W) float32 maps in [0, 1], 1 where the evidence for ``class_idx`` is strongest.
+
+    Note:
+        MONAI's default post-processing (``monai.visualize.class_activation_maps.default_normalizer``) maps
+        (min, max) to (1, 0), i.e. it *flips* the map (Project-MONAI/tutorials#1796); :func:`minmax_normalize`
+        is used instead so that high values mean high importance.
     """
     from monai.visualize import GradCAM
 
-    cam = GradCAM(nn_module=net, target_layers=target_layer)
+    cam = GradCAM(nn_module=net, target_layers=target_layer, postprocessing=minmax_normalize)
     with torch.enable_grad():
         maps = cam(x=image.detach().float().clone().requires_grad_(True), class_idx=class_idx)
     return maps[:, 0].detach().cpu().numpy().astype(np.float32)
+
+
+def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map of a batch (N, ...) linearly to [0, 1] (min to 0, max to 1); constant maps become 0."""
+    flat = maps.detach().reshape(maps.shape[0], -1).float()
+    lo = flat.min(dim=1, keepdim=True).values
+    span = flat.max(dim=1, keepdim=True).values - lo
+    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+    return out.reshape(maps.shape)
 
 
 def cam_mass_inside(cam: np.ndarray, mask: np.ndarray) -> float:
