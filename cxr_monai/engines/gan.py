@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from monai.engines import Trainer
 from monai.engines.utils import default_prepare_batch
-from monai.utils import CommonKeys
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
@@ -332,18 +331,28 @@ class GANSampleGrid:
 
 
 class TrainingTimeLimit:
-    """Ignite handler: stop training (cleanly, after the current iteration) once ``limit_sec`` seconds of
-    wall time have passed since the handler was attached; the final checkpoint is still written.
+    """Ignite handler: stop training (cleanly, after the current iteration) once a time budget is spent;
+    the final checkpoint is still written. On a shared machine the process CPU time (``clock="cpu"``) is the
+    fair budget: two models given the same CPU seconds got the same compute whatever else was running.
 
     Args:
-        limit_sec: wall-time budget in seconds.
+        limit_sec: budget in seconds.
+        clock: ``"wall"`` (monotonic wall time) or ``"cpu"`` (this process's CPU time, all threads).
     """
 
-    def __init__(self, limit_sec: float) -> None:
+    def __init__(self, limit_sec: float, clock: str = "wall") -> None:
         if limit_sec <= 0:
             raise ValueError(f"limit_sec must be positive, got {limit_sec}")
+        if clock not in ("wall", "cpu"):
+            raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
         self.limit_sec = float(limit_sec)
+        self.clock = clock
         self._start: float | None = None
+
+    def _now(self) -> float:
+        import time
+
+        return time.monotonic() if self.clock == "wall" else time.process_time()
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
@@ -352,15 +361,12 @@ class TrainingTimeLimit:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def _started(self, engine: Any) -> None:
-        import time
-
-        self._start = time.monotonic()
+        self._start = self._now()
 
     def __call__(self, engine: Any) -> None:
-        import time
-
-        if self._start is not None and time.monotonic() - self._start > self.limit_sec:
-            engine.logger.info(f"time limit of {self.limit_sec:.0f} s reached at iteration {engine.state.iteration}")
+        if self._start is not None and self._now() - self._start > self.limit_sec:
+            engine.logger.info(f"{self.clock} time limit of {self.limit_sec:.0f} s reached at iteration "
+                               f"{engine.state.iteration}")
             engine.terminate()
 
 

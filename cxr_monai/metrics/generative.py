@@ -1,0 +1,425 @@
+"""Offline metrics for generated radiographs: feature-based FID/KID/MMD, k-NN precision/recall,
+nearest-real SSIM (memorisation) and the DCGAN seed's SSIM/MSE and discriminator figures.
+
+Inception weights cannot be downloaded here, so the feature-based metrics run on features of the
+project's own trained CXR classifier (or any injected extractor: a module or callable mapping
+(N, 1, H, W) in [0, 1] to (N, C)). :class:`ClassifierFeatures` resizes images to the extractor's input
+size and applies the classifier's intensity normalisation, so generated and real images of any size are
+embedded in the same way. Numbers from different extractors are not comparable with each other or with
+Inception-FID values in the literature.
+
+SSIM convention (ANCHORS.md): data range 1, 11x11 Gaussian window, sigma 1.5, k1 0.01, k2 0.03, valid
+filtering (no border padding), mean over the map.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ClassifierFeatures",
+    "classifier_feature_extractor",
+    "extract_features",
+    "fid",
+    "kid",
+    "mmd",
+    "knn_precision_recall",
+    "gaussian_window",
+    "ssim_pairs",
+    "nearest_real_ssim",
+    "paired_ssim_mse",
+    "discriminator_report",
+    "generative_report",
+    "evaluate_generator",
+    "stack_images",
+]
+
+
+def _percentile_normalise(x: torch.Tensor, lower: float = 1.0, upper: float = 99.0) -> torch.Tensor:
+    """Per-image 1st-99th percentile rescale to [0, 1] (clipped): the classifier's intensity preprocessing."""
+    flat = x.reshape(x.shape[0], -1)
+    q = torch.quantile(flat, torch.tensor([lower / 100.0, upper / 100.0], dtype=flat.dtype), dim=1)
+    lo, hi = q[0].reshape(-1, 1, 1, 1), q[1].reshape(-1, 1, 1, 1)
+    return ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
+
+
+class ClassifierFeatures(nn.Module):
+    """Wrap a classifier as a feature extractor: resize -> (optional) percentile normalise -> features.
+
+    Args:
+        network: the classifier; ``method`` must exist on it (``features`` for :class:`ResNet18SA`) or, with
+            ``method=None``, the network itself maps images to (N, C).
+        input_size: side the network expects (224 for the Kermany classifier); ``None`` keeps the size.
+        method: name of the pooled-feature method, or ``None`` to call the network.
+        normalise: apply the classifier's 1st-99th percentile intensity normalisation after resizing.
+    """
+
+    def __init__(self, network: nn.Module | Callable, input_size: int | None = 224, method: str | None = "features",
+                 normalise: bool = True) -> None:
+        super().__init__()
+        if method is not None and not hasattr(network, method):
+            raise ValueError(f"{type(network).__name__} has no method {method!r} to extract features with")
+        if input_size is not None and input_size < 8:
+            raise ValueError(f"input_size must be >= 8, got {input_size}")
+        self.network = network
+        self.input_size = input_size
+        self.method = method
+        self.normalise = normalise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            down = x.shape[-1] > self.input_size
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=down)
+        if self.normalise:
+            x = _percentile_normalise(x)
+        fn = getattr(self.network, self.method) if self.method is not None else self.network
+        return torch.flatten(fn(x), 1)
+
+
+def classifier_feature_extractor(bundle_root: str | Path | None = None, weights_name: str = "model.pt",
+                                 input_size: int = 224, allow_untrained: bool = False,
+                                 seed: int = 0, overrides: dict | None = None) -> ClassifierFeatures:
+    """The project's trained pneumonia classifier (``bundles/cxr_pneumonia_classifier``) as extractor.
+
+    Args:
+        bundle_root: classifier bundle folder (default: the repository's ``bundles/cxr_pneumonia_classifier``).
+        weights_name: weights file under ``models/``.
+        input_size: the classifier's input side.
+        allow_untrained: when the weights are missing, fall back to a randomly initialised (seeded)
+            ResNet18SA-lite instead of raising; only for tests: random features make weak metrics.
+        seed: seed of that fallback.
+        overrides: classifier config overrides, e.g. ``{"network_preset": "mnist"}`` with
+            ``weights_name="model_mnist28.pt"`` and ``input_size=28`` for the PneumoniaMNIST model.
+
+    Raises:
+        FileNotFoundError: weights missing and ``allow_untrained`` is False.
+    """
+    from cxr_monai.utils import load_bundle_network
+
+    if bundle_root is None:
+        bundle_root = Path(__file__).resolve().parents[2] / "bundles" / "cxr_pneumonia_classifier"
+    weights = Path(bundle_root) / "models" / weights_name
+    if weights.is_file():
+        net = load_bundle_network(bundle_root, weights_name, overrides=overrides)
+    elif allow_untrained:
+        from cxr_monai.networks import resnet18_sa
+
+        torch.manual_seed(seed)
+        net = resnet18_sa("lite").eval()
+    else:
+        raise FileNotFoundError(f"{weights}: classifier weights for the feature metrics not found")
+    return ClassifierFeatures(net.eval(), input_size=input_size).eval()
+
+
+@torch.no_grad()
+def extract_features(images: torch.Tensor, extractor: nn.Module | Callable, batch_size: int = 64) -> torch.Tensor:
+    """(N, C) float64 features of (N, 1, H, W) images, computed in batches without gradients."""
+    if isinstance(extractor, nn.Module):
+        extractor.eval()
+    feats = [torch.as_tensor(extractor(images[i : i + batch_size])).double().cpu()
+             for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(feats)
+
+
+def fid(real_features: torch.Tensor, fake_features: torch.Tensor) -> float:
+    """Frechet distance between Gaussian fits of two feature sets (MONAI :class:`FIDMetric`)."""
+    from monai.metrics import FIDMetric
+
+    return float(FIDMetric()(fake_features.double(), real_features.double()))
+
+
+def _poly_mmd2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Unbiased MMD^2 with the cubic polynomial kernel ``(x.y / d + 1)^3`` (KID)."""
+    d = x.shape[1]
+    kxx = (x @ x.T / d + 1) ** 3
+    kyy = (y @ y.T / d + 1) ** 3
+    kxy = (x @ y.T / d + 1) ** 3
+    m, n = x.shape[0], y.shape[0]
+    return ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+            - 2 * kxy.mean())
+
+
+def kid(real_features: torch.Tensor, fake_features: torch.Tensor, num_subsets: int = 100, subset_size: int = 1000,
+        seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance on the given features: mean and std of the unbiased polynomial-kernel MMD^2
+    over ``num_subsets`` random subsets of ``min(subset_size, len(real), len(fake))`` samples each."""
+    if num_subsets < 1:
+        raise ValueError("num_subsets must be >= 1")
+    m = min(subset_size, real_features.shape[0], fake_features.shape[0])
+    if m < 2:
+        raise ValueError("KID needs at least two samples in each set")
+    gen = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(num_subsets):
+        ri = torch.randperm(real_features.shape[0], generator=gen)[:m]
+        fi = torch.randperm(fake_features.shape[0], generator=gen)[:m]
+        vals.append(_poly_mmd2(real_features[ri].double(), fake_features[fi].double()))
+    v = torch.stack(vals)
+    return float(v.mean()), float(v.std()) if num_subsets > 1 else 0.0
+
+
+def mmd(real_features: torch.Tensor, fake_features: torch.Tensor, seed: int = 0) -> float:
+    """Unbiased linear-kernel MMD^2 (MONAI :class:`MMDMetric`): the squared distance between feature means,
+    with features centred on the real mean and scaled by the real features' RMS spread (so 1.0 means the
+    means differ by one typical real-to-mean distance). The larger set is randomly subsampled to the size of
+    the smaller one (MONAI needs equal counts)."""
+    from monai.metrics import MMDMetric
+
+    n = min(real_features.shape[0], fake_features.shape[0])
+    gen = torch.Generator().manual_seed(seed)
+    r = real_features[torch.randperm(real_features.shape[0], generator=gen)[:n]].double()
+    f = fake_features[torch.randperm(fake_features.shape[0], generator=gen)[:n]].double()
+    mu = r.mean(0, keepdim=True)
+    scale = (r - mu).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)  # real features' RMS distance to their mean
+    return float(MMDMetric()((r - mu) / scale, (f - mu) / scale))
+
+
+def knn_precision_recall(real_features: torch.Tensor, fake_features: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision/recall (Kynkaanniemi et al. 2019): precision = share of fakes inside the k-NN
+    ball of some real sample (fidelity); recall = share of reals inside the k-NN ball of some fake (diversity)."""
+    if k < 1:
+        raise ValueError("k must be >= 1")
+
+    def radii(x: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(x, x)
+        return d.kthvalue(min(k + 1, x.shape[0]), dim=1).values  # +1: the point itself is at distance 0
+
+    r, f = real_features.double(), fake_features.double()
+    d_fr = torch.cdist(f, r)
+    precision = (d_fr <= radii(r)[None, :]).any(dim=1).double().mean()
+    recall = (d_fr.T <= radii(f)[None, :]).any(dim=1).double().mean()
+    return float(precision), float(recall)
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """1-D normalised Gaussian window (float64)."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    w = torch.exp(-(x**2) / (2 * sigma**2))
+    return w / w.sum()
+
+
+def _blur(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Separable valid Gaussian filtering of (N, 1, H, W)."""
+    k = w.to(x.dtype)
+    x = F.conv2d(x, k.reshape(1, 1, 1, -1))
+    return F.conv2d(x, k.reshape(1, 1, -1, 1))
+
+
+def ssim_pairs(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, win_size: int = 11, sigma: float = 1.5,
+               k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """SSIM of each pair ``(a[i], b[i])`` of (N, 1, H, W) images: (N,) values (project convention)."""
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"need two (N, 1, H, W) tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    w = gaussian_window(win_size, sigma)
+    a, b = a.double(), b.double()
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    mu_a, mu_b = _blur(a, w), _blur(b, w)
+    saa = _blur(a * a, w) - mu_a**2
+    sbb = _blur(b * b, w) - mu_b**2
+    sab = _blur(a * b, w) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+@torch.no_grad()
+def nearest_real_ssim(fake: torch.Tensor, real: torch.Tensor, candidates: int = 32,
+                      batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each generated image, the highest SSIM to any real image and that real image's index.
+
+    Exact SSIM against every real image is costly (N_fake x N_real filtered maps), so each fake is first
+    matched to its ``candidates`` nearest reals by pixel L2 distance and, separately, by Pearson
+    correlation; the exact SSIM is then taken over the union. ``candidates >= len(real)`` is exhaustive.
+
+    Args:
+        fake: (N, 1, H, W) generated images in [0, 1].
+        real: (M, 1, H, W) real images in [0, 1], same H, W.
+        candidates: pre-selected reals per fake, per criterion.
+        batch_size: SSIM pairs per batch.
+
+    Returns:
+        ``(max_ssim (N,), index (N,))``.
+    """
+    if fake.shape[1:] != real.shape[1:]:
+        raise ValueError(f"fake {tuple(fake.shape)} and real {tuple(real.shape)} images differ in size")
+    ff, rf = fake.reshape(fake.shape[0], -1).double(), real.reshape(real.shape[0], -1).double()
+    k = min(candidates, rf.shape[0])
+    idx_l2 = torch.cdist(ff, rf).topk(k, dim=1, largest=False).indices
+    fz = (ff - ff.mean(1, keepdim=True)) / ff.std(1, keepdim=True).clamp_min(1e-8)
+    rz = (rf - rf.mean(1, keepdim=True)) / rf.std(1, keepdim=True).clamp_min(1e-8)
+    idx_corr = (fz @ rz.T).topk(k, dim=1).indices
+    cand = torch.cat([idx_l2, idx_corr], dim=1)
+    fi = torch.arange(fake.shape[0]).repeat_interleave(cand.shape[1])
+    ri = cand.reshape(-1)
+    vals = torch.cat([ssim_pairs(fake[fi[i : i + batch_size]], real[ri[i : i + batch_size]])
+                      for i in range(0, fi.numel(), batch_size)]).reshape(cand.shape)
+    best, pos = vals.max(dim=1)
+    return best.float(), cand.gather(1, pos[:, None]).squeeze(1)
+
+
+def paired_ssim_mse(fake: torch.Tensor, real: torch.Tensor, seed: int = 0) -> tuple[float, float]:
+    """The DCGAN seed's figures: mean SSIM and mean MSE (intensities in [0, 1]) between each generated
+    image and a randomly drawn real image (with replacement). Low SSIM here is expected and not a flaw:
+    two different radiographs are not pixel-aligned."""
+    gen = torch.Generator().manual_seed(seed)
+    ri = torch.randint(0, real.shape[0], (fake.shape[0],), generator=gen)
+    r = real[ri].double()
+    return float(ssim_pairs(fake.double(), r).mean()), float(((fake.double() - r) ** 2).mean())
+
+
+def discriminator_report(real_logits: torch.Tensor, fake_logits: torch.Tensor, threshold: float = 0.0) -> dict:
+    """Real-vs-fake classification by the discriminator ("real" is the positive class), as the seed reports:
+    accuracy, precision, recall. ``threshold`` on logits (0 = probability 0.5; also the hinge boundary)."""
+    pred = torch.cat([real_logits.flatten(), fake_logits.flatten()]) > threshold
+    truth = torch.cat([torch.ones(real_logits.numel()), torch.zeros(fake_logits.numel())]).bool()
+    tp = float((pred & truth).sum())
+    precision = tp / max(float(pred.sum()), 1.0)
+    recall = tp / max(float(truth.sum()), 1.0)
+    return {"d_accuracy": float((pred == truth).double().mean()), "d_precision": precision, "d_recall": recall}
+
+
+def generative_report(fake: torch.Tensor, real: torch.Tensor, extractor: nn.Module | Callable | None,
+                      memorisation_threshold: float = 0.95, knn_k: int = 3, kid_subsets: int = 100,
+                      kid_subset_size: int = 1000, nearest_candidates: int = 32, seed: int = 0,
+                      batch_size: int = 64) -> dict:
+    """All metrics of one set of generated images against one set of real images (same size, [0, 1]).
+
+    Args:
+        fake: (N, 1, H, W) generated images.
+        real: (M, 1, H, W) real images (resized to the generated size by the caller).
+        extractor: feature extractor for FID/KID/MMD/precision/recall (``None`` skips them).
+        memorisation_threshold: a sample counts as memorised when its nearest real SSIM exceeds this.
+        knn_k: k of the k-NN precision/recall.
+        kid_subsets: KID subsets.
+        kid_subset_size: KID subset size.
+        nearest_candidates: pre-selected reals per fake for the nearest-real SSIM.
+        seed: seed of the random pairings/subsets.
+        batch_size: feature-extraction batch size.
+    """
+    out: dict[str, Any] = {"num_generated": int(fake.shape[0]), "num_real": int(real.shape[0])}
+    if extractor is not None:
+        fr, ff = extract_features(real, extractor, batch_size), extract_features(fake, extractor, batch_size)
+        out["fid"] = fid(fr, ff)
+        out["kid_mean"], out["kid_std"] = kid(fr, ff, kid_subsets, kid_subset_size, seed)
+        out["mmd"] = mmd(fr, ff, seed)
+        out["knn_precision"], out["knn_recall"] = knn_precision_recall(fr, ff, knn_k)
+    best, _ = nearest_real_ssim(fake, real, nearest_candidates)
+    out["nearest_real_ssim_mean"] = float(best.mean())
+    out["nearest_real_ssim_max"] = float(best.max())
+    out["memorised_share"] = float((best > memorisation_threshold).float().mean())
+    out["memorisation_threshold"] = memorisation_threshold
+    out["seed_ssim_random_pair"], out["seed_mse_random_pair"] = paired_ssim_mse(fake, real, seed)
+    return out
+
+
+def stack_images(dataset: Sequence[dict] | Any, key: str = "image", label_key: str = "label",
+                 max_items: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack the (1, H, W) images and integer labels of a (MONAI) dataset of dicts into tensors."""
+    n = len(dataset) if max_items is None else min(len(dataset), max_items)
+    items = [dataset[i] for i in range(n)]
+    def plain(x: Any) -> torch.Tensor:
+        x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)  # MetaTensor -> Tensor
+        return x.float().reshape(1, *x.shape[-2:])
+
+    images = torch.stack([plain(it[key]) for it in items])
+    labels = torch.as_tensor([int(it.get(label_key, 0)) for it in items], dtype=torch.long)
+    return images, labels
+
+
+def evaluate_generator(
+    generator: nn.Module,
+    real_images: torch.Tensor,
+    real_labels: torch.Tensor,
+    output_dir: str | Path,
+    extractor: nn.Module | Callable | None = None,
+    class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
+    num_per_class: int = 256,
+    seed: int = 0,
+    discriminator: nn.Module | None = None,
+    memorisation_threshold: float = 0.95,
+    kid_subset_size: int = 1000,
+    nearest_candidates: int = 32,
+    device: str | torch.device = "cpu",
+    extra: dict | None = None,
+) -> dict:
+    """Generate ``num_per_class`` images of every class and compare them with the real images of that class
+    (and pooled over classes). Writes ``metrics.json`` and ``samples_grid.png`` into ``output_dir``.
+
+    Args:
+        generator: class-conditional generator ``G(z, y)`` with ``latent_dim``.
+        real_images: (M, 1, H, W) real images in [0, 1] (the generator's training images for the
+            memorisation check); resized to the generated size when they differ.
+        real_labels: (M,) class indices.
+        output_dir: where to write.
+        extractor: feature extractor (``None``: pixel metrics only).
+        class_names: class names in label order.
+        num_per_class: generated images per class (256 for the memorisation criterion).
+        seed: noise seed (class ``c`` uses ``seed + c``).
+        discriminator: optional ``D(x, y)``; adds its real/fake accuracy, precision and recall (seed figures).
+        memorisation_threshold: SSIM above which a sample counts as memorised.
+        kid_subset_size: KID subset size.
+        nearest_candidates: pre-selected reals per fake for the nearest-real SSIM.
+        device: device for generation.
+        extra: additional entries copied into ``metrics.json`` (e.g. training budget).
+    """
+    from cxr_monai.engines.gan import generate, sample_grid
+    from cxr_monai.io import save_png
+
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fakes, fake_labels = [], []
+    for c in range(len(class_names)):
+        imgs, ys = generate(generator, num_per_class, c, seed=seed + c, device=device)
+        fakes.append(imgs)
+        fake_labels.append(ys)
+    fake, fake_y = torch.cat(fakes), torch.cat(fake_labels)
+    real = real_images.float()
+    if real.shape[-2:] != fake.shape[-2:]:
+        real = F.interpolate(real, size=fake.shape[-2:], mode="bilinear", align_corners=False,
+                             antialias=real.shape[-1] > fake.shape[-1])
+    report: dict[str, Any] = {"per_class": {}, "settings": {
+        "num_per_class": num_per_class, "seed": seed, "image_size": list(fake.shape[-2:]),
+        "memorisation_threshold": memorisation_threshold, "nearest_candidates": nearest_candidates,
+        "ssim": "11x11 Gaussian sigma 1.5, k1 0.01, k2 0.03, data range 1, valid filtering",
+        "feature_extractor": None if extractor is None else type(getattr(extractor, "network", extractor)).__name__}}
+    for c, name in enumerate(class_names):
+        mask = real_labels == c
+        if mask.sum() < 2:
+            continue
+        report["per_class"][name] = generative_report(
+            fake[fake_y == c], real[mask], extractor, memorisation_threshold, kid_subset_size=kid_subset_size,
+            nearest_candidates=nearest_candidates, seed=seed)
+    if extractor is not None:
+        fr, ff = extract_features(real, extractor), extract_features(fake, extractor)
+        report["all"] = {"fid": fid(fr, ff), "kid_mean": kid(fr, ff, 100, kid_subset_size, seed)[0],
+                         "mmd": mmd(fr, ff, seed)}
+        p, r = knn_precision_recall(fr, ff)
+        report["all"].update({"knn_precision": p, "knn_recall": r})
+    report["memorised_share"] = float(np.mean([v["memorised_share"] for v in report["per_class"].values()]))
+    report["nearest_real_ssim_max"] = float(max(v["nearest_real_ssim_max"] for v in report["per_class"].values()))
+    if discriminator is not None:
+        discriminator = discriminator.eval().to(device)
+        with torch.no_grad():
+            n = min(real.shape[0], fake.shape[0])
+            gen = torch.Generator().manual_seed(seed)
+            ri = torch.randperm(real.shape[0], generator=gen)[:n]
+            dr = torch.cat([discriminator(real[ri][i : i + 64].to(device), real_labels[ri][i : i + 64].to(device)).cpu()
+                            for i in range(0, n, 64)])
+            df = torch.cat([discriminator(fake[i : i + 64].to(device), fake_y[i : i + 64].to(device)).cpu()
+                            for i in range(0, fake.shape[0], 64)])
+        report["discriminator"] = discriminator_report(dr, df)
+    if extra:
+        report["extra"] = extra
+    rows = [fake[fake_y == c][:8] for c in range(len(class_names))]
+    save_png(out_dir / "samples_grid.png", sample_grid(torch.cat(rows), nrow=8), bits=8)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    return report
