@@ -35,17 +35,19 @@ def _inputs(input: str | None, output_dir: Path) -> list[Path]:
     if input is None:
         from cxr_monai.data.phantom import write_phantom_dicom
 
-        path = write_phantom_dicom(output_dir / "input" / "phantom_cxr.dcm", size=1024, seed=7, consolidation=True)
+        path = write_phantom_dicom(output_dir / "input" / "phantom_cxr.dcm", size=512, seed=7, consolidation=True)
         logger.info("no --input given: wrote a phantom chest radiograph to %s", path)
         return [Path(path)]
     return list_images(input)
 
 
-def demo(input: str | None = None, output_dir: str = "demo_output") -> dict:
+def demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side: int = 640) -> dict:
     """Run the end-to-end pipeline on a DICOM/PNG/JPEG/NIfTI file or folder (default: a phantom CXR DICOM).
 
     Steps: load and validate every input (non-chest or unreadable files are reported and skipped) ->
     4x super-resolution (when the SR bundle ships weights) -> pneumonia classification with Grad-CAM.
+    Images whose longer side exceeds ``sr_max_side`` pixels are not super-resolved (they are not low resolution,
+    and a 4x output of a full-size radiograph is large and slow on a CPU); the summary says so.
     Writes into ``output_dir``: ``summary.json``, ``classification/`` (predictions.csv/json, Grad-CAM PNGs),
     ``sr/`` (super-resolved images) when available.
     """
@@ -77,10 +79,13 @@ def demo(input: str | None = None, output_dir: str = "demo_output") -> dict:
         raise SystemExit(f"no usable chest radiograph in {input}; see {out / 'summary.json'}")
 
     sr_root = BUNDLES_DIR / "cxr_sr_csaegan"
-    if (sr_root / "models" / "model.pt").is_file() and (sr_root / "configs" / "inference.json").is_file():
-        run_bundle("cxr_sr_csaegan", "inference.json", datalist=[{"image": p} for p in accepted],
+    small = [i["file"] for i in summary["inputs"] if max(i["shape"]) <= sr_max_side]
+    if small and (sr_root / "models" / "model.pt").is_file() and (sr_root / "configs" / "inference.json").is_file():
+        run_bundle("cxr_sr_csaegan", "inference.json", datalist=[{"image": p} for p in small],
                    output_dir=str(out / "sr"))
-        summary["steps"].append({"step": "super_resolution_x4", "output_dir": str(out / "sr")})
+        summary["steps"].append({"step": "super_resolution_x4", "output_dir": str(out / "sr"), "files": small,
+                                 "not_super_resolved": [p for p in accepted if p not in small],
+                                 "sr_max_side": sr_max_side})
 
     cls_root = BUNDLES_DIR / "cxr_pneumonia_classifier"
     if (cls_root / "models" / "model.pt").is_file():
@@ -100,8 +105,8 @@ def main() -> None:
     import fire
 
     logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    def _demo(input: str | None = None, output_dir: str = "demo_output") -> None:
-        demo(input, output_dir)
+    def _demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side: int = 640) -> None:
+        demo(input, output_dir, sr_max_side)
 
     _demo.__doc__ = demo.__doc__
     fire.Fire({"demo": _demo})

@@ -12,7 +12,7 @@ def test_demo_default_phantom(tmp_path):
     summary = demo(None, str(tmp_path))
     assert (tmp_path / "input" / "phantom_cxr.dcm").is_file()
     assert len(summary["inputs"]) == 1 and summary["inputs"][0]["modality"] == "CR"
-    assert summary["inputs"][0]["shape"] == [1024, 1024]
+    assert summary["inputs"][0]["shape"] == [512, 512]
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert len(list((tmp_path / "preview").glob("*.png"))) == 1
     cls = [s for s in summary["steps"] if s["step"] == "pneumonia_classification"][0]
@@ -27,3 +27,6 @@ def test_demo_on_shared_dicoms_skips_the_extremity(tmp_path):
     skipped = {s["file"].rsplit("/", 1)[-1] for s in summary["skipped"]}
     assert "cr_extremity_mono1_j2k.dcm" in skipped
     assert len(summary["inputs"]) == 3
+    sr = [s for s in summary["steps"] if s["step"] == "super_resolution_x4"]
+    if sr:  # only the small DX image is super-resolved; the 1024 px CR images are already full resolution
+        assert [f.rsplit("/", 1)[-1] for f in sr[0]["files"]] == ["dx_thorax_mono1_small.dcm"]
