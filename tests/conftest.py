@@ -33,3 +33,12 @@ def require_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found: {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: on a shared 2-core machine OpenMP spinning costs more than it gains."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -25,13 +25,7 @@ from cxr_monai.metrics.sr import consistency_psnr, degrade
 from cxr_monai.networks import UNetDiscriminatorSN, csaegan_lite
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the CI machine is shared and OpenMP spinning on 2 busy cores costs more than it gains."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(num_feat=16, num_block=1, num_grow_ch=8, csa_reduction=4)
 

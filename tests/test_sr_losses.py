@@ -20,13 +20,7 @@ from cxr_monai.losses import (
 from cxr_monai.metrics.sr import degrade
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the CI machine is shared and OpenMP spinning on 2 busy cores costs more than it gains."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pixel_losses_values() -> None:

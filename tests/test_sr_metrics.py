@@ -23,13 +23,7 @@ from cxr_monai.metrics.sr import (
 from cxr_monai.transforms import SimulateLowResolution
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the CI machine is shared and OpenMP spinning on 2 busy cores costs more than it gains."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _phantom(size: int = 128, seed: int = 0) -> torch.Tensor:

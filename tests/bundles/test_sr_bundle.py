@@ -19,13 +19,7 @@ TINY_NET = {"network_def#num_block": 1, "network_def#num_feat": 16, "network_def
             "network_def#csa_reduction": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the CI machine is shared and OpenMP spinning on 2 busy cores costs more than it gains."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _workflow(config: str | list[str], workflow_type: str, **overrides):
