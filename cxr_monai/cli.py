@@ -7,26 +7,33 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["BUNDLES_DIR", "demo", "main", "run_bundle"]
+__all__ = ["BUNDLES_DIR", "demo", "main", "run_bundle", "run_workflow"]
 
 logger = logging.getLogger("cxr_monai")
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 
 
-def run_bundle(name: str, config: str | list[str], workflow_type: str = "infer", **overrides) -> None:
-    """Run one of the project's bundles (``bundles/<name>/configs/<config>``) through MONAI's ConfigWorkflow."""
+def run_workflow(bundle_dir: str | Path, config: str | list[str], workflow_type: str = "infer", **overrides):
+    """Run a bundle config (``<bundle_dir>/configs/<config>``, or a list merged in order) through MONAI's
+    ConfigWorkflow, as ``python -m monai.bundle run`` would; ``overrides`` set config ids (``bundle_root``
+    defaults to ``bundle_dir``). Returns the workflow."""
     from monai.bundle import ConfigWorkflow
 
-    root = BUNDLES_DIR / name
-    configs = [config] if isinstance(config, str) else list(config)
-    files = [str(root / "configs" / c) for c in configs]
+    root = Path(bundle_dir)
+    files = [str(root / "configs" / c) for c in ([config] if isinstance(config, str) else config)]
+    overrides.setdefault("bundle_root", str(root))
     wf = ConfigWorkflow(config_file=files if len(files) > 1 else files[0],
                         meta_file=str(root / "configs" / "metadata.json"),
-                        logging_file=str(root / "configs" / "logging.conf"), workflow_type=workflow_type,
-                        bundle_root=str(root), **overrides)
+                        logging_file=str(root / "configs" / "logging.conf"), workflow_type=workflow_type, **overrides)
     wf.initialize()
     wf.run()
     wf.finalize()
+    return wf
+
+
+def run_bundle(name: str, config: str | list[str], workflow_type: str = "infer", **overrides) -> None:
+    """Run one of the project's bundles (``bundles/<name>``) through :func:`run_workflow`."""
+    run_workflow(BUNDLES_DIR / name, config, workflow_type, **overrides)
 
 
 def _inputs(input: str | None, output_dir: Path) -> list[Path]:

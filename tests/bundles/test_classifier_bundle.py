@@ -10,23 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxr_monai.cli import BUNDLES_DIR
+from cxr_monai.cli import BUNDLES_DIR, run_workflow
 
 BUNDLE = BUNDLES_DIR / "cxr_pneumonia_classifier"
 CONFIGS = BUNDLE / "configs"
 
 
 def _workflow(config, workflow_type, **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    files = [str(CONFIGS / c) for c in ([config] if isinstance(config, str) else config)]
-    overrides.setdefault("bundle_root", str(BUNDLE))
-    wf = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], meta_file=str(CONFIGS / "metadata.json"),
-                        logging_file=str(CONFIGS / "logging.conf"), workflow_type=workflow_type, **overrides)
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    return wf
+    return run_workflow(CONFIGS.parent, config, workflow_type, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cxr_monai.cli import run_workflow
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "cxr_sr_csaegan"
 CONFIGS = BUNDLE / "configs"
@@ -22,21 +23,8 @@ TINY_NET = {"network_def#num_block": 1, "network_def#num_feat": 16, "network_def
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _workflow(config: str | list[str], workflow_type: str, **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    files = [str(CONFIGS / c) for c in ([config] if isinstance(config, str) else config)]
-    wf = ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type=workflow_type,
-        **overrides,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    return wf
+def _workflow(config, workflow_type, **overrides):
+    return run_workflow(CONFIGS.parent, config, workflow_type, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cxr_monai.cli import run_workflow
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "cxr_synth_sgan"
 CONFIGS = BUNDLE / "configs"
@@ -18,16 +19,7 @@ TINY = {"network_preset": "tiny", "image_size": 32, "attn_resolution": 16}
 
 
 def _workflow(config, workflow_type, **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    files = [str(CONFIGS / c) for c in ([config] if isinstance(config, str) else config)]
-    wf = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], meta_file=str(CONFIGS / "metadata.json"),
-                        logging_file=str(CONFIGS / "logging.conf"), workflow_type=workflow_type,
-                        bundle_root=str(BUNDLE), **overrides)
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    return wf
+    return run_workflow(CONFIGS.parent, config, workflow_type, **overrides)
 
 
 def _png(path: Path) -> np.ndarray:
