@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--study_out", type=Path, default=ROOT / "runs" / "synth_study")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--jobs", type=int, default=3, help="study processes run at the same time (one seed each)")
     p.add_argument("--real_cache", type=Path, default=Path("/tmp/cxr_synth_cache/kermany64_split0.pt"),
                    help="preprocessed split written by synth_augmentation_study.py (skips re-loading 4,431 JPEGs)")
     p.add_argument("--eval_overrides", type=json.loads, default={},
@@ -224,11 +225,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"evaluation done ({time.time() - t0:.0f} s)", flush=True)
     if "study" not in args.skip:
         script = ROOT / "benchmarks" / "synth_augmentation_study.py"
-        procs = [subprocess.Popen([sys.executable, str(script), "--out", str(args.study_out / f"syn_seed{s}"),
-                                   "--conditions", "syn_min", "syn_both", "tstr", "--seeds", str(s),
-                                   "--steps", str(args.steps), "--generator_weights", str(out / "models" / "model.pt")])
-                 for s in args.seeds]
-        codes = [pr.wait() for pr in procs]
+        codes = []
+        for i in range(0, len(args.seeds), args.jobs):  # --jobs processes at a time, one seed each
+            procs = [subprocess.Popen([sys.executable, str(script), "--out", str(args.study_out / f"syn_seed{s}"),
+                                       "--conditions", "syn_min", "syn_both", "tstr", "--seeds", str(s),
+                                       "--steps", str(args.steps), "--generator_weights",
+                                       str(out / "models" / "model.pt")])
+                     for s in args.seeds[i : i + args.jobs]]
+            codes += [pr.wait() for pr in procs]
         if any(codes):
             raise RuntimeError(f"study processes failed: {codes}")
         subprocess.run([sys.executable, str(script), "--out", str(args.study_out), "--merge"], check=True)

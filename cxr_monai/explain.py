@@ -30,9 +30,20 @@ def gradcam(net: nn.Module, image: torch.Tensor, target_layer: str, class_idx: i
     """
     from monai.visualize import GradCAM
 
-    cam = GradCAM(nn_module=net, target_layers=target_layer, postprocessing=minmax_normalize)
-    with torch.enable_grad():
-        maps = cam(x=image.detach().float().clone().requires_grad_(True), class_idx=class_idx)
+    # MONAI registers forward/backward hooks on the target layer and keeps no handle to remove them: without
+    # this clean-up every call (one per request in a server) adds two hooks and keeps a graph alive.
+    before = {id(m): (set(m._forward_hooks), set(m._backward_hooks)) for m in net.modules()}
+    try:
+        cam = GradCAM(nn_module=net, target_layers=target_layer, postprocessing=minmax_normalize)
+        with torch.enable_grad():
+            maps = cam(x=image.detach().float().clone().requires_grad_(True), class_idx=class_idx)
+    finally:
+        for m in net.modules():
+            fwd, bwd = before.get(id(m), (set(), set()))
+            for k in set(m._forward_hooks) - fwd:
+                del m._forward_hooks[k]
+            for k in set(m._backward_hooks) - bwd:
+                del m._backward_hooks[k]
     return maps[:, 0].detach().cpu().numpy().astype(np.float32)
 
 

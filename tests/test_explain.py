@@ -225,3 +225,23 @@ def test_gradcam_mass_falls_inside_the_consolidation(one_thread, tmp_path):
     assert np.all(inside > 2 * area), report  # every held-out case points at its lesion
     assert inside_mask.mean() >= 5 * lesion.mean(), report  # also on the bare mask
     assert inside_normal.mean() < area.mean(), report  # the NORMAL map avoids the lesion: the class index matters
+
+
+def _hook_count(net: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) for m in net.modules())
+
+
+def test_gradcam_leaves_no_hooks_behind(one_thread):
+    """A server calls gradcam() once per request: MONAI's GradCAM registers hooks it never removes."""
+    torch.manual_seed(0)
+    net = ResNet18SA(in_channels=1, num_classes=2, widths=(4, 8, 8, 8)).eval()
+    before = _hook_count(net)
+    x = torch.rand(1, 1, 64, 64)
+    first = gradcam(net, x, "layer4")
+    for _ in range(3):
+        again = gradcam(net, x, "layer4")
+    assert _hook_count(net) == before
+    np.testing.assert_allclose(again, first, atol=1e-6)
+    # the network still works normally afterwards (no stale hook keeps activations)
+    with torch.no_grad():
+        assert net(x).shape == (1, 2)
