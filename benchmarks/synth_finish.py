@@ -123,6 +123,9 @@ def metrics_md(sgan: dict, dcgan: dict | None) -> str:
         row(f"KID {c} (x1e3)", lambda m, c=c: f"{1e3 * m['per_class'][c]['kid_mean']:.2f} ± {1e3 * m['per_class'][c]['kid_std']:.2f}")
         row(f"MMD {c}", lambda m, c=c: f3(m["per_class"][c]["mmd"]))
         row(f"k-NN precision / recall {c}", lambda m, c=c: f"{m['per_class'][c]['knn_precision']:.3f} / {m['per_class'][c]['knn_recall']:.3f}")
+    row("class fidelity: share the classifier assigns to the asked class, NORMAL / PNEUMONIA (real images: "
+        + " / ".join(f"{v:.3f}" for v in sgan.get("class_fidelity", {}).get("real", {}).values()) + ")",
+        lambda m: " / ".join(f"{v:.3f}" for v in m["class_fidelity"]["generated"].values()))
     row("FID pooled", lambda m: f"{m['all']['fid']:.2f}")
     row("nearest-real SSIM: mean / max", lambda m: " / ".join(
         f"{np.mean([m['per_class'][c][k] for c in m['per_class']]):.3f}" if k.endswith("mean")

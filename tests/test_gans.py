@@ -303,3 +303,25 @@ def test_classifier_features_resizes_and_normalises():
     assert f.shape == (3, 1)
     with pytest.raises(ValueError):
         ClassifierFeatures(nn.Identity(), method="features")
+
+
+def test_class_fidelity_counts_agreement_with_the_classifier():
+    """Class fidelity = share of class-c samples the trained classifier labels c (same figure on real images)."""
+    from cxr_monai.metrics.generative import class_fidelity
+
+    class Bright(nn.Module):  # "PNEUMONIA" (1) when the mean intensity after normalisation is high
+        def features(self, x):
+            return x.mean(dim=(2, 3))
+
+        def forward(self, x):
+            m = self.features(x)
+            return torch.cat([0.5 - m, m - 0.5], 1) * 20
+
+    ext = ClassifierFeatures(Bright(), input_size=None, normalise=False)
+    dark, bright = 0.2 * torch.ones(6, 1, 8, 8), 0.8 * torch.ones(4, 1, 8, 8)
+    images = torch.cat([dark, bright, bright[:2]])
+    labels = torch.tensor([0] * 6 + [1] * 4 + [0] * 2)  # two "NORMAL" images look like PNEUMONIA
+    out = class_fidelity(images, labels, ext, ("NORMAL", "PNEUMONIA"))
+    assert out == {"NORMAL": pytest.approx(6 / 8), "PNEUMONIA": 1.0}
+    with pytest.raises(ValueError):
+        class_fidelity(images, labels, ClassifierFeatures(nn.Identity(), method=None), ("NORMAL", "PNEUMONIA"))

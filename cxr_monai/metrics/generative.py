@@ -74,16 +74,45 @@ class ClassifierFeatures(nn.Module):
         self.method = method
         self.normalise = normalise
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize and (optionally) normalise a batch as the classifier expects."""
         x = x.float()
         if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             down = x.shape[-1] > self.input_size
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
                               antialias=down)
-        if self.normalise:
-            x = _percentile_normalise(x)
+        return _percentile_normalise(x) if self.normalise else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(x)
         fn = getattr(self.network, self.method) if self.method is not None else self.network
         return torch.flatten(fn(x), 1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of the wrapped classifier (its ``forward``) on the prepared batch."""
+        return self.network(self.prepare(x))
+
+
+@torch.no_grad()
+def class_fidelity(images: torch.Tensor, labels: torch.Tensor, extractor: ClassifierFeatures,
+                   class_names: Sequence[str], batch_size: int = 64) -> dict[str, float]:
+    """Share of the images of each class that the wrapped classifier assigns to that class (argmax).
+
+    For generated images this says whether the class conditioning works (a "NORMAL" sample the classifier
+    calls PNEUMONIA does not balance anything); computed on real images it is the reference.
+
+    Raises:
+        ValueError: the extractor does not wrap a classifier with one logit per class.
+    """
+    if not isinstance(extractor, ClassifierFeatures) or extractor.method is None:
+        raise ValueError("class_fidelity needs a ClassifierFeatures extractor around a classifier")
+    extractor.eval()
+    logits = torch.cat([extractor.logits(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+    if logits.ndim != 2 or logits.shape[1] != len(class_names):
+        raise ValueError(f"classifier gives {tuple(logits.shape[1:])} logits for {len(class_names)} classes")
+    pred = logits.argmax(1).cpu()
+    return {name: float((pred[labels == c] == c).float().mean()) for c, name in enumerate(class_names)
+            if (labels == c).any()}
 
 
 def classifier_feature_extractor(bundle_root: str | Path | None = None, weights_name: str = "model.pt",
@@ -404,6 +433,9 @@ def evaluate_generator(
                          "mmd": mmd(fr, ff, seed)}
         p, r = knn_precision_recall(fr, ff)
         report["all"].update({"knn_precision": p, "knn_recall": r})
+    if isinstance(extractor, ClassifierFeatures) and extractor.method is not None:
+        report["class_fidelity"] = {"generated": class_fidelity(fake, fake_y, extractor, class_names),
+                                    "real": class_fidelity(real, real_labels, extractor, class_names)}
     report["memorised_share"] = float(np.mean([v["memorised_share"] for v in report["per_class"].values()]))
     report["nearest_real_ssim_max"] = float(max(v["nearest_real_ssim_max"] for v in report["per_class"].values()))
     if discriminator is not None:
