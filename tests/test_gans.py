@@ -20,6 +20,7 @@ from cxr_monai.engines.gan import (
 )
 from cxr_monai.losses import hinge_d_loss, hinge_g_loss
 from cxr_monai.metrics.generative import (
+    generative_report,
     ClassifierFeatures,
     discriminator_report,
     fid,
@@ -284,6 +285,25 @@ def test_ssim_and_memorisation_on_phantoms():
     torch.testing.assert_close(best, exhaustive)
     s, m = paired_ssim_mse(real, real[torch.randperm(12)])
     assert 0 < s <= 1 and 0 <= m < 0.2
+
+
+def test_generative_report_reuses_precomputed_features():
+    real, fake = _phantoms(10, 32, seed=0), _phantoms(6, 32, seed=1)
+    calls = []
+
+    def extractor(x):
+        calls.append(x.shape[0])
+        return torch.cat([x.mean(dim=(1, 2, 3))[:, None], x.std(dim=(1, 2, 3))[:, None]], 1)
+
+    direct = generative_report(fake, real, extractor, kid_subset_size=4, nearest_candidates=4)
+    assert sum(calls) == 16
+    calls.clear()
+    reused = generative_report(fake, real, extractor, kid_subset_size=4, nearest_candidates=4,
+                               real_features=extractor(real).double(), fake_features=extractor(fake).double())
+    assert sum(calls) == 16  # only the two calls made here, none inside
+    assert reused == pytest.approx(direct)
+    with pytest.raises(ValueError, match="real_features has 3 rows for 10 images"):
+        generative_report(fake, real, extractor, real_features=torch.zeros(3, 2))
 
 
 def test_discriminator_report_values():

@@ -319,7 +319,8 @@ def discriminator_report(real_logits: torch.Tensor, fake_logits: torch.Tensor, t
 def generative_report(fake: torch.Tensor, real: torch.Tensor, extractor: nn.Module | Callable | None,
                       memorisation_threshold: float = 0.95, knn_k: int = 3, kid_subsets: int = 100,
                       kid_subset_size: int = 1000, nearest_candidates: int = 32, seed: int = 0,
-                      batch_size: int = 64) -> dict:
+                      batch_size: int = 64, real_features: torch.Tensor | None = None,
+                      fake_features: torch.Tensor | None = None) -> dict:
     """All metrics of one set of generated images against one set of real images (same size, [0, 1]).
 
     Args:
@@ -333,10 +334,16 @@ def generative_report(fake: torch.Tensor, real: torch.Tensor, extractor: nn.Modu
         nearest_candidates: pre-selected reals per fake for the nearest-real SSIM.
         seed: seed of the random pairings/subsets.
         batch_size: feature-extraction batch size.
+        real_features: features of ``real`` already computed with ``extractor`` (skips that pass).
+        fake_features: features of ``fake`` already computed with ``extractor``.
     """
     out: dict[str, Any] = {"num_generated": int(fake.shape[0]), "num_real": int(real.shape[0])}
+    for name, images, feats in (("real", real, real_features), ("fake", fake, fake_features)):
+        if feats is not None and feats.shape[0] != images.shape[0]:
+            raise ValueError(f"{name}_features has {feats.shape[0]} rows for {images.shape[0]} images")
     if extractor is not None:
-        fr, ff = extract_features(real, extractor, batch_size), extract_features(fake, extractor, batch_size)
+        fr = real_features if real_features is not None else extract_features(real, extractor, batch_size)
+        ff = fake_features if fake_features is not None else extract_features(fake, extractor, batch_size)
         out["fid"] = fid(fr, ff)
         out["kid_mean"], out["kid_std"] = kid(fr, ff, kid_subsets, kid_subset_size, seed)
         out["mmd"] = mmd(fr, ff, seed)
@@ -420,15 +427,18 @@ def evaluate_generator(
         "memorisation_threshold": memorisation_threshold, "nearest_candidates": nearest_candidates,
         "ssim": "11x11 Gaussian sigma 1.5, k1 0.01, k2 0.03, data range 1, valid filtering",
         "feature_extractor": None if extractor is None else type(getattr(extractor, "network", extractor)).__name__}}
+    fr = ff = None
+    if extractor is not None:  # once for all images; the per-class metrics use slices
+        fr, ff = extract_features(real, extractor), extract_features(fake, extractor)
     for c, name in enumerate(class_names):
         mask = real_labels == c
         if mask.sum() < 2:
             continue
         report["per_class"][name] = generative_report(
             fake[fake_y == c], real[mask], extractor, memorisation_threshold, kid_subset_size=kid_subset_size,
-            nearest_candidates=nearest_candidates, seed=seed)
+            nearest_candidates=nearest_candidates, seed=seed,
+            real_features=None if fr is None else fr[mask], fake_features=None if ff is None else ff[fake_y == c])
     if extractor is not None:
-        fr, ff = extract_features(real, extractor), extract_features(fake, extractor)
         report["all"] = {"fid": fid(fr, ff), "kid_mean": kid(fr, ff, 100, kid_subset_size, seed)[0],
                          "mmd": mmd(fr, ff, seed)}
         p, r = knn_precision_recall(fr, ff)
