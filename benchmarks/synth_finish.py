@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
                         '"classifier_input_size": 28, "classifier_overrides": {"network_preset": "mnist"}}\'')
     p.add_argument("--out_root", type=Path, default=BUNDLE,
                    help="where models/, eval/, eval_dcgan/ and docs/README.md are written (default: the bundle)")
+    p.add_argument("--cpu_budget_total", type=int, default=None,
+                   help="total CPU-seconds of a run resumed in several legs (the log only knows the last leg's)")
     p.add_argument("--skip", nargs="*", default=[], choices=["export", "evaluate", "study", "card"])
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -206,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, run, dc in (("sgan", args.sgan_run, False), ("dcgan", args.dcgan_run, True)):
             if run.is_dir():
                 info[name] = export(run, dc)
+                if args.cpu_budget_total is not None:
+                    info[name][1]["cpu_seconds_budget"] = args.cpu_budget_total
                 print(name, info[name][1], flush=True)
         if "sgan" in info:
             (out / "models").mkdir(parents=True, exist_ok=True)
