@@ -2,8 +2,8 @@
 
 One point per (generator, CPU budget, run folder): the EMA generator of the run's final (else newest)
 checkpoint generates ``--num_per_class`` images per class (seed ``s + class``, as ``evaluate.json`` does);
-per-class FID, pooled FID, k-NN precision/recall and class fidelity are computed against the features of the
-real training images (the same classifier extractor and metric functions as ``evaluate.json``; the real
+per-class FID, pooled FID (real images subsampled to the generated class mix, as ``evaluate.json`` does), k-NN
+precision/recall and class fidelity are computed against the features of the real training images (the same classifier extractor and metric functions as ``evaluate.json``; the real
 features are extracted once for all points). Writes a JSON and a figure.
 
 Usage (repository root; the three legs of each run are separate folders, see the synthesis model card)::
@@ -67,7 +67,10 @@ def evaluate_point(kind: str, run: Path, real_f: torch.Tensor, real_y: torch.Ten
         feats.append(f)
         labels.append(ys)
         images.append(imgs)
-    out["fid_pooled"] = gm.fid(real_f, torch.cat(feats))
+    fake_y = torch.cat(labels)
+    keep = gm.class_matched_indices(real_y, fake_y, seed)  # real subset with the generated (balanced) class mix
+    out["fid_pooled"] = gm.fid(real_f[keep], torch.cat(feats))
+    out["fid_pooled_unmatched"] = gm.fid(real_f, torch.cat(feats))  # all reals (26 % NORMAL): class-ratio biased
     out["class_fidelity"] = gm.class_fidelity(torch.cat(images), torch.cat(labels), extractor, CLASS_NAMES)
     return out
 
@@ -80,7 +83,7 @@ def plot(results: list[dict], path: Path) -> None:
 
     panels = [("FID NORMAL", lambda r: r["per_class"]["NORMAL"]["fid"]),
               ("FID PNEUMONIA", lambda r: r["per_class"]["PNEUMONIA"]["fid"]),
-              ("FID pooled", lambda r: r["fid_pooled"]),
+              ("FID pooled (class mix matched)", lambda r: r["fid_pooled"]),
               ("k-NN recall NORMAL (diversity)", lambda r: r["per_class"]["NORMAL"]["knn_recall"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
     for ax, (title, fn) in zip(axes, panels):

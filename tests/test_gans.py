@@ -20,6 +20,7 @@ from cxr_monai.engines.gan import (
 )
 from cxr_monai.losses import hinge_d_loss, hinge_g_loss
 from cxr_monai.metrics.generative import (
+    class_matched_indices,
     generative_report,
     ClassifierFeatures,
     discriminator_report,
@@ -304,6 +305,50 @@ def test_generative_report_reuses_precomputed_features():
     assert reused == pytest.approx(direct)
     with pytest.raises(ValueError, match="real_features has 3 rows for 10 images"):
         generative_report(fake, real, extractor, real_features=torch.zeros(3, 2))
+
+
+def test_class_matched_indices_follow_the_generated_class_mix():
+    real = torch.tensor([0] * 30 + [1] * 90)  # 25 % class 0, like Kermany's NORMAL share
+    fake = torch.tensor([0] * 8 + [1] * 8)  # balanced generated set
+    keep = class_matched_indices(real, fake, seed=0)
+    assert (real[keep] == 0).sum() == 30 and (real[keep] == 1).sum() == 30  # all of the scarce class
+    assert keep.unique().numel() == keep.numel()
+    assert torch.equal(keep, class_matched_indices(real, fake, seed=0))
+    assert not torch.equal(keep, class_matched_indices(real, fake, seed=1))
+    keep = class_matched_indices(real, torch.tensor([0, 1, 1, 1]))  # 1:3 mix -> the real set as it is
+    assert keep.numel() == 120
+    with pytest.raises(ValueError, match="no real image"):
+        class_matched_indices(real, torch.tensor([0, 2]))
+
+
+def test_pooled_fid_is_not_moved_by_the_class_ratio(tmp_path):
+    # two well separated "classes" in feature space; a perfect generator makes a balanced set of both
+    gen = torch.Generator().manual_seed(0)
+    real_labels = torch.tensor([0] * 60 + [1] * 180)
+    fake_labels = torch.tensor([0] * 64 + [1] * 64)
+
+    def images(labels):  # class 0 dark, class 1 bright, with noise
+        base = 0.25 + 0.5 * labels.float()[:, None, None, None]
+        return (base + 0.05 * torch.randn(labels.numel(), 1, 16, 16, generator=gen)).clamp(0, 1)
+
+    real = images(real_labels)
+
+    class PerfectG(nn.Module):
+        latent_dim = 4
+
+        def forward(self, z, y):
+            return images(y)
+
+    def extractor(x):
+        return torch.cat([x.mean(dim=(1, 2, 3))[:, None], x.std(dim=(1, 2, 3))[:, None]], 1)
+
+    from cxr_monai.metrics.generative import evaluate_generator, fid
+
+    rep = evaluate_generator(PerfectG(), real, real_labels, tmp_path, extractor, num_per_class=64,
+                             kid_subset_size=32, nearest_candidates=2)
+    naive = fid(extractor(real).double(), extractor(images(fake_labels)).double())
+    assert rep["all"]["num_real"] == 120
+    assert rep["all"]["fid"] < 0.2 * naive  # the unmatched pooled FID is dominated by the 25/75 vs 50/50 mix
 
 
 def test_discriminator_report_values():

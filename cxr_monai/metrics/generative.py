@@ -371,6 +371,33 @@ def stack_images(dataset: Sequence[dict] | Any, key: str = "image", label_key: s
     return images, labels
 
 
+def class_matched_indices(real_labels: torch.Tensor, target_labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Indices of the largest random subset of the real images whose class proportions equal those of
+    ``target_labels`` (e.g. the generated images' classes).
+
+    Pooled (all-class) metrics compare two mixtures; when the generated set is class-balanced and the real set
+    is not (Kermany: 26 % NORMAL), the class ratio alone moves FID/KID, and a generator that makes every class
+    look like the majority class scores better. Subsampling the real images to the generated mix removes that.
+
+    Raises:
+        ValueError: ``target_labels`` holds a class with no real image.
+    """
+    real_labels, target_labels = torch.as_tensor(real_labels).long(), torch.as_tensor(target_labels).long()
+    classes, counts = target_labels.unique(return_counts=True)
+    share = counts.double() / counts.sum()
+    available = torch.stack([(real_labels == c).sum() for c in classes]).double()
+    if bool((available == 0).any()):
+        raise ValueError(f"no real image of class(es) {classes[available == 0].tolist()}")
+    total = float((available / share).min())  # the scarcest class (relative to its share) sets the size
+    gen = torch.Generator().manual_seed(seed)
+    picked = []
+    for c, sh in zip(classes.tolist(), share.tolist()):
+        idx = torch.nonzero(real_labels == c).flatten()
+        n = min(idx.numel(), max(1, int(round(total * sh))))
+        picked.append(idx[torch.randperm(idx.numel(), generator=gen)[:n]])
+    return torch.cat(picked).sort().values
+
+
 def evaluate_generator(
     generator: nn.Module,
     real_images: torch.Tensor,
@@ -438,10 +465,13 @@ def evaluate_generator(
             fake[fake_y == c], real[mask], extractor, memorisation_threshold, kid_subset_size=kid_subset_size,
             nearest_candidates=nearest_candidates, seed=seed,
             real_features=None if fr is None else fr[mask], fake_features=None if ff is None else ff[fake_y == c])
-    if extractor is not None:
-        report["all"] = {"fid": fid(fr, ff), "kid_mean": kid(fr, ff, 100, kid_subset_size, seed)[0],
-                         "mmd": mmd(fr, ff, seed)}
-        p, r = knn_precision_recall(fr, ff)
+    if extractor is not None:  # pooled over classes, with the real images subsampled to the generated class mix
+        keep = class_matched_indices(real_labels, fake_y, seed)
+        fr_all = fr[keep]
+        report["all"] = {"fid": fid(fr_all, ff), "kid_mean": kid(fr_all, ff, 100, kid_subset_size, seed)[0],
+                         "mmd": mmd(fr_all, ff, seed), "num_real": int(keep.numel()),
+                         "class_mix": "real images subsampled to the generated images' class proportions"}
+        p, r = knn_precision_recall(fr_all, ff)
         report["all"].update({"knn_precision": p, "knn_recall": r})
     if isinstance(extractor, ClassifierFeatures) and extractor.method is not None:
         report["class_fidelity"] = {"generated": class_fidelity(fake, fake_y, extractor, class_names),
