@@ -23,6 +23,7 @@ processes (one --out sub-folder each, e.g. one per seed) and collected with --me
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -61,6 +62,11 @@ def load_split(dataset_dir: Path, size: int, cache: Path) -> dict[str, torch.Ten
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, cache)
     return out
+
+
+def weights_sha(path: Path) -> str:
+    """SHA-256 of a weights file: results of synthetic conditions are tied to the generator that made them."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_generator(weights: Path, preset: str, size: int) -> torch.nn.Module:
@@ -212,16 +218,23 @@ def main(argv: list[str] | None = None) -> None:
           f"val {tuple(data['val_x'].shape)} normal {(data['val_y'] == 0).sum().item()} ({time.time() - t0:.0f} s)",
           flush=True)
     generator = load_generator(args.generator_weights, args.generator_preset, args.size) if args.generator_weights else None
+    sha = weights_sha(args.generator_weights) if args.generator_weights else None
     res_file = args.out / "results.json"
     results = json.loads(res_file.read_text()) if res_file.is_file() else []
     for seed in args.seeds:
         for cond in args.conditions:
-            if any(r["condition"] == cond and r["seed"] == seed for r in results):
+            uses_generator = cond not in ("real", "dup")
+            key = (cond, seed, args.steps, sha if uses_generator else None)
+            # resume: skip only a run with the same condition, seed, steps and (for synthetic data) generator
+            if any((r["condition"], r["seed"], r["steps"], r.get("generator_sha256")) == key for r in results):
                 continue
+            # a result of another generator/steps for this condition and seed is replaced, not averaged in
+            results = [r for r in results if (r["condition"], r["seed"]) != (cond, seed)]
             x, y = build(cond, data, generator, seed)
             r = train_eval(x, y, data["val_x"], data["val_y"], seed, args.steps, args.batch_size, args.lr)
             r.update({"condition": cond, "seed": seed, "steps": args.steps, "batch_size": args.batch_size,
-                      "generator": str(args.generator_weights) if cond not in ("real", "dup") else None})
+                      "generator": str(args.generator_weights) if uses_generator else None,
+                      "generator_sha256": sha if uses_generator else None})
             results.append(r)
             res_file.write_text(json.dumps(results, indent=1))
             print(json.dumps(r), flush=True)
