@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["gradcam", "save_overlay", "cam_mass_inside", "minmax_normalize"]
+__all__ = ["gradcam", "gradcam_split", "overlay_rgb", "save_overlay", "cam_mass_inside", "minmax_normalize"]
 
 
 def gradcam(net: nn.Module, image: torch.Tensor, target_layer: str, class_idx: int | None = 1) -> np.ndarray:
@@ -96,3 +96,48 @@ def save_overlay(image: np.ndarray | torch.Tensor, cam: np.ndarray, path: str | 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def gradcam_split(features_fn, head_fn, image: torch.Tensor, class_idx: int) -> np.ndarray:
+    """Grad-CAM from a network split at the explained layer (works on TorchScript modules, which take
+    no hooks): ``A = features_fn(x)``, ``y = head_fn(A)``, weights = spatial mean of ``dy_c / dA``,
+    map = ``ReLU(sum_k w_k A_k)`` upsampled bilinearly to the input size.
+
+    Normalisation: each map is divided by its maximum (0 stays "no evidence"; a map with no positive
+    evidence stays all zero instead of being stretched to full range).
+
+    Args:
+        features_fn: ``x -> A`` (N, C, h, w), e.g. ``CalibratedClassifier.cam_features``.
+        head_fn: ``A -> logits`` (N, K), e.g. ``CalibratedClassifier.cam_head``.
+        image: (N, 1, H, W) network input.
+        class_idx: the class to explain (the predicted one, for an explanation of the decision).
+
+    Returns:
+        (N, H, W) float32 in [0, 1].
+    """
+    with torch.enable_grad():
+        feats = features_fn(image.detach().float()).detach().requires_grad_(True)
+        logits = head_fn(feats)
+        grad, = torch.autograd.grad(logits[:, int(class_idx)].sum(), feats)
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * feats.detach()).sum(dim=1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    peak = cam.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
+    cam = torch.where(peak > 0, cam / peak.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
+    return cam[:, 0].cpu().numpy().astype(np.float32)
+
+
+def overlay_rgb(image: np.ndarray | torch.Tensor, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """The radiograph with its Grad-CAM blended in the ``jet`` colour map, as (H, W, 3) uint8 RGB
+    (``cam`` is resized to the image when their sizes differ)."""
+    from matplotlib import colormaps
+
+    img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
+    img = np.clip(img.reshape(img.shape[-2:]), 0.0, 1.0)
+    cam_t = torch.as_tensor(np.asarray(cam, dtype=np.float32))[None, None]
+    if cam_t.shape[-2:] != img.shape:
+        cam_t = torch.nn.functional.interpolate(cam_t, size=img.shape, mode="bilinear", align_corners=False)
+    heat = colormaps["jet"](np.clip(cam_t[0, 0].numpy(), 0.0, 1.0))[..., :3]
+    a = alpha * np.clip(cam_t[0, 0].numpy(), 0.0, 1.0)[..., None] ** 0.5
+    rgb = (1 - a) * img[..., None] + a * heat
+    return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)

@@ -77,6 +77,7 @@ __all__ = [
     "CXRInputError",
     "load_cxr",
     "is_chest",
+    "skip_reason",
     "LoadCXR",
     "LoadCXRd",
     "LoadCXRD",
@@ -338,8 +339,12 @@ def _dicom_intensity(path: Path, ds: Dataset, stored: np.ndarray) -> tuple[np.nd
     return _minmax(path, values), "minmax"
 
 
-def _read_dicom(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
-    ds = _dcmread(path)
+def _read_dicom(path: Path, max_pixels: int, ds: Dataset | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode a DICOM file, or a dataset already read (``ds``; ``path`` then only names it in errors)."""
+    if ds is None:
+        ds = _dcmread(path)
+    elif "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        raise CXRInputError(path, "DICOM dataset without a Transfer Syntax UID in its file meta")
     _dicom_header_checks(path, ds, max_pixels)
     rows, cols = int(ds.Rows), int(ds.Columns)
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
@@ -510,14 +515,16 @@ def _read_nifti(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]
 # -------------------------------------------------------------------------------------------- public
 
 
-def load_cxr(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict[str, Any]]:
+def load_cxr(path: str | os.PathLike | Dataset, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict[str, Any]]:
     """Load a chest radiograph as a ``(1, H, W)`` float32 array in ``[0, 1]``, display orientation.
 
     See the module docstring for the formats and the intensity rules.
 
     Args:
         path: DICOM (``.dcm``/``.dicom``/no suffix, or any file with the DICM magic), PNG, JPEG,
-            TIFF or NIfTI (``.nii``/``.nii.gz``) file.
+            TIFF or NIfTI (``.nii``/``.nii.gz``) file; or a pydicom ``Dataset`` already read (e.g. a SOP
+            instance handed over by the MONAI Deploy loader), decoded with exactly the same rules
+            (``meta["filename_or_obj"]`` is then its ``filename`` or its SOP Instance UID).
         max_pixels: refuse images with more than this many pixels (rows x columns), checked from
             the file's header before any pixel is decoded.
 
@@ -531,6 +538,12 @@ def load_cxr(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> t
         ValueError: ``max_pixels`` is not a positive integer.
     """
     max_pixels = _check_max_pixels(max_pixels)
+    if isinstance(path, Dataset):
+        name = getattr(path, "filename", None) or f"SOPInstanceUID={path.get('SOPInstanceUID', '?')}"
+        name = name if isinstance(name, str) else str(name)
+        arr, meta = _read_dicom(Path(name), max_pixels, ds=path)
+        _check_finite(Path(name), arr)
+        return np.ascontiguousarray(np.clip(arr, 0.0, 1.0).astype(np.float32)[None]), meta
     if not isinstance(path, (str, os.PathLike)):
         raise CXRInputError(repr(path)[:200], f"expected a file path, got {type(path).__name__}")
     p = Path(path)
@@ -573,6 +586,30 @@ def is_chest(meta: Mapping[str, Any]) -> bool:
     if part and part not in ("UNKNOWN", "NONE", "-"):
         return any(word in part for word in _CHEST_WORDS)
     return str(modality or "").strip().upper() not in _NON_PROJECTION_MODALITIES
+
+
+_LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "XTABLE LATERAL")
+
+
+def skip_reason(meta: Mapping[str, Any]) -> str | None:
+    """Why a loaded image must not reach the frontal chest models, or ``None`` when it may.
+
+    Refused: a stated body part that is not the chest (see :func:`is_chest`; absent is accepted), a
+    non-projection modality, and a lateral ViewPosition (``LL``, ``RL``, ``LATERAL``...; the models
+    were trained on frontal PA/AP views). Absent ViewPosition is accepted.
+
+    Args:
+        meta: metadata of one image from :func:`load_cxr`.
+    """
+    if not is_chest(meta):
+        part = meta.get("body_part")
+        if part:
+            return f"body part {part!r} is not the chest"
+        return f"modality {meta.get('modality')!r} is not projection radiography"
+    view = str((meta.get("dicom_tags") or {}).get("ViewPosition", "") or "").strip().upper()
+    if view in _LATERAL_VIEWS:
+        return f"lateral view (ViewPosition {view!r}): the models read frontal PA/AP radiographs only"
+    return None
 
 
 def _collatable_meta(meta: Mapping[str, Any]) -> dict[str, Any]:

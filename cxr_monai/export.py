@@ -1,0 +1,244 @@
+"""Deployable model files: one TorchScript file per model with everything it needs embedded.
+
+The MONAI Deploy SDK finds models by its named-model layout (``MODELS/<name>/`` holding exactly one
+file), so a deployable model cannot have side files: the calibration (temperature, threshold), the
+preprocessing parameters, the tiling policy and the provenance travel inside the TorchScript archive
+as the extra file ``cxr_monai.json`` (``torch.jit.save(..., _extra_files=...)``).
+
+* ``cxr_pneumonia/model.ts``: :class:`CalibratedClassifier` — ``forward(x) -> (N, 2)`` calibrated
+  probabilities (softmax of logits / temperature), plus two exported methods for Grad-CAM,
+  ``cam_features(x)`` (last feature maps) and ``cam_head(f)`` (calibrated logits from them).
+* ``cxr_sr/model.ts``: the 4x generator, ``forward(x) -> (N, 1, 4H, 4W)``.
+
+:func:`export_deploy_models` writes both from the bundles (``make deploy-models``);
+:func:`load_deploy_model` reads one back with its metadata, refusing files that lack it. Bundle
+paths are arguments: nothing here knows where the repository keeps its bundles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CLASSIFIER_NAME",
+    "SR_NAME",
+    "META_FILE",
+    "CalibratedClassifier",
+    "DeployModelError",
+    "export_classifier",
+    "export_sr",
+    "export_deploy_models",
+    "load_deploy_model",
+    "find_model_file",
+]
+
+CLASSIFIER_NAME = "cxr_pneumonia"
+SR_NAME = "cxr_sr"
+META_FILE = "cxr_monai.json"
+FORMAT_VERSION = 1
+
+
+class DeployModelError(RuntimeError):
+    """A deployable model file or folder that is missing or lacks its embedded metadata."""
+
+
+class CalibratedClassifier(nn.Module):
+    """A :class:`~cxr_monai.networks.ResNet18SA` with its temperature built in, for deployment.
+
+    Args:
+        net: the trained classifier (stem, layer1..layer4, pool, dropout, fc).
+        temperature: calibration temperature (> 0); probabilities are ``softmax(logits / T)``.
+    """
+
+    def __init__(self, net: nn.Module, temperature: float = 1.0) -> None:
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        super().__init__()
+        self.net = net
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    @torch.jit.export
+    def cam_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature maps (N, C, h, w): the layer Grad-CAM explains."""
+        n = self.net
+        return n.layer4(n.layer3(n.layer2(n.layer1(n.stem(x)))))
+
+    @torch.jit.export
+    def cam_head(self, f: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits (N, 2) from :meth:`cam_features`."""
+        n = self.net
+        return n.fc(n.dropout(torch.flatten(n.pool(f), 1))) / self.temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.cam_head(self.cam_features(x)), dim=1)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _bundle_meta(bundle_root: Path) -> dict[str, Any]:
+    meta_file = bundle_root / "configs" / "metadata.json"
+    if not meta_file.is_file():
+        raise DeployModelError(f"{bundle_root}: not a bundle (no configs/metadata.json)")
+    return json.loads(meta_file.read_text())
+
+
+def _save_atomic(module: torch.jit.ScriptModule, meta: Mapping[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.jit.save(module, tmp, _extra_files={META_FILE: json.dumps(dict(meta), indent=1)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLike) -> Path:
+    """Export the pneumonia classifier bundle as one TorchScript file with calibration embedded.
+
+    Args:
+        bundle_root: the ``cxr_pneumonia_classifier`` bundle folder (``models/model.pt`` and
+            ``models/calibration.json`` are read).
+        out_file: the ``.ts`` file to write (atomically).
+    """
+    from cxr_monai.utils import load_bundle_network, read_json
+
+    root = Path(bundle_root)
+    meta = _bundle_meta(root)
+    cal_file = root / "models" / "calibration.json"
+    if not cal_file.is_file():
+        raise DeployModelError(f"{cal_file}: calibration file missing")
+    cal = read_json(cal_file)
+    net = load_bundle_network(root)
+    module = torch.jit.script(CalibratedClassifier(net, float(cal["temperature"])).eval())
+    info = {
+        "format_version": FORMAT_VERSION,
+        "kind": "classifier",
+        "name": CLASSIFIER_NAME,
+        "model_name": meta.get("name", "cxr_pneumonia_classifier"),
+        "version": meta["version"],
+        "class_names": ["NORMAL", "PNEUMONIA"],
+        "positive_class": 1,
+        "temperature": float(cal["temperature"]),
+        "threshold": float(cal["threshold"]),
+        "threshold_rule": cal.get("threshold_rule", "Youden point on the patient-aware validation split"),
+        "image_size": int(cal.get("image_size", 224)),
+        "preprocessing": "cxr_monai.transforms.classifier_preprocessing",
+        "output": "calibrated probabilities (N, 2): softmax(logits / temperature)",
+        "gradcam": {"features": "cam_features", "head": "cam_head"},
+        "weights_sha256": _sha256(root / "models" / "model.pt"),
+        "monai_version": meta.get("monai_version"),
+        "pytorch_version": torch.__version__,
+    }
+    return _save_atomic(module, info, Path(out_file))
+
+
+def export_sr(bundle_root: str | os.PathLike, out_file: str | os.PathLike, tile_size: int = 128,
+              tile_overlap: float = 0.25) -> Path:
+    """Export the 4x super-resolution bundle as one TorchScript file with its tiling policy embedded.
+
+    Args:
+        bundle_root: the ``cxr_sr_csaegan`` bundle folder (``models/model.pt`` is read).
+        out_file: the ``.ts`` file to write (atomically).
+        tile_size: side of the input tiles of the sliding-window inference (input pixels).
+        tile_overlap: overlap of neighbouring tiles (fraction of ``tile_size``).
+    """
+    from cxr_monai.utils import load_bundle_network
+
+    root = Path(bundle_root)
+    meta = _bundle_meta(root)
+    net = load_bundle_network(root)
+    scale = int(getattr(net, "scale", 4))
+    module = torch.jit.script(net.eval())
+    info = {
+        "format_version": FORMAT_VERSION,
+        "kind": "super_resolution",
+        "name": SR_NAME,
+        "model_name": meta.get("name", "cxr_sr_csaegan"),
+        "version": meta["version"],
+        "scale": scale,
+        "tile_size": int(tile_size),
+        "tile_overlap": float(tile_overlap),
+        "preprocessing": "cxr_monai.transforms.sr_preprocessing",
+        "output": f"(N, 1, {scale}H, {scale}W) in [0, 1] after clamping",
+        "weights_sha256": _sha256(root / "models" / "model.pt"),
+        "monai_version": meta.get("monai_version"),
+        "pytorch_version": torch.__version__,
+    }
+    return _save_atomic(module, info, Path(out_file))
+
+
+def export_deploy_models(classifier_bundle: str | os.PathLike, sr_bundle: str | os.PathLike,
+                         out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``out_dir/cxr_pneumonia/model.ts`` and ``out_dir/cxr_sr/model.ts`` (the SDK's named-model
+    layout: one file per model folder). Returns ``{name: path}``."""
+    out = Path(out_dir)
+    written = {
+        CLASSIFIER_NAME: export_classifier(classifier_bundle, out / CLASSIFIER_NAME / "model.ts"),
+        SR_NAME: export_sr(sr_bundle, out / SR_NAME / "model.ts"),
+    }
+    for name, path in written.items():
+        extra = [p for p in path.parent.iterdir() if p != path]
+        if extra:
+            raise DeployModelError(f"{path.parent}: the named-model layout allows one file, also found {extra}")
+    return written
+
+
+def find_model_file(models_dir: str | os.PathLike, name: str) -> Path:
+    """The one model file of ``models_dir/name`` (or ``models_dir`` itself when it is that file)."""
+    root = Path(models_dir)
+    if root.is_file():
+        return root
+    folder = root / name
+    if not folder.is_dir():
+        raise DeployModelError(f"model {name!r} not found: {folder} does not exist (run `make deploy-models`)")
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if len(files) != 1:
+        raise DeployModelError(f"{folder}: expected exactly one model file, found {len(files)}")
+    return files[0]
+
+
+def load_deploy_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+                      kind: str | None = None) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load a file written by :func:`export_deploy_models` with its embedded metadata.
+
+    Args:
+        path: the ``model.ts`` file.
+        device: where to map the module.
+        kind: expected ``"classifier"`` or ``"super_resolution"`` (checked when given).
+
+    Raises:
+        DeployModelError: the file is missing, not TorchScript, has no ``cxr_monai.json``, or is of
+            another kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DeployModelError(f"{path}: model file not found")
+    extra = {META_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError/ValueError on bad archives
+        raise DeployModelError(f"{path}: not a TorchScript archive ({type(err).__name__}: {err})") from err
+    if not extra[META_FILE]:
+        raise DeployModelError(f"{path}: no embedded {META_FILE}; export it with `make deploy-models`")
+    info = json.loads(extra[META_FILE])
+    if kind is not None and info.get("kind") != kind:
+        raise DeployModelError(f"{path}: is a {info.get('kind')!r} model, expected {kind!r}")
+    return module.eval(), info

@@ -1,0 +1,139 @@
+"""Running the deployable models on images of the cxr_monai image contract.
+
+Used by the MONAI Deploy operators (``deploy/cxr_enhance_classify``), the MONAI Label infer tasks and
+the SR bundle's inference config, so that tiling, preprocessing, calibration and Grad-CAM have one
+definition. Inputs are ``(1, H, W)`` float32 arrays in ``[0, 1]`` (what :func:`cxr_monai.io.load_cxr`
+returns); models are the TorchScript files of :mod:`cxr_monai.export`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import Compose
+
+__all__ = [
+    "DEFAULT_SR_MAX_SIDE",
+    "select_device",
+    "sr_inferer",
+    "sr_decision",
+    "super_resolve",
+    "classifier_input",
+    "classify",
+]
+
+DEFAULT_SR_MAX_SIDE = 1024
+"""Images whose longest side is above this many pixels are already high resolution: no SR."""
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` when given, else CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sr_inferer(tile_size: int = 128, tile_overlap: float = 0.25, sw_batch_size: int = 1) -> SlidingWindowInferer:
+    """Tiled (sliding-window) inference for the 4x generator: Gaussian-weighted blending of
+    ``tile_size`` input tiles overlapping by ``tile_overlap``, replicate padding at the border.
+    Memory is bounded by the output buffer (the 4x image and its weight map) plus one batch of tiles.
+    The SR bundle's ``inference.json`` and the deploy app both use it."""
+    if tile_size < 8:
+        raise ValueError(f"tile_size must be >= 8, got {tile_size}")
+    if not 0 <= tile_overlap < 1:
+        raise ValueError(f"tile_overlap must be in [0, 1), got {tile_overlap}")
+    return SlidingWindowInferer(roi_size=(tile_size, tile_size), sw_batch_size=sw_batch_size, overlap=tile_overlap,
+                                mode="gaussian", padding_mode="replicate")
+
+
+def sr_decision(shape: tuple[int, ...], sr_max_side: int = DEFAULT_SR_MAX_SIDE) -> tuple[bool, str]:
+    """Whether to super-resolve an image of ``shape`` (``(..., H, W)``), and why (a sentence)."""
+    h, w = int(shape[-2]), int(shape[-1])
+    if max(h, w) > sr_max_side:
+        return False, (f"SR skipped: the image is {h}x{w} px, longest side above {sr_max_side} px "
+                       "(already high resolution); classified as it is")
+    return True, f"SR applied: {h}x{w} px -> 4x (longest side at most {sr_max_side} px)"
+
+
+def _autocast(device: torch.device, bf16: bool):
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def super_resolve(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Mapping[str, Any],
+                  device: str | torch.device = "cpu", bf16: bool = True) -> np.ndarray:
+    """4x super-resolve one image with tiled inference.
+
+    Args:
+        model: the SR generator (TorchScript from :func:`cxr_monai.export.load_deploy_model`).
+        image: ``(1, H, W)`` in ``[0, 1]``.
+        info: the model's embedded metadata (``tile_size``, ``tile_overlap``, ``scale``).
+        device: device of ``model``.
+        bf16: use bfloat16 autocast on CUDA (ignored on CPU).
+
+    Returns:
+        ``(1, sH, sW)`` float32 in ``[0, 1]``.
+    """
+    device = torch.device(device)
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32) if not isinstance(image, torch.Tensor) else image)
+    if x.ndim != 3 or x.shape[0] != 1:
+        raise ValueError(f"image must be (1, H, W), got {tuple(x.shape)}")
+    inferer = sr_inferer(int(info.get("tile_size", 128)), float(info.get("tile_overlap", 0.25)))
+    with torch.inference_mode(), _autocast(device, bf16):
+        y = inferer(x[None].to(device, torch.float32), model)
+    y = y.float().clamp(0.0, 1.0)[0].cpu().numpy()
+    scale = int(info.get("scale", 4))
+    if y.shape[-2:] != (scale * x.shape[-2], scale * x.shape[-1]):
+        raise RuntimeError(f"SR output shape {y.shape} is not {scale}x the input {tuple(x.shape)}")
+    return y
+
+
+def classifier_input(image: np.ndarray | torch.Tensor, image_size: int = 224) -> torch.Tensor:
+    """``(1, 1, S, S)`` network input from a ``(1, H, W)`` image, through the one classifier
+    preprocessing definition (:func:`cxr_monai.transforms.classifier_preprocessing`)."""
+    from cxr_monai.transforms import classifier_preprocessing
+
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, dtype=np.float32)
+    out = Compose(classifier_preprocessing(["image"], int(image_size)))({"image": arr})["image"]
+    out = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
+    return out[None].float()
+
+
+def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Mapping[str, Any],
+             device: str | torch.device = "cpu", with_cam: bool = False) -> dict[str, Any]:
+    """Calibrated pneumonia probability of one image (and optionally its Grad-CAM).
+
+    Args:
+        model: :class:`cxr_monai.export.CalibratedClassifier` (TorchScript).
+        image: ``(1, H, W)`` in ``[0, 1]``, any size (resized by the preprocessing).
+        info: the model's embedded metadata (``threshold``, ``image_size``, ``class_names``).
+        device: device of ``model``.
+        with_cam: also compute Grad-CAM of the predicted class (``cam``: ``(S, S)`` in ``[0, 1]``,
+            ``cam_class``: its name), see :func:`cxr_monai.explain.gradcam_split`.
+
+    Returns:
+        ``{"probability": p(PNEUMONIA), "label", "threshold", "probabilities": [p0, p1]}`` (+ cam).
+    """
+    device = torch.device(device)
+    x = classifier_input(image, int(info.get("image_size", 224))).to(device)
+    with torch.inference_mode():
+        probs = model(x)[0].float().cpu().numpy()
+    names = list(info.get("class_names", ["NORMAL", "PNEUMONIA"]))
+    threshold = float(info["threshold"])
+    p = float(probs[1])
+    label_idx = int(p >= threshold)
+    out: dict[str, Any] = {"probability": p, "label": names[label_idx], "label_index": label_idx,
+                           "threshold": threshold, "probabilities": [float(v) for v in probs]}
+    if with_cam:
+        from cxr_monai.explain import gradcam_split
+
+        out["cam"] = gradcam_split(model.cam_features, model.cam_head, x, label_idx)[0]
+        out["cam_class"] = names[label_idx]
+        out["network_input"] = x[0, 0].cpu().numpy()
+    return out

@@ -1,0 +1,118 @@
+"""Writing the enhance-and-classify results of a set of images: DICOM objects, PNGs and ``results.json``.
+
+Layout under the output folder::
+
+    results.json
+    <StudyInstanceUID>/enhanced/<SOPInstanceUID>.dcm   Secondary Capture, 16-bit, one series per study
+    <StudyInstanceUID>/report/<SOPInstanceUID>.dcm     Comprehensive SR with the finding, one series per study
+    <StudyInstanceUID>/gradcam/<SOPInstanceUID>.dcm    RGB Secondary Capture, one series per study
+    <StudyInstanceUID>/gradcam/<source SOPInstanceUID>.png
+
+Series numbers: 9001 enhanced, 9002 report, 9003 Grad-CAM. Files are named by UID, so two inputs with
+the same file name never collide; each is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SERIES_NUMBERS", "write_study_results"]
+
+logger = logging.getLogger("cxr_monai.results")
+
+SERIES_NUMBERS = {"enhanced": 9001, "report": 9002, "gradcam": 9003}
+_PUBLIC = ("file", "study_uid", "series_uid", "sop_uid", "modality", "status", "reason", "shape", "sr",
+           "classification", "gradcam", "seconds", "outputs")
+
+
+def _png_bytes(rgb) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_study_results(records: Sequence[dict[str, Any]], output_folder: str | Path, *,
+                        run_info: Mapping[str, Any] | None = None, extra_skipped: Sequence[Mapping] = (),
+                        rejected_files: Sequence[Mapping] = ()) -> dict[str, Any]:
+    """Write every output of ``records`` (see ``deploy/cxr_enhance_classify/operators.py``) and
+    ``results.json``; returns the summary written there.
+
+    A record whose writing fails is marked ``failed`` with the reason; files already renamed for it stay
+    (they are complete), no partial file is left.
+    """
+    from cxr_monai import dicom_out as D
+
+    out = Path(output_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    series_uids: dict[tuple[str, str], str] = {}
+    counters: dict[tuple[str, str], int] = {}
+
+    def series(study: str, kind: str) -> tuple[str, int]:
+        key = (study, kind)
+        if key not in series_uids:
+            series_uids[key] = D.new_uid()
+        counters[key] = counters.get(key, 0) + 1
+        return series_uids[key], counters[key]
+
+    for rec in records:
+        if rec.get("status") != "ok":
+            continue
+        start = time.perf_counter()
+        ds, study = rec["dataset"], rec["study_uid"]
+        folder = out / study
+        outputs: dict[str, str] = {}
+        try:
+            evidence = []
+            if "enhanced" in rec:
+                uid, n = series(study, "enhanced")
+                sc = D.enhanced_image_sc(ds, rec["enhanced"], {**rec["sr"], "model_name": rec["sr"]["model"],
+                                                               "scale": 4},
+                                         series_uid=uid, series_number=SERIES_NUMBERS["enhanced"], instance_number=n)
+                outputs["enhanced"] = str(D.write_dataset(sc, folder / "enhanced" / f"{sc.SOPInstanceUID}.dcm"))
+                evidence.append(sc)
+            cls = rec["classification"]
+            info = {"model_name": cls["model"], "version": cls["version"]}
+            uid, n = series(study, "report")
+            report = D.pneumonia_report(ds, cls, info, sr_applied="enhanced" in rec, series_uid=uid,
+                                        series_number=SERIES_NUMBERS["report"], instance_number=n, evidence=evidence,
+                                        probability_unenhanced=cls.get("probability_unenhanced"))
+            outputs["report"] = str(D.write_dataset(report, folder / "report" / f"{report.SOPInstanceUID}.dcm"))
+            if "overlay" in rec:
+                uid, n = series(study, "gradcam")
+                ov = D.overlay_sc(ds, rec["overlay"], info, series_uid=uid, series_number=SERIES_NUMBERS["gradcam"],
+                                  instance_number=n)
+                outputs["gradcam"] = str(D.write_dataset(ov, folder / "gradcam" / f"{ov.SOPInstanceUID}.dcm"))
+                outputs["gradcam_png"] = str(D.write_bytes(_png_bytes(rec["overlay"]),
+                                                           folder / "gradcam" / f"{ov.SOPInstanceUID}.png"))
+        except Exception as err:  # noqa: BLE001 - one image's failure must not stop the others
+            rec["status"], rec["reason"] = "failed", f"write: {type(err).__name__}: {err}"
+            logger.error("writing the results of %s failed: %s", rec.get("file") or rec.get("sop_uid"), err)
+        rec["outputs"] = outputs
+        rec.setdefault("seconds", {})["write"] = round(time.perf_counter() - start, 4)
+
+    images = [{k: r.get(k) for k in _PUBLIC if k in r} for r in records]
+    # files the DICOM loader could not turn into an instance (truncated, corrupt) failed as images
+    images += [{"file": f.get("file"), "sop_uid": f.get("sop_uid"), "status": "failed", "reason": f.get("reason")}
+               for f in rejected_files if f.get("status") == "failed"]
+    rejected_files = [f for f in rejected_files if f.get("status") != "failed"]
+    counts = {s: sum(1 for r in images if r["status"] == s) for s in ("ok", "skipped", "failed")}
+    summary = {
+        "run": dict(run_info or {}),
+        "counts": {**counts, "series_not_selected": len(extra_skipped), "files_rejected": len(rejected_files)},
+        "images": images,
+        "series_not_selected": [dict(s) for s in extra_skipped],
+        "files_rejected": [dict(f) for f in rejected_files],
+        "output_series": [{"study_uid": s, "kind": k, "series_uid": u, "series_number": SERIES_NUMBERS[k]}
+                          for (s, k), u in series_uids.items()],
+    }
+    D.write_bytes(json.dumps(summary, indent=2, default=str).encode(), out / "results.json")
+    logger.info("results: %s (%s)", out / "results.json", summary["counts"])
+    return summary

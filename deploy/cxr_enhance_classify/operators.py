@@ -1,0 +1,288 @@
+"""Operators of the CXR enhance-and-classify app. Each is thin: it adapts its ports to a ``cxr_monai``
+function and back. What flows between them is a list of per-image records (dicts):
+
+``{"file", "study_uid", "series_uid", "sop_uid", "status": "ok"|"skipped"|"failed", "reason", "seconds": {...},
+"dataset" (pydicom), "image" (1, H, W), ...}``
+
+An image that fails in one operator is marked ``failed`` with the reason and passes through the rest
+untouched, so one bad file never stops the study.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
+from monai.deploy.operators import DICOMDataLoaderOperator
+
+logger = logging.getLogger("cxr_enhance_classify")
+
+RECORDS = "records"
+
+
+def _timed(record: dict, step: str, start: float) -> None:
+    record.setdefault("seconds", {})[step] = round(time.perf_counter() - start, 4)
+
+
+def _fail(record: dict, step: str, err: BaseException) -> None:
+    record["status"], record["reason"] = "failed", f"{step}: {err}"
+    logger.error("%s failed at %s: %s", record.get("file") or record.get("sop_uid"), step, err)
+
+
+class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
+    """The SDK's DICOM loader, made safe for a folder with bad files.
+
+    The SDK loader reads every file with ``dcmread`` and only survives ``InvalidDicomError``; any other
+    exception (a file pydicom chokes on) would stop the whole app. Each file's header is read first
+    (``stop_before_pixels``); files that fail are left out of the SDK's load and reported on the
+    ``rejected_files`` port as ``[{"file", "reason"}]``.
+    """
+
+    REJECTED = "rejected_files"
+
+    def __init__(self, fragment: Fragment, *args, input_folder: Path, **kwargs) -> None:
+        self.rejected: list[dict[str, str]] = []
+        # run once: the loader's input port is optional, so without a count it would run forever
+        super().__init__(fragment, CountCondition(fragment, 1), *args, input_folder=Path(input_folder),
+                         must_load=False, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        super().setup(spec)
+        spec.output(self.REJECTED)
+
+    def _load_data(self, files: list[str]):
+        import pydicom
+
+        from cxr_monai.io import CXRInputError, load_cxr
+
+        good: dict[str, str] = {}
+        for file in sorted(files):
+            try:
+                ds = pydicom.dcmread(file, stop_before_pixels=True)
+                if "SOPInstanceUID" not in ds:
+                    raise ValueError("no SOPInstanceUID")
+                good[file] = str(ds.SOPInstanceUID)
+            except Exception as err:  # noqa: BLE001 - any failure means "not a readable DICOM instance"
+                self.rejected.append({"file": file, "status": "skipped",
+                                      "reason": f"not a DICOM file ({type(err).__name__}: {err})"})
+                logger.warning("skipping %s: not a DICOM file (%s)", file, err)
+        studies = super()._load_data(list(good))
+        loaded = {str(sop.get_native_sop_instance().get("SOPInstanceUID", ""))
+                  for study in studies for series in study.get_all_series() for sop in series.get_sop_instances()}
+        for file, uid in good.items():
+            if uid in loaded:
+                continue
+            # the SDK loader dropped it (a truncated or corrupt file): report why, in the project's words
+            try:
+                load_cxr(file)
+                reason = "the DICOM loader could not parse this instance"
+            except CXRInputError as err:
+                reason = str(err)
+            self.rejected.append({"file": file, "sop_uid": uid, "status": "failed", "reason": f"load: {reason}"})
+            logger.error("%s failed: %s", file, reason)
+        return studies
+
+    def compute(self, op_input, op_output, context) -> None:
+        self.rejected = []
+        super().compute(op_input, op_output, context)
+        op_output.emit(list(self.rejected), self.REJECTED)
+
+
+class CXRImageLoaderOperator(Operator):
+    """Selected CR/DX series -> one record per SOP instance, decoded with :func:`cxr_monai.io.load_cxr`
+    (MONOCHROME1, VOI LUT/window, rescale: the project's one implementation) and checked with
+    :func:`cxr_monai.io.skip_reason` (body part chest/thorax or absent, frontal view)."""
+
+    def __init__(self, fragment: Fragment, *args, **kwargs) -> None:
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("study_selected_series_list")
+        spec.output(RECORDS)
+
+    def compute(self, op_input, op_output, context) -> None:
+        from cxr_monai.io import CXRInputError, load_cxr, skip_reason
+
+        records: list[dict[str, Any]] = []
+        for study_selected in op_input.receive("study_selected_series_list") or []:
+            for selected in study_selected.selected_series:
+                series = selected.series
+                for sop in series.get_sop_instances():
+                    ds = sop.get_native_sop_instance()
+                    rec: dict[str, Any] = {
+                        "file": str(getattr(ds, "filename", "") or ""),
+                        "study_uid": str(ds.get("StudyInstanceUID", "")),
+                        "series_uid": str(ds.get("SeriesInstanceUID", "")),
+                        "sop_uid": str(ds.get("SOPInstanceUID", "")),
+                        "modality": str(ds.get("Modality", "")),
+                        "status": "ok", "reason": None, "seconds": {},
+                    }
+                    start = time.perf_counter()
+                    try:
+                        image, meta = load_cxr(ds)
+                        reason = skip_reason(meta)
+                        if reason:
+                            rec["status"], rec["reason"] = "skipped", reason
+                            logger.info("skipping %s: %s", rec["file"] or rec["sop_uid"], reason)
+                        else:
+                            rec.update(dataset=ds, image=image, shape=list(image.shape[1:]))
+                    except CXRInputError as err:
+                        _fail(rec, "load", err)
+                    _timed(rec, "load", start)
+                    records.append(rec)
+        op_output.emit(records, RECORDS)
+
+
+class SuperResolutionOperator(Operator):
+    """4x tiled super-resolution (:func:`cxr_monai.inference.super_resolve`) of images whose longest side
+    is at most ``sr_max_side`` (:func:`cxr_monai.inference.sr_decision`); larger ones pass unchanged with
+    the reason recorded. Model ``cxr_sr`` from the app's models folder."""
+
+    def __init__(self, fragment: Fragment, *args, model_file: Path, device: str, sr_max_side: int = 1024,
+                 **kwargs) -> None:
+        self.model_file = Path(model_file)
+        self.device = device
+        self.sr_max_side = int(sr_max_side)
+        self._model = None
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input(RECORDS)
+        spec.output(RECORDS)
+
+    def compute(self, op_input, op_output, context) -> None:
+        from cxr_monai.export import load_deploy_model
+        from cxr_monai.inference import sr_decision, super_resolve
+
+        records = op_input.receive(RECORDS)
+        if self._model is None:
+            self._model = load_deploy_model(self.model_file, self.device, kind="super_resolution")
+        model, info = self._model
+        for rec in records:
+            if rec["status"] != "ok":
+                continue
+            start = time.perf_counter()
+            apply, why = sr_decision(rec["image"].shape, self.sr_max_side)
+            rec["sr"] = {"applied": apply, "note": why, "model": info["model_name"], "version": info["version"],
+                         "device": self.device}
+            try:
+                if apply:
+                    rec["enhanced"] = super_resolve(model, rec["image"], info, self.device)
+                    rec["sr"]["output_shape"] = list(rec["enhanced"].shape[1:])
+            except Exception as err:  # noqa: BLE001 - one image's failure must not stop the study
+                _fail(rec, "super_resolution", err)
+            _timed(rec, "super_resolution", start)
+            logger.info("%s: %s", rec["sop_uid"], why)
+        op_output.emit(records, RECORDS)
+
+
+class PneumoniaClassifierOperator(Operator):
+    """Calibrated pneumonia probability (:func:`cxr_monai.inference.classify`) of the image the app
+    reports on: the enhanced one when SR ran (the un-enhanced probability is recorded beside it)."""
+
+    def __init__(self, fragment: Fragment, *args, model_file: Path, device: str, **kwargs) -> None:
+        self.model_file = Path(model_file)
+        self.device = device
+        self._model = None
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input(RECORDS)
+        spec.output(RECORDS)
+
+    @property
+    def model(self):
+        from cxr_monai.export import load_deploy_model
+
+        if self._model is None:
+            self._model = load_deploy_model(self.model_file, self.device, kind="classifier")
+        return self._model
+
+    def compute(self, op_input, op_output, context) -> None:
+        from cxr_monai.inference import classify
+
+        records = op_input.receive(RECORDS)
+        model, info = self.model
+        for rec in records:
+            if rec["status"] != "ok":
+                continue
+            start = time.perf_counter()
+            try:
+                read = rec.get("enhanced", rec["image"])
+                result = classify(model, read, info, self.device)
+                result["probability_unenhanced"] = (
+                    classify(model, rec["image"], info, self.device)["probability"] if "enhanced" in rec else None)
+                result.update(model=info["model_name"], version=info["version"], device=self.device,
+                              read_enhanced="enhanced" in rec)
+                rec["classification"] = result
+            except Exception as err:  # noqa: BLE001
+                _fail(rec, "classification", err)
+            _timed(rec, "classification", start)
+        op_output.emit(records, RECORDS)
+
+
+class GradCAMOperator(PneumoniaClassifierOperator):
+    """Grad-CAM of the predicted class (:func:`cxr_monai.explain.gradcam_split`) on the image the
+    classifier read, and its RGB overlay (:func:`cxr_monai.explain.overlay_rgb`) on the source image."""
+
+    def compute(self, op_input, op_output, context) -> None:
+        from cxr_monai.explain import overlay_rgb
+        from cxr_monai.inference import classify
+
+        records = op_input.receive(RECORDS)
+        model, info = self.model
+        for rec in records:
+            if rec["status"] != "ok":
+                continue
+            start = time.perf_counter()
+            try:
+                out = classify(model, rec.get("enhanced", rec["image"]), info, self.device, with_cam=True)
+                rec["gradcam"] = {"class": out["cam_class"], "normalisation": "divided by the map's maximum"}
+                rec["overlay"] = overlay_rgb(rec["image"], out["cam"])
+            except Exception as err:  # noqa: BLE001
+                _fail(rec, "gradcam", err)
+            _timed(rec, "gradcam", start)
+        op_output.emit(records, RECORDS)
+
+
+class ResultsWriterOperator(Operator):
+    """Writes the DICOM results (enhanced SC, Comprehensive SR, Grad-CAM SC), the overlay PNGs and
+    ``results.json``; every file is written to a temporary name and renamed. Also reports the series
+    the selector left out (not CR/DX) and the files the loader rejected."""
+
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, run_info: dict, **kwargs) -> None:
+        self.output_folder = Path(output_folder)
+        self.run_info = run_info
+        self.summary: dict[str, Any] | None = None
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input(RECORDS)
+        spec.input("dicom_study_list")
+        spec.input("rejected_files").condition(ConditionType.NONE)
+
+    def compute(self, op_input, op_output, context) -> None:
+        from cxr_monai.results import write_study_results
+
+        records = op_input.receive(RECORDS)
+        studies = op_input.receive("dicom_study_list") or []
+        try:
+            rejected = op_input.receive("rejected_files") or []
+        except Exception:  # noqa: BLE001 - optional port
+            rejected = []
+        selected = {r["series_uid"] for r in records}
+        not_selected = []
+        for study in studies:
+            for series in study.get_all_series():
+                if series.SeriesInstanceUID not in selected:
+                    modality = getattr(series, "Modality", None) or "?"
+                    not_selected.append({"study_uid": study.StudyInstanceUID, "series_uid": series.SeriesInstanceUID,
+                                         "modality": modality, "status": "skipped",
+                                         "reason": f"series modality {modality!r} is not CR/DX"})
+                    logger.info("skipping series %s: modality %s is not CR/DX", series.SeriesInstanceUID, modality)
+        self.summary = write_study_results(records, self.output_folder, run_info=self.run_info,
+                                           extra_skipped=not_selected, rejected_files=rejected)
