@@ -1,36 +1,78 @@
-# cxr_monai: user-facing targets are venv, test, demo.
+# cxr_monai: user-facing targets are venv, test, demo, deploy-models, map.
 PYTHON ?= python3
 VENV ?= .venv
+DEPLOY_VENV ?= .venv-deploy
 TORCH_SPEC ?= torch==2.13.0
 INPUT ?=
 OUTPUT ?= demo_output
+MODELS ?= .deploy_models
+MAP_OUT ?= map_build
 PY := $(VENV)/bin/python
+DPY := $(DEPLOY_VENV)/bin/python
 STAMP := $(VENV)/.installed
+DSTAMP := $(DEPLOY_VENV)/.installed
+CLS_BUNDLE := bundles/cxr_pneumonia_classifier
+SR_BUNDLE := bundles/cxr_sr_csaegan
 
-.PHONY: venv test demo clean tools
+.PHONY: venv deploy-venv test test-core test-deploy demo bundle-demo deploy-models map clean tools
 
 venv: $(STAMP)
 
-# Re-run the install only when the project definition changes.
+# Core venv (bundles, training, tests): no MONAI Deploy SDK here, so `import monai` never loads holoscan.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e '.[deploy,dev]'
+	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# dicom3tools (dciodvfy) validates the DICOM we write; the tests that need it skip when it is missing.
+# The deploy app's venv: the project plus monai-deploy-app-sdk and holoscan (what the MAP image holds).
+deploy-venv: $(DSTAMP)
+
+$(DSTAMP): pyproject.toml
+	test -x $(DPY) || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DPY) -m pip install --quiet --upgrade pip
+	$(DPY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(DPY) -m pip install --quiet -e '.[deploy,dev]'
+	touch $(DSTAMP)
+
+# Debian tools the tests use for real: dciodvfy (dicom3tools) validates the DICOM we write, Orthanc is the
+# PACS the deploy tests store into, dcmtk is an independent DICOM client. A failed install fails the target.
+APT_PKGS := dicom3tools orthanc orthanc-dicomweb dcmtk
 tools:
-	@command -v dciodvfy >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-		apt-get install -y -qq dicom3tools >/dev/null 2>&1 || \
-		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dicom3tools >/dev/null 2>&1; } || \
-		echo "dicom3tools not installed: DICOM validation tests will skip"; } || true
+	@if command -v dciodvfy >/dev/null 2>&1 && command -v Orthanc >/dev/null 2>&1 && command -v storescu >/dev/null 2>&1 \
+		&& [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS); }; \
+	else echo "install the Debian packages $(APT_PKGS) (needs root and apt-get)" >&2; exit 1; fi
 
-test: venv tools
-	$(PY) -m pytest -q
+test: test-core test-deploy
 
-demo: venv
-	$(PY) -m cxr_monai demo $(if $(INPUT),--input "$(INPUT)") --output_dir "$(OUTPUT)"
+test-core: venv tools
+	$(PY) -m pytest -q --ignore=tests/deploy
+
+# holoscan wants a 32 MB stack (it warns below): the deploy tests run the app in-process under that limit.
+test-deploy: deploy-venv tools
+	ulimit -s 32768 && $(DPY) -m pytest -q tests/deploy
+
+# Export both bundles into the SDK's named-model layout: MODELS/cxr_pneumonia/model.ts, MODELS/cxr_sr/model.ts
+deploy-models: venv
+	$(PY) -m cxr_monai deploy_models --classifier_bundle $(CLS_BUNDLE) --sr_bundle $(SR_BUNDLE) --out_dir "$(MODELS)"
+
+# The deploy app on the phantom study (default) or on INPUT=dir_of_dicom.
+demo: deploy-venv deploy-models
+	@if [ -z "$(INPUT)" ]; then rm -rf "$(OUTPUT)/input"; $(PY) -m cxr_monai phantom --out_dir "$(OUTPUT)/input"; fi
+	$(DPY) deploy/cxr_enhance_classify -i "$(if $(INPUT),$(INPUT),$(OUTPUT)/input)" -o "$(OUTPUT)/results" -m "$(MODELS)"
+	@echo "outputs: $(OUTPUT)/results (results.json, <StudyUID>/enhanced, report, gradcam)"
+
+# The previous bundle-level demo (PNG outputs through the bundles' inference configs).
+bundle-demo: venv
+	$(PY) -m cxr_monai demo $(if $(INPUT),--input "$(INPUT)") --output_dir "$(OUTPUT)/bundle_demo"
+
+# MAP: writes the manifests (MAP_OUT/app.json, pkg.json), then builds the image where Docker buildx exists.
+map: deploy-venv deploy-models
+	$(DPY) deploy/packaging/make_map.py --models "$(MODELS)" --out "$(MAP_OUT)"
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) $(MODELS) $(MAP_OUT) demo_output .pytest_cache

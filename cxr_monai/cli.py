@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["BUNDLES_DIR", "demo", "main", "run_bundle", "run_workflow"]
+__all__ = ["BUNDLES_DIR", "demo", "deploy_models", "main", "phantom", "run_bundle", "run_workflow"]
 
 logger = logging.getLogger("cxr_monai")
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
@@ -108,6 +108,22 @@ def demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side:
     return summary
 
 
+def deploy_models(classifier_bundle: str, sr_bundle: str, out_dir: str = ".deploy_models") -> None:
+    """Export the classifier and SR bundles into the MONAI Deploy named-model layout
+    (``OUT/cxr_pneumonia/model.ts``, ``OUT/cxr_sr/model.ts``, metadata and calibration embedded)."""
+    from cxr_monai.export import export_deploy_models
+
+    for name, path in export_deploy_models(classifier_bundle, sr_bundle, out_dir).items():
+        print(f"{name}: {path}")
+
+
+def phantom(out_dir: str = "demo_output/input", size: int = 512, seed: int = 7) -> None:
+    """Write the procedural phantom chest radiograph (CR, 12-bit, fake patient) as ``OUT/phantom_cxr.dcm``."""
+    from cxr_monai.data.phantom import write_phantom_dicom
+
+    print(write_phantom_dicom(Path(out_dir) / "phantom_cxr.dcm", size=size, seed=seed, consolidation=True))
+
+
 def main() -> None:
     import fire
 
@@ -116,7 +132,7 @@ def main() -> None:
         demo(input, output_dir, sr_max_side)
 
     _demo.__doc__ = demo.__doc__
-    fire.Fire({"demo": _demo})
+    fire.Fire({"demo": _demo, "deploy_models": deploy_models, "phantom": phantom})
 
 
 if __name__ == "__main__":
