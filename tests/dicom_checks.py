@@ -109,23 +109,22 @@ def orthanc_server(root: Path):
 
 
 def c_store(files: list[Path], port: int, called_aet: str) -> dict[str, int]:
-    """Send files to a Storage SCP with pynetdicom (one association); ``{sop_uid: status}``."""
+    """Send each file to a Storage SCP with pynetdicom (one association per file, so one refused object cannot
+    take the others down); ``{sop_uid: status}`` (0 = success)."""
     import pydicom
     from pynetdicom import AE
 
-    datasets = [pydicom.dcmread(f) for f in files]
-    ae = AE(ae_title="CXRMONAI")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    wanted = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
-    for sop_class, syntax in sorted(wanted):
-        ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate("127.0.0.1", port, ae_title=called_aet)
-    assert assoc.is_established, "association with Orthanc was not established"
     out = {}
-    try:
-        for ds in datasets:
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ae = AE(ae_title="CXRMONAI")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(str(ds.SOPClassUID), [str(ds.file_meta.TransferSyntaxUID)])
+        assoc = ae.associate("127.0.0.1", port, ae_title=called_aet)
+        assert assoc.is_established, f"association with the Storage SCP was not established for {f}"
+        try:
             status = assoc.send_c_store(ds)
             out[str(ds.SOPInstanceUID)] = int(status.Status) if status else -1
-    finally:
-        assoc.release()
+        finally:
+            assoc.release()
     return out
