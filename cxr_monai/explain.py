@@ -8,17 +8,20 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["gradcam", "gradcam_split", "overlay_rgb", "save_overlay", "cam_mass_inside", "minmax_normalize"]
+__all__ = ["gradcam", "gradcam_split", "overlay_rgb", "save_overlay", "cam_mass_inside", "minmax_normalize", "max_normalize"]
 
 
-def gradcam(net: nn.Module, image: torch.Tensor, target_layer: str, class_idx: int | None = 1) -> np.ndarray:
+def gradcam(net: nn.Module, image: torch.Tensor, target_layer: str, class_idx: int | None = 1,
+            normalize: str = "minmax") -> np.ndarray:
     """Grad-CAM of ``class_idx`` (default PNEUMONIA) for a batch, upsampled to the input size.
 
     Args:
         net: the classifier (put in eval mode by the caller).
         image: (N, 1, H, W) tensor.
         target_layer: dotted name of the layer to explain (``layer4`` for :class:`ResNet18SA`).
-        class_idx: class to explain; ``None`` explains the predicted class.
+        class_idx: class to explain; ``None`` explains the arg-max class.
+        normalize: ``"minmax"`` (each map to its full [0, 1] range) or ``"max"`` (divided by its maximum:
+            zero stays "no evidence", a map without positive evidence stays zero instead of being stretched).
 
     Returns:
         (N, H, W) float32 maps in [0, 1], 1 where the evidence for ``class_idx`` is strongest.
@@ -34,7 +37,10 @@ def gradcam(net: nn.Module, image: torch.Tensor, target_layer: str, class_idx: i
     # this clean-up every call (one per request in a server) adds two hooks and keeps a graph alive.
     before = {id(m): (set(m._forward_hooks), set(m._backward_hooks)) for m in net.modules()}
     try:
-        cam = GradCAM(nn_module=net, target_layers=target_layer, postprocessing=minmax_normalize)
+        if normalize not in ("minmax", "max"):
+            raise ValueError(f"normalize must be 'minmax' or 'max', got {normalize!r}")
+        post = minmax_normalize if normalize == "minmax" else max_normalize
+        cam = GradCAM(nn_module=net, target_layers=target_layer, postprocessing=post)
         with torch.enable_grad():
             maps = cam(x=image.detach().float().clone().requires_grad_(True), class_idx=class_idx)
     finally:
@@ -53,6 +59,14 @@ def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
     lo = flat.min(dim=1, keepdim=True).values
     span = flat.max(dim=1, keepdim=True).values - lo
     out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+    return out.reshape(maps.shape)
+
+
+def max_normalize(maps: torch.Tensor) -> torch.Tensor:
+    """Divide each (non-negative) map of a batch (N, ...) by its maximum; all-zero maps stay zero."""
+    flat = maps.detach().reshape(maps.shape[0], -1).float().clamp_min(0)
+    peak = flat.max(dim=1, keepdim=True).values
+    out = torch.where(peak > 0, flat / peak.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
     return out.reshape(maps.shape)
 
 

@@ -68,7 +68,12 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+try:  # pydicom 3
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    _PYDICOM2 = False
+except ImportError:  # pydicom 2.4: the MONAI Label venv (deploy/monailabel_app), whose monailabel needs pydicom<3
+    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+    _PYDICOM2 = True
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 __all__ = [
@@ -253,7 +258,8 @@ def _dcmread(path: Path) -> Dataset:
             if "Rows" not in ds or "PixelData" not in ds:
                 raise CXRInputError(path, "not a DICOM file (no DICM preamble and no image attributes)") from None
             if "TransferSyntaxUID" not in ds.file_meta:
-                implicit = ds.original_encoding[0] if ds.original_encoding[0] is not None else True
+                encoding = getattr(ds, "original_encoding", None) or (getattr(ds, "read_implicit_vr", None),)
+                implicit = encoding[0] if encoding[0] is not None else True
                 ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
         except Exception as err:  # noqa: BLE001 - pydicom raises many types on corrupt files
             raise CXRInputError(path, f"unreadable DICOM ({type(err).__name__}: {err})") from err
@@ -339,6 +345,17 @@ def _dicom_intensity(path: Path, ds: Dataset, stored: np.ndarray) -> tuple[np.nd
     return _minmax(path, values), "minmax"
 
 
+def _pixel_array(ds: Dataset, tsyntax: Any) -> np.ndarray:
+    """``ds.pixel_array``, decoded by the same library under pydicom 2 as under pydicom 3: pydicom 3
+    prefers pylibjpeg for JPEG/JPEG 2000, pydicom 2 tries Pillow first (one grey level apart on JPEG)."""
+    if _PYDICOM2 and tsyntax is not None and getattr(tsyntax, "is_compressed", False):
+        from pydicom.pixel_data_handlers import pylibjpeg_handler
+
+        if pylibjpeg_handler.is_available() and pylibjpeg_handler.supports_transfer_syntax(tsyntax):
+            ds.convert_pixel_data(handler_name="pylibjpeg")
+    return ds.pixel_array
+
+
 def _read_dicom(path: Path, max_pixels: int, ds: Dataset | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode a DICOM file, or a dataset already read (``ds``; ``path`` then only names it in errors)."""
     if ds is None:
@@ -349,7 +366,7 @@ def _read_dicom(path: Path, max_pixels: int, ds: Dataset | None = None) -> tuple
     rows, cols = int(ds.Rows), int(ds.Columns)
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
     try:
-        stored = ds.pixel_array
+        stored = _pixel_array(ds, tsyntax)
     except Exception as err:  # noqa: BLE001 - decoders raise anything on corrupt streams
         name = getattr(tsyntax, "name", tsyntax)
         raise CXRInputError(path, f"cannot decode pixel data ({name}): {type(err).__name__}: {err}") from err

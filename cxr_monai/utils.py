@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["latest_checkpoint", "load_bundle_network", "read_json", "bare_state_dict"]
+__all__ = ["latest_checkpoint", "load_bundle_network", "read_json", "bare_state_dict", "require_arg"]
 
 
 def latest_checkpoint(folder: str | Path, pattern: str = "*checkpoint_epoch=*.pt") -> str | None:
@@ -73,3 +73,10 @@ def load_bundle_network(
         raise FileNotFoundError(f"{weights}: bundle weights not found")
     net.load_state_dict(bare_state_dict(torch.load(weights, map_location="cpu", weights_only=True)))
     return net.eval()
+
+
+def require_arg(value, name: str, what: str = "a value") -> None:
+    """Raise a clear error at run time when a bundle argument that has no usable default was not given
+    (so that ``initialize()`` and MONAI's property checks work without it)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"bundle argument '{name}' is required: pass --{name} <{what}>")

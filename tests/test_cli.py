@@ -16,9 +16,9 @@ def test_demo_default_phantom(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert len(list((tmp_path / "preview").glob("*.png"))) == 1
     cls = [s for s in summary["steps"] if s["step"] == "pneumonia_classification"][0]
-    if "predictions" in cls:  # the bundle ships weights: one prediction with a Grad-CAM overlay
-        assert len(cls["predictions"]) == 1 and 0 <= cls["predictions"][0]["probability"] <= 1
-        assert len(list((tmp_path / "classification" / "gradcam").glob("*.png"))) == 1
+    # the bundle ships weights: one prediction with a Grad-CAM overlay; the phantom has a consolidation
+    assert len(cls["predictions"]) == 1 and 0 <= cls["predictions"][0]["probability"] <= 1
+    assert len(list((tmp_path / "classification" / "gradcam").glob("*.png"))) == 1
 
 
 def test_demo_on_shared_dicoms_skips_the_extremity(tmp_path):
@@ -28,5 +28,5 @@ def test_demo_on_shared_dicoms_skips_the_extremity(tmp_path):
     assert "cr_extremity_mono1_j2k.dcm" in skipped
     assert len(summary["inputs"]) == 3
     sr = [s for s in summary["steps"] if s["step"] == "super_resolution_x4"]
-    if sr:  # only the small DX image is super-resolved; the 1024 px CR images are already full resolution
-        assert [f.rsplit("/", 1)[-1] for f in sr[0]["files"]] == ["dx_thorax_mono1_small.dcm"]
+    # only the small DX image is super-resolved; the 1024 px CR images are already full resolution
+    assert len(sr) == 1 and [f.rsplit("/", 1)[-1] for f in sr[0]["files"]] == ["dx_thorax_mono1_small.dcm"]

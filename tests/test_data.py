@@ -25,14 +25,14 @@ from cxr_monai.data import (
     unlabelled_datalist,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.conftest import SHARED_DATA as DATA  # CXR_SHARED_DATA, default ../shared/data
 
 
 def real(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test when it is absent."""
     path = DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real data not found: {path} (../shared/data absent)")
+        pytest.skip(f"real data not found: {path} (set CXR_SHARED_DATA)")
     return path
 
 

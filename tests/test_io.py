@@ -32,7 +32,7 @@ from cxr_monai.io import (
     write_derived_dicom,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.conftest import SHARED_DATA as DATA  # CXR_SHARED_DATA, default ../shared/data
 DICOM_DIR = DATA / "dicom"
 DICOM_FILES = [
     "cr_chest_pa_mono1_jpeg.dcm",
@@ -46,7 +46,7 @@ def real(*parts: str) -> Path:
     """A file under ../shared/data, or skip the test when it is absent."""
     path = DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real data not found: {path} (../shared/data absent)")
+        pytest.skip(f"real data not found: {path} (set CXR_SHARED_DATA)")
     return path
 
 
@@ -517,14 +517,16 @@ def test_save_png_roundtrip(tmp_path: Path, bits: int) -> None:
         save_png(tmp_path / "y.png", np.zeros((2, 4, 4)))
 
 
+DCIODVFY = shutil.which("dciodvfy")
+needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian dicom3tools) not installed: `make tools`")
+
+
 def _dciodvfy_errors(path: Path) -> list[str]:
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.skip("dciodvfy (Debian dicom3tools) not installed")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
 
 
+@needs_dciodvfy
 def test_write_derived_dicom_roundtrip_from_dataset(tmp_path: Path) -> None:
     src_path = real("dicom", "dx_thorax_mono1_small.dcm")
     src = pydicom.dcmread(src_path)
@@ -546,6 +548,7 @@ def test_write_derived_dicom_roundtrip_from_dataset(tmp_path: Path) -> None:
     assert _dciodvfy_errors(out) == []
 
 
+@needs_dciodvfy
 def test_write_derived_dicom_from_meta_and_metatensor(tmp_path: Path) -> None:
     src_path = real("dicom", "cr_chest_pa_mono1_jpeg.dcm")
     image, meta = load_cxr(src_path)
@@ -569,6 +572,7 @@ def test_write_derived_dicom_from_meta_and_metatensor(tmp_path: Path) -> None:
     assert _dciodvfy_errors(out2) == []
 
 
+@needs_dciodvfy
 def test_write_derived_dicom_without_source_and_bad_args(tmp_path: Path) -> None:
     x = phantom(20, 30)
     out = write_derived_dicom(tmp_path / "n.dcm", x)

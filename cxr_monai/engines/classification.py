@@ -127,17 +127,26 @@ class ClassificationWriter:
         images = torch.stack([torch.as_tensor(x) for x in images[:budget]]).to(device)
         was_training = self.network.training
         self.network.eval()
-        cams = gradcam(self.network, images, self.gradcam_layer, class_idx=1)
+        # explain the decision: each image's predicted class (by the threshold), maps divided by their maximum
+        predicted = [self.class_names.index(r["label"]) for r in rows[:budget]]
+        cams = [None] * len(predicted)
+        for c in sorted(set(predicted)):
+            idx = [i for i, p in enumerate(predicted) if p == c]
+            for i, cam in zip(idx, gradcam(self.network, images[idx], self.gradcam_layer, class_idx=c, normalize="max")):
+                cams[i] = cam
         self.network.train(was_training)
-        for row, img, cam in zip(rows, images, cams):
+        for k, (row, img, cam) in enumerate(zip(rows, images, cams)):
             stem = Path(row["file"]).name.split(".")[0].replace(":", "_")
-            path = self.output_dir / "gradcam" / f"{stem}_gradcam.png"
-            save_overlay(img.cpu(), cam, path, title=f"{row['label']}  p(PNEUMONIA)={row['probability']:.3f}")
+            # the running index keeps same-named inputs from different folders apart
+            path = self.output_dir / "gradcam" / f"{len(self.rows) + k:05d}_{stem}_gradcam.png"
+            save_overlay(img.cpu(), cam, path, title=f"{row['label']}  p(PNEUMONIA)={row['probability']:.3f}  "
+                                                     f"(Grad-CAM of {row['label']})")
             row["gradcam"] = str(path)
+            row["gradcam_class"] = row["label"]
 
     def completed(self, engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        fields = sorted({k for r in self.rows for k in r}, key=["file", "probability", "label", "true_label", "gradcam"].index)
+        fields = sorted({k for r in self.rows for k in r}, key=["file", "probability", "label", "true_label", "gradcam", "gradcam_class"].index)
         with open(self.output_dir / "predictions.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()

@@ -40,6 +40,9 @@ __all__ = [
     "generate",
     "export_generator",
     "write_samples",
+    "latent_datalist",
+    "PrepareLatentBatch",
+    "SampleWriter",
     "load_checkpoint_entry",
 ]
 
@@ -460,3 +463,78 @@ def load_checkpoint_entry(network: nn.Module, path: str | Path | None, key: str 
         raise KeyError(f"{path}: no entry {key!r} (entries: {sorted(state)})")
     network.load_state_dict(state[key])
     return network.eval()
+
+
+def latent_datalist(num_images: int, class_name: str, class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
+                    seed: int = 0, latent_dim: int = 128) -> list[dict]:
+    """The sampling request of the synthesis bundle's inference as a datalist, one item per image:
+    ``{"image": z (latent_dim,), "label": class index, "index": i, "seed": seed, "class": name}``.
+
+    Latents are drawn exactly as :func:`generate` draws them (one ``N x latent_dim`` draw from
+    ``torch.Generator().manual_seed(seed)``), so the evaluator-driven inference writes the same images.
+
+    Raises:
+        ValueError: ``class_name`` is not one of ``class_names`` or ``num_images < 1``.
+    """
+    names = [c.upper() for c in class_names]
+    if str(class_name).upper() not in names:
+        raise ValueError(f"class_name {class_name!r} is not one of {list(class_names)}")
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    index = names.index(str(class_name).upper())
+    z = torch.randn(int(num_images), int(latent_dim), generator=torch.Generator().manual_seed(int(seed)))
+    return [{"image": z[i], "label": index, "index": i, "seed": int(seed), "class": class_names[index]}
+            for i in range(int(num_images))]
+
+
+class PrepareLatentBatch:
+    """``prepare_batch`` for a MONAI evaluator that runs a class-conditional generator: the batch's latents
+    are the network input and its labels go to the network as the second argument (``G(z, y)``)."""
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        z = batchdata["image"].to(device=device, non_blocking=non_blocking)
+        y = torch.as_tensor(batchdata["label"]).long().to(device=device, non_blocking=non_blocking)
+        return z, None, (y,), {}
+
+
+class SampleWriter:
+    """Ignite handler of the synthesis inference: writes each generated image as
+    ``<class>_seed<seed>_<index>.png`` and, when the run completes, ``manifest.csv`` (file, class, seed,
+    index), as :func:`write_samples` does.
+
+    Args:
+        output_dir: folder to write into (created).
+        bits: PNG bit depth (8 or 16).
+    """
+
+    def __init__(self, output_dir: str | Path, bits: int = 8) -> None:
+        self.output_dir, self.bits = Path(output_dir), int(bits)
+        self.rows: list[dict] = []
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_batch)
+        engine.add_event_handler(Events.COMPLETED, self._write_manifest)
+
+    def _write_batch(self, engine) -> None:
+        from cxr_monai.io import save_png
+
+        batch, pred = engine.state.batch, engine.state.output[0]["pred"] if isinstance(engine.state.output, list) \
+            else engine.state.output["pred"]
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        preds = pred if isinstance(pred, (list, tuple)) else list(pred)
+        for i, img in enumerate(preds):
+            name = f"{batch['class'][i]}_seed{int(batch['seed'][i])}_{int(batch['index'][i]):05d}.png"
+            save_png(self.output_dir / name, img.float().clamp(0, 1).cpu(), bits=self.bits)
+            self.rows.append({"file": name, "class": batch["class"][i], "seed": int(batch["seed"][i]),
+                              "index": int(batch["index"][i])})
+
+    def _write_manifest(self, engine) -> None:
+        import csv
+
+        with (self.output_dir / "manifest.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["file", "class", "seed", "index"])
+            writer.writeheader()
+            writer.writerows(sorted(self.rows, key=lambda r: r["index"]))

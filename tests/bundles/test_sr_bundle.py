@@ -191,8 +191,7 @@ def test_inference_formats(lite_bundle: Path, tmp_path: Path) -> None:
 
 def test_shipped_weights_load(project_root: Path) -> None:
     weights = BUNDLE / "models" / "model.pt"
-    if not weights.is_file():
-        pytest.skip("bundle weights not shipped yet")
+    assert weights.is_file(), "the bundle ships trained weights"
     from cxr_monai.utils import load_bundle_network
 
     assert weights.stat().st_size < 25e6

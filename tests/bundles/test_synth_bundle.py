@@ -82,7 +82,7 @@ def test_dcgan_baseline_config_trains(phantom_dataset, tmp_path):
 
 
 def _infer(trained, out: Path, **kw) -> list[dict]:
-    _workflow("inference.json", None, output_dir=str(out), weights_path=str(trained["out"] / "model.pt"), **TINY, **kw)
+    _workflow("inference.json", "infer", output_dir=str(out), weights_path=str(trained["out"] / "model.pt"), **TINY, **kw)
     with (out / "manifest.csv").open() as fh:
         return list(csv.DictReader(fh))
 

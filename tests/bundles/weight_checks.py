@@ -1,0 +1,119 @@
+"""Quality checks of the three bundles' shipped weights on small fixed sets of real images, written as functions
+of the networks so that a test can also run them on deliberately broken (permuted) weights and see them fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tests.conftest import PROJECT_ROOT, require_shared
+
+BUNDLES = PROJECT_ROOT / "bundles"
+CLASSIFIER_AUC_FLOOR = 0.95      # shipped: 0.997 on the whole patient-aware validation split
+SR_GAIN_FLOOR_DB = 0.3           # shipped: +0.79 dB over bicubic on 512 crops of the validation split
+GENERATOR_FIDELITY_FLOOR = 0.8   # shipped: 0.969 (NORMAL) / 0.984 (PNEUMONIA) class fidelity
+
+
+def permuted(net: nn.Module, seed: int = 0) -> nn.Module:
+    """The same network with every parameter tensor's values randomly permuted (same values, wrong places)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {k: (v.flatten()[torch.randperm(v.numel(), generator=g)].reshape(v.shape) if v.is_floating_point() else v)
+             for k, v in net.state_dict().items()}
+    net.load_state_dict(state)
+    return net
+
+
+def classifier_network() -> nn.Module:
+    from cxr_monai.utils import load_bundle_network
+
+    return load_bundle_network(BUNDLES / "cxr_pneumonia_classifier")
+
+
+def classifier_auc(net: nn.Module, per_class: int = 30) -> float:
+    """AUC of PNEUMONIA on the first ``per_class`` images of each class of the patient-aware validation split
+    of kermany224/train (the split the shipped model was validated on, never trained on)."""
+    from monai.transforms import Compose
+
+    from cxr_monai.data import training_split
+    from cxr_monai.metrics.classification import roc_auc
+    from cxr_monai.transforms import classifier_preprocessing
+
+    _, val = training_split(require_shared("kermany224", "train"), 0.15, 0)
+    items = [d for d in val if int(d["label"]) == 0][:per_class] + [d for d in val if int(d["label"]) == 1][:per_class]
+    pre = Compose(classifier_preprocessing(["image"], 224))
+    x = torch.stack([torch.as_tensor(pre({"image": d["image"]})["image"]) for d in items])
+    with torch.no_grad():
+        p = torch.softmax(net.eval()(x), 1)[:, 1].numpy()
+    return float(roc_auc(p, np.array([int(d["label"]) for d in items])))
+
+
+def sr_network() -> nn.Module:
+    from cxr_monai.utils import load_bundle_network
+
+    return load_bundle_network(BUNDLES / "cxr_sr_csaegan")
+
+
+def sr_gain_db(net: nn.Module, n_images: int = 3, crop: int = 256) -> float:
+    """Mean PSNR gain (dB) of the SR model over bicubic on centre crops of validation images of kermany_hr
+    (blur sigma 1 reflect + antialiased bicubic x4, 4 px border excluded)."""
+    import torch.nn.functional as F
+
+    from cxr_monai.io import load_cxr
+    from cxr_monai.metrics.sr import psnr
+    from cxr_monai.transforms import SimulateLowResolution
+
+    root = require_shared("kermany_hr")
+    val = json.loads((BUNDLES / "cxr_sr_csaegan" / "configs" / "datalist.json").read_text())["validation"][:n_images]
+    degrade = SimulateLowResolution(sigma=1.0, scale=4)
+    gains = []
+    for item in val:
+        hr, _ = load_cxr(root / item["image"])
+        h, w = hr.shape[1:]
+        top, left = (h - crop) // 2, (w - crop) // 2
+        hr = torch.as_tensor(hr[:, top:top + crop, left:left + crop])[None]
+        lr = torch.as_tensor(degrade(hr[0]))[None]
+        bic = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+        with torch.no_grad():
+            sr = net.eval()(lr).clamp(0, 1)
+        gains.append(float(psnr(sr, hr)) - float(psnr(bic, hr)))
+    return float(np.mean(gains))
+
+
+def generator_network() -> nn.Module:
+    from monai.bundle import ConfigParser
+
+    from cxr_monai.utils import bare_state_dict
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / "cxr_synth_sgan" / "configs" / "inference.json"))
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(bare_state_dict(torch.load(BUNDLES / "cxr_synth_sgan" / "models" / "model.pt",
+                                                   weights_only=True)))
+    return net.eval()
+
+
+def generator_fidelity(net: nn.Module, per_class: int = 24) -> tuple[float, float]:
+    """Share of generated NORMAL / PNEUMONIA samples that the shipped classifier (with its calibration and
+    threshold) assigns to the asked class."""
+    from monai.transforms import Compose
+
+    from cxr_monai.engines.gan import generate
+    from cxr_monai.transforms import classifier_preprocessing
+    from cxr_monai.utils import read_json
+
+    cls = classifier_network()
+    cal = read_json(BUNDLES / "cxr_pneumonia_classifier" / "models" / "calibration.json")
+    pre = Compose(classifier_preprocessing(["image"], 224))
+    out = []
+    for c in (0, 1):
+        imgs, _ = generate(net, per_class, c, seed=123)
+        x = torch.stack([torch.as_tensor(pre({"image": i.numpy()})["image"]) for i in imgs])
+        with torch.no_grad():
+            p = torch.softmax(cls(x) / cal["temperature"], 1)[:, 1]
+        called = (p >= cal["threshold"]).long()
+        out.append(float((called == c).float().mean()))
+    return out[0], out[1]
