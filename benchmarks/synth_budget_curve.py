@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.time()
     data = load_split(args.dataset_dir, 64, args.real_cache)
-    extractor = classifier_feature_extractor()
+    extractor = classifier_feature_extractor(ROOT / "bundles" / "cxr_pneumonia_classifier")
     real_f = extract_features(data["train_x"].float() / 255.0, extractor)
     real_y = data["train_y"]
     print(f"real features {tuple(real_f.shape)} ({time.time() - t0:.0f} s)", flush=True)

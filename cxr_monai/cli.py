@@ -10,7 +10,10 @@ from pathlib import Path
 __all__ = ["BUNDLES_DIR", "demo", "deploy_models", "main", "phantom", "run_bundle", "run_workflow"]
 
 logger = logging.getLogger("cxr_monai")
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+BUNDLES_DIR = Path("bundles")
+"""Default folder of the project's bundles, relative to the working directory (the repository root, where
+``make`` runs); commands take ``bundles_dir`` to point elsewhere. The package never locates bundles from its
+own source path (a non-editable install has no ``bundles/`` beside it)."""
 
 
 def run_workflow(bundle_dir: str | Path, config: str | list[str], workflow_type: str = "infer", **overrides):
@@ -31,9 +34,10 @@ def run_workflow(bundle_dir: str | Path, config: str | list[str], workflow_type:
     return wf
 
 
-def run_bundle(name: str, config: str | list[str], workflow_type: str = "infer", **overrides) -> None:
-    """Run one of the project's bundles (``bundles/<name>``) through :func:`run_workflow`."""
-    run_workflow(BUNDLES_DIR / name, config, workflow_type, **overrides)
+def run_bundle(name: str, config: str | list[str], workflow_type: str = "infer", bundles_dir: str | Path = BUNDLES_DIR,
+               **overrides) -> None:
+    """Run one of the project's bundles (``<bundles_dir>/<name>``) through :func:`run_workflow`."""
+    run_workflow(Path(bundles_dir) / name, config, workflow_type, **overrides)
 
 
 def _inputs(input: str | None, output_dir: Path) -> list[Path]:
@@ -48,7 +52,8 @@ def _inputs(input: str | None, output_dir: Path) -> list[Path]:
     return list_images(input)
 
 
-def demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side: int = 640) -> dict:
+def demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side: int = 640,
+         bundles_dir: str | Path = BUNDLES_DIR) -> dict:
     """Run the end-to-end pipeline on a DICOM/PNG/JPEG/NIfTI file or folder (default: a phantom CXR DICOM).
 
     Steps: load and validate every input (non-chest or unreadable files are reported and skipped) ->
@@ -85,18 +90,21 @@ def demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         raise SystemExit(f"no usable chest radiograph in {input}; see {out / 'summary.json'}")
 
-    sr_root = BUNDLES_DIR / "cxr_sr_csaegan"
+    bundles_dir = Path(bundles_dir)
+    if not (bundles_dir / "cxr_pneumonia_classifier").is_dir():
+        raise SystemExit(f"{bundles_dir.resolve()}: no cxr_pneumonia_classifier bundle here; pass --bundles_dir")
+    sr_root = bundles_dir / "cxr_sr_csaegan"
     small = [i["file"] for i in summary["inputs"] if max(i["shape"]) <= sr_max_side]
     if small and (sr_root / "models" / "model.pt").is_file() and (sr_root / "configs" / "inference.json").is_file():
-        run_bundle("cxr_sr_csaegan", "inference.json", datalist=[{"image": p} for p in small],
+        run_bundle("cxr_sr_csaegan", "inference.json", bundles_dir=bundles_dir, datalist=[{"image": p} for p in small],
                    output_dir=str(out / "sr"))
         summary["steps"].append({"step": "super_resolution_x4", "output_dir": str(out / "sr"), "files": small,
                                  "not_super_resolved": [p for p in accepted if p not in small],
                                  "sr_max_side": sr_max_side})
 
-    cls_root = BUNDLES_DIR / "cxr_pneumonia_classifier"
+    cls_root = bundles_dir / "cxr_pneumonia_classifier"
     if (cls_root / "models" / "model.pt").is_file():
-        run_bundle("cxr_pneumonia_classifier", "inference.json", datalist=[{"image": p} for p in accepted],
+        run_bundle("cxr_pneumonia_classifier", "inference.json", bundles_dir=bundles_dir, datalist=[{"image": p} for p in accepted],
                    output_dir=str(out / "classification"))
         preds = json.loads((out / "classification" / "predictions.json").read_text())
         summary["steps"].append({"step": "pneumonia_classification", "output_dir": str(out / "classification"),
@@ -128,8 +136,9 @@ def main() -> None:
     import fire
 
     logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    def _demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side: int = 640) -> None:
-        demo(input, output_dir, sr_max_side)
+    def _demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side: int = 640,
+              bundles_dir: str = "bundles") -> None:
+        demo(input, output_dir, sr_max_side, bundles_dir)
 
     _demo.__doc__ = demo.__doc__
     fire.Fire({"demo": _demo, "deploy_models": deploy_models, "phantom": phantom})

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 from cxr_monai.cli import demo
-from tests.conftest import require_shared
+from tests.conftest import PROJECT_ROOT, require_shared
 
 
 def test_demo_default_phantom(tmp_path):
-    summary = demo(None, str(tmp_path))
+    summary = demo(None, str(tmp_path), bundles_dir=PROJECT_ROOT / "bundles")
     assert (tmp_path / "input" / "phantom_cxr.dcm").is_file()
     assert len(summary["inputs"]) == 1 and summary["inputs"][0]["modality"] == "CR"
     assert summary["inputs"][0]["shape"] == [512, 512]
@@ -23,7 +23,7 @@ def test_demo_default_phantom(tmp_path):
 
 def test_demo_on_shared_dicoms_skips_the_extremity(tmp_path):
     folder = require_shared("dicom")
-    summary = demo(str(folder), str(tmp_path))
+    summary = demo(str(folder), str(tmp_path), bundles_dir=PROJECT_ROOT / "bundles")
     skipped = {s["file"].rsplit("/", 1)[-1] for s in summary["skipped"]}
     assert "cr_extremity_mono1_j2k.dcm" in skipped
     assert len(summary["inputs"]) == 3

@@ -342,7 +342,8 @@ def test_pooled_fid_is_not_moved_by_the_class_ratio(tmp_path):
     def extractor(x):
         return torch.cat([x.mean(dim=(1, 2, 3))[:, None], x.std(dim=(1, 2, 3))[:, None]], 1)
 
-    from cxr_monai.metrics.generative import evaluate_generator, fid
+    from cxr_monai.engines.gan import evaluate_generator
+    from cxr_monai.metrics.generative import fid
 
     rep = evaluate_generator(PerfectG(), real, real_labels, tmp_path, extractor, num_per_class=64,
                              kid_subset_size=32, nearest_candidates=2)

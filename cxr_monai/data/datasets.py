@@ -21,7 +21,7 @@ __all__ = [
     "training_split",
 ]
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
+from cxr_monai.io import SUPPORTED_SUFFIXES as IMAGE_SUFFIXES  # one suffix list: what load_cxr reads  # noqa: E402
 DEFAULT_CLASSES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
 
 

@@ -606,7 +606,7 @@ def _is_dicom(path: Path) -> bool:
 def sr_file_datalist(
     dataset_dir: str | Path,
     key: str = "image",
-    extensions: Sequence[str] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz", ".tif", ".tiff"),
+    extensions: Sequence[str] | None = None,
     recursive: bool = True,
 ) -> list[dict[str, str]]:
     """Datalist ``[{key: path}, ...]`` of the image files under a folder (sorted), or of one file.
@@ -616,7 +616,7 @@ def sr_file_datalist(
     Args:
         dataset_dir: a folder or a single image file.
         key: dict key of the paths.
-        extensions: accepted file endings (case-insensitive).
+        extensions: accepted file endings (case-insensitive); default :data:`cxr_monai.io.SUPPORTED_SUFFIXES`.
         recursive: also search sub-folders.
     """
     root = Path(dataset_dir)
@@ -625,6 +625,8 @@ def sr_file_datalist(
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such file or folder")
     files = root.rglob("*") if recursive else root.glob("*")
+    if extensions is None:
+        from cxr_monai.io import SUPPORTED_SUFFIXES as extensions
     ends = tuple(e.lower() for e in extensions)
     out = [{key: str(p)} for p in sorted(files) if p.is_file() and (p.name.lower().endswith(ends) or _is_dicom(p))]
     if not out:

@@ -38,17 +38,17 @@ __all__ = [
     "paired_ssim_mse",
     "discriminator_report",
     "generative_report",
-    "evaluate_generator",
     "stack_images",
 ]
 
 
-def _percentile_normalise(x: torch.Tensor, lower: float = 1.0, upper: float = 99.0) -> torch.Tensor:
-    """Per-image 1st-99th percentile rescale to [0, 1] (clipped): the classifier's intensity preprocessing."""
-    flat = x.reshape(x.shape[0], -1)
-    q = torch.quantile(flat, torch.tensor([lower / 100.0, upper / 100.0], dtype=flat.dtype), dim=1)
-    lo, hi = q[0].reshape(-1, 1, 1, 1), q[1].reshape(-1, 1, 1, 1)
-    return ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
+def _percentile_normalise(x: torch.Tensor) -> torch.Tensor:
+    """Each image of a batch through the classifier's own intensity step
+    (:class:`cxr_monai.transforms.PercentileNormalize`, 1st-99th percentile to [0, 1]): one definition."""
+    from cxr_monai.transforms import PercentileNormalize
+
+    norm = PercentileNormalize(1.0, 99.0)
+    return torch.stack([torch.as_tensor(norm(xi)) for xi in x]).to(x.device, x.dtype)
 
 
 class ClassifierFeatures(nn.Module):
@@ -121,7 +121,7 @@ def classifier_feature_extractor(bundle_root: str | Path | None = None, weights_
     """The project's trained pneumonia classifier (``bundles/cxr_pneumonia_classifier``) as extractor.
 
     Args:
-        bundle_root: classifier bundle folder (default: the repository's ``bundles/cxr_pneumonia_classifier``).
+        bundle_root: classifier bundle folder (required; the package never guesses where bundles live).
         weights_name: weights file under ``models/``.
         input_size: the classifier's input side.
         allow_untrained: when the weights are missing, fall back to a randomly initialised (seeded)
@@ -136,7 +136,7 @@ def classifier_feature_extractor(bundle_root: str | Path | None = None, weights_
     from cxr_monai.utils import load_bundle_network
 
     if bundle_root is None:
-        bundle_root = Path(__file__).resolve().parents[2] / "bundles" / "cxr_pneumonia_classifier"
+        raise ValueError("bundle_root is required: the folder of the cxr_pneumonia_classifier bundle")
     weights = Path(bundle_root) / "models" / weights_name
     if weights.is_file():
         net = load_bundle_network(bundle_root, weights_name, overrides=overrides)
@@ -396,102 +396,3 @@ def class_matched_indices(real_labels: torch.Tensor, target_labels: torch.Tensor
         n = min(idx.numel(), max(1, int(round(total * sh))))
         picked.append(idx[torch.randperm(idx.numel(), generator=gen)[:n]])
     return torch.cat(picked).sort().values
-
-
-def evaluate_generator(
-    generator: nn.Module,
-    real_images: torch.Tensor,
-    real_labels: torch.Tensor,
-    output_dir: str | Path,
-    extractor: nn.Module | Callable | None = None,
-    class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
-    num_per_class: int = 256,
-    seed: int = 0,
-    discriminator: nn.Module | None = None,
-    memorisation_threshold: float = 0.95,
-    kid_subset_size: int = 1000,
-    nearest_candidates: int = 32,
-    device: str | torch.device = "cpu",
-    extra: dict | None = None,
-) -> dict:
-    """Generate ``num_per_class`` images of every class and compare them with the real images of that class
-    (and pooled over classes). Writes ``metrics.json`` and ``samples_grid.png`` into ``output_dir``.
-
-    Args:
-        generator: class-conditional generator ``G(z, y)`` with ``latent_dim``.
-        real_images: (M, 1, H, W) real images in [0, 1] (the generator's training images for the
-            memorisation check); resized to the generated size when they differ.
-        real_labels: (M,) class indices.
-        output_dir: where to write.
-        extractor: feature extractor (``None``: pixel metrics only).
-        class_names: class names in label order.
-        num_per_class: generated images per class (256 for the memorisation criterion).
-        seed: noise seed (class ``c`` uses ``seed + c``).
-        discriminator: optional ``D(x, y)``; adds its real/fake accuracy, precision and recall (seed figures).
-        memorisation_threshold: SSIM above which a sample counts as memorised.
-        kid_subset_size: KID subset size.
-        nearest_candidates: pre-selected reals per fake for the nearest-real SSIM.
-        device: device for generation.
-        extra: additional entries copied into ``metrics.json`` (e.g. training budget).
-    """
-    from cxr_monai.engines.gan import generate, sample_grid
-    from cxr_monai.io import save_png
-
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fakes, fake_labels = [], []
-    for c in range(len(class_names)):
-        imgs, ys = generate(generator, num_per_class, c, seed=seed + c, device=device)
-        fakes.append(imgs)
-        fake_labels.append(ys)
-    fake, fake_y = torch.cat(fakes), torch.cat(fake_labels)
-    real = real_images.float()
-    if real.shape[-2:] != fake.shape[-2:]:
-        real = F.interpolate(real, size=fake.shape[-2:], mode="bilinear", align_corners=False,
-                             antialias=real.shape[-1] > fake.shape[-1])
-    report: dict[str, Any] = {"per_class": {}, "settings": {
-        "num_per_class": num_per_class, "seed": seed, "image_size": list(fake.shape[-2:]),
-        "memorisation_threshold": memorisation_threshold, "nearest_candidates": nearest_candidates,
-        "ssim": "11x11 Gaussian sigma 1.5, k1 0.01, k2 0.03, data range 1, valid filtering",
-        "feature_extractor": None if extractor is None else type(getattr(extractor, "network", extractor)).__name__}}
-    fr = ff = None
-    if extractor is not None:  # once for all images; the per-class metrics use slices
-        fr, ff = extract_features(real, extractor), extract_features(fake, extractor)
-    for c, name in enumerate(class_names):
-        mask = real_labels == c
-        if mask.sum() < 2:
-            continue
-        report["per_class"][name] = generative_report(
-            fake[fake_y == c], real[mask], extractor, memorisation_threshold, kid_subset_size=kid_subset_size,
-            nearest_candidates=nearest_candidates, seed=seed,
-            real_features=None if fr is None else fr[mask], fake_features=None if ff is None else ff[fake_y == c])
-    if extractor is not None:  # pooled over classes, with the real images subsampled to the generated class mix
-        keep = class_matched_indices(real_labels, fake_y, seed)
-        fr_all = fr[keep]
-        report["all"] = {"fid": fid(fr_all, ff), "kid_mean": kid(fr_all, ff, 100, kid_subset_size, seed)[0],
-                         "mmd": mmd(fr_all, ff, seed), "num_real": int(keep.numel()),
-                         "class_mix": "real images subsampled to the generated images' class proportions"}
-        p, r = knn_precision_recall(fr_all, ff)
-        report["all"].update({"knn_precision": p, "knn_recall": r})
-    if isinstance(extractor, ClassifierFeatures) and extractor.method is not None:
-        report["class_fidelity"] = {"generated": class_fidelity(fake, fake_y, extractor, class_names),
-                                    "real": class_fidelity(real, real_labels, extractor, class_names)}
-    report["memorised_share"] = float(np.mean([v["memorised_share"] for v in report["per_class"].values()]))
-    report["nearest_real_ssim_max"] = float(max(v["nearest_real_ssim_max"] for v in report["per_class"].values()))
-    if discriminator is not None:
-        discriminator = discriminator.eval().to(device)
-        with torch.no_grad():
-            n = min(real.shape[0], fake.shape[0])
-            gen = torch.Generator().manual_seed(seed)
-            ri = torch.randperm(real.shape[0], generator=gen)[:n]
-            dr = torch.cat([discriminator(real[ri][i : i + 64].to(device), real_labels[ri][i : i + 64].to(device)).cpu()
-                            for i in range(0, n, 64)])
-            df = torch.cat([discriminator(fake[i : i + 64].to(device), fake_y[i : i + 64].to(device)).cpu()
-                            for i in range(0, fake.shape[0], 64)])
-        report["discriminator"] = discriminator_report(dr, df)
-    if extra:
-        report["extra"] = extra
-    rows = [fake[fake_y == c][:8] for c in range(len(class_names))]
-    save_png(out_dir / "samples_grid.png", sample_grid(torch.cat(rows), nrow=8), bits=8)
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-    return report
