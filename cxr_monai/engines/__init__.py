@@ -1,3 +1,4 @@
 """Ignite workflows and handlers: classifier writer/calibration, SR GAN trainer, latent GAN trainer."""
 
 from .classification import *  # noqa: F401,F403
+from . import distributed  # noqa: F401  (multi_gpu_train.json: cxr_monai.engines.distributed.*)

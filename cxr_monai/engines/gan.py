@@ -73,6 +73,9 @@ def bce_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema <- decay * ema + (1 - decay) * model`` for floating parameters; buffers (batch-norm statistics,
     spectral-norm vectors) are copied."""
+    from cxr_monai.engines.distributed import unwrap
+
+    model = unwrap(model)
     for pe, pm in zip(ema.parameters(), model.parameters()):
         pe.lerp_(pm, 1.0 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
@@ -157,15 +160,29 @@ class ConditionalGANTrainer(Trainer):
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.d_loss_function, self.g_loss_function = d_loss_function, g_loss_function
         self.n_critic = n_critic
-        self.ema_network = ema_network if ema_network is not None else copy.deepcopy(g_network)
+        from cxr_monai.engines.distributed import unwrap
+
+        # the EMA copy is a plain network even when G is DDP-wrapped (its state_dict has no "module." prefix)
+        self.ema_network = ema_network if ema_network is not None else copy.deepcopy(unwrap(g_network))
         if ema_network is not None:
-            self.ema_network.load_state_dict(g_network.state_dict())
+            self.ema_network.load_state_dict(unwrap(g_network).state_dict())
         self.ema_network.eval().requires_grad_(False)
         self.ema_decay, self.ema_start = ema_decay, ema_start
         self.noise = torch.Generator(device="cpu").manual_seed(int(seed))
 
     def _latents(self, n: int, device: torch.device) -> torch.Tensor:
-        return torch.randn(n, self.latent_dim, generator=self.noise).to(device)
+        """``n`` latents for this process. Under DDP the (equally seeded) noise generator of every rank draws
+        the global batch's ``n * W`` latents and rank ``r`` takes ``[r::W]``, the positions of its share of a
+        ``DistributedSampler`` batch: ranks get different noise, and the draw is the single-process one."""
+        from cxr_monai.engines.distributed import world_size
+
+        w = world_size()
+        z = torch.randn(n * w, self.latent_dim, generator=self.noise)
+        if w > 1:
+            import torch.distributed as dist
+
+            z = z[dist.get_rank()::w]
+        return z.to(device)
 
     def _iteration(self, engine: ConditionalGANTrainer, batchdata: dict | Sequence) -> dict[str, Any]:
         if batchdata is None:
@@ -369,7 +386,11 @@ class TrainingTimeLimit:
         self._start = self._now()
 
     def __call__(self, engine: Any) -> None:
-        if self._start is not None and self._now() - self._start > self.limit_sec:
+        from cxr_monai.engines.distributed import any_rank
+
+        # under DDP every rank takes the decision together (one rank's clock is enough), so that no rank is
+        # left waiting at a collective for ranks that stopped at another iteration
+        if any_rank(self._start is not None and self._now() - self._start > self.limit_sec):
             engine.logger.info(f"{self.clock} time limit of {self.limit_sec:.0f} s reached at iteration "
                                f"{engine.state.iteration}")
             engine.terminate()
