@@ -262,32 +262,27 @@ def pneumonia_report(source: Dataset, result: Mapping[str, Any], model_info: Map
     )
 
 
-def write_dataset(ds: Dataset, path: str | os.PathLike) -> Path:
-    """Write ``ds`` to ``path`` atomically: to a temporary file in the same folder, then renamed, so a
-    crash never leaves a half-written object under the final name."""
+def _write_atomic(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it to ``path``; the temporary
+    file is removed when ``write`` fails, so a crash never leaves a half-written file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)
     try:
-        ds.save_as(tmp, enforce_file_format=True)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_dataset(ds: Dataset, path: str | os.PathLike) -> Path:
+    """Write ``ds`` to ``path`` atomically (temporary name in the same folder, then renamed)."""
+    return _write_atomic(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
 
 
 def write_bytes(data: bytes, path: str | os.PathLike) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`write_dataset`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return _write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))

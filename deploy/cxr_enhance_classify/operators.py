@@ -33,6 +33,19 @@ def _fail(record: dict, step: str, err: BaseException) -> None:
     logger.error("%s failed at %s: %s", record.get("file") or record.get("sop_uid"), step, err)
 
 
+def _each_ok(records: list[dict], step: str, fn) -> None:
+    """``fn(record)`` for every record still ``ok``, timed; an exception fails that record only."""
+    for rec in records:
+        if rec["status"] != "ok":
+            continue
+        start = time.perf_counter()
+        try:
+            fn(rec)
+        except Exception as err:  # noqa: BLE001 - one image's failure must not stop the study
+            _fail(rec, step, err)
+        _timed(rec, step, start)
+
+
 class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
     """The SDK's DICOM loader, made safe for a folder with bad files.
 
@@ -162,21 +175,17 @@ class SuperResolutionOperator(Operator):
         if self._model is None:
             self._model = load_deploy_model(self.model_file, self.device, kind="super_resolution")
         model, info = self._model
-        for rec in records:
-            if rec["status"] != "ok":
-                continue
-            start = time.perf_counter()
+
+        def enhance(rec: dict) -> None:
             apply, why = sr_decision(rec["image"].shape, self.sr_max_side)
             rec["sr"] = {"applied": apply, "note": why, "model": info["model_name"], "version": info["version"],
                          "device": self.device}
-            try:
-                if apply:
-                    rec["enhanced"] = super_resolve(model, rec["image"], info, self.device)
-                    rec["sr"]["output_shape"] = list(rec["enhanced"].shape[1:])
-            except Exception as err:  # noqa: BLE001 - one image's failure must not stop the study
-                _fail(rec, "super_resolution", err)
-            _timed(rec, "super_resolution", start)
             logger.info("%s: %s", rec["sop_uid"], why)
+            if apply:
+                rec["enhanced"] = super_resolve(model, rec["image"], info, self.device)
+                rec["sr"]["output_shape"] = list(rec["enhanced"].shape[1:])
+
+        _each_ok(records, "super_resolution", enhance)
         op_output.emit(records, RECORDS)
 
 
@@ -207,21 +216,16 @@ class PneumoniaClassifierOperator(Operator):
 
         records = op_input.receive(RECORDS)
         model, info = self.model
-        for rec in records:
-            if rec["status"] != "ok":
-                continue
-            start = time.perf_counter()
-            try:
-                read = rec.get("enhanced", rec["image"])
-                result = classify(model, read, info, self.device)
-                result["probability_unenhanced"] = (
-                    classify(model, rec["image"], info, self.device)["probability"] if "enhanced" in rec else None)
-                result.update(model=info["model_name"], version=info["version"], device=self.device,
-                              read_enhanced="enhanced" in rec)
-                rec["classification"] = result
-            except Exception as err:  # noqa: BLE001
-                _fail(rec, "classification", err)
-            _timed(rec, "classification", start)
+
+        def run(rec: dict) -> None:
+            result = classify(model, rec.get("enhanced", rec["image"]), info, self.device)
+            result["probability_unenhanced"] = (
+                classify(model, rec["image"], info, self.device)["probability"] if "enhanced" in rec else None)
+            result.update(model=info["model_name"], version=info["version"], device=self.device,
+                          read_enhanced="enhanced" in rec)
+            rec["classification"] = result
+
+        _each_ok(records, "classification", run)
         op_output.emit(records, RECORDS)
 
 
@@ -235,17 +239,13 @@ class GradCAMOperator(PneumoniaClassifierOperator):
 
         records = op_input.receive(RECORDS)
         model, info = self.model
-        for rec in records:
-            if rec["status"] != "ok":
-                continue
-            start = time.perf_counter()
-            try:
-                out = classify(model, rec.get("enhanced", rec["image"]), info, self.device, with_cam=True)
-                rec["gradcam"] = {"class": out["cam_class"], "normalisation": "divided by the map's maximum"}
-                rec["overlay"] = overlay_rgb(rec["image"], out["cam"])
-            except Exception as err:  # noqa: BLE001
-                _fail(rec, "gradcam", err)
-            _timed(rec, "gradcam", start)
+
+        def explain(rec: dict) -> None:
+            out = classify(model, rec.get("enhanced", rec["image"]), info, self.device, with_cam=True)
+            rec["gradcam"] = {"class": out["cam_class"], "normalisation": "divided by the map's maximum"}
+            rec["overlay"] = overlay_rgb(rec["image"], out["cam"])
+
+        _each_ok(records, "gradcam", explain)
         op_output.emit(records, RECORDS)
 
 
