@@ -23,24 +23,28 @@ import argparse
 import json
 import math
 import time
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from cxr_monai.metrics.sr import bicubic_up, degrade, psnr, ssim
 from cxr_monai.networks import sr as srnets
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "kermany_hr"
+DATA = Path(os.environ.get("CXR_SHARED_DATA", ROOT.parent / "shared" / "data")) / "kermany_hr"
 DATALIST = ROOT / "bundles" / "cxr_sr_csaegan" / "configs" / "datalist.json"
 
 
 def load_gray(path: Path) -> torch.Tensor:
-    """uint8 (H, W) tensor of a grayscale image file."""
-    return torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.uint8).copy())
+    """uint8 (H, W) tensor of an image file, read with the project's loader (``cxr_monai.io.load_cxr``: the same
+    intensity rules as the bundles) and stored as 8-bit to keep 300 radiographs in memory."""
+    from cxr_monai.io import load_cxr
+
+    image, _ = load_cxr(path)
+    return torch.from_numpy(np.round(image[0] * 255.0).astype(np.uint8))
 
 
 def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
