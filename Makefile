@@ -1,4 +1,4 @@
-# cxr_monai: user-facing targets are venv, test, demo, deploy-models, map.
+# cxr_monai: user-facing targets are venv, test, demo, deploy-models, map, label-venv, label-serve.
 PYTHON ?= python3
 VENV ?= .venv
 DEPLOY_VENV ?= .venv-deploy
@@ -47,10 +47,10 @@ tools:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS); }; \
 	else echo "install the Debian packages $(APT_PKGS) (needs root and apt-get)" >&2; exit 1; fi
 
-test: test-core test-deploy
+test: test-core test-deploy test-label
 
 test-core: venv tools
-	$(PY) -m pytest -q --ignore=tests/deploy
+	$(PY) -m pytest -q --ignore=tests/deploy --ignore=tests/label
 
 # holoscan wants a 32 MB stack (it warns below): the deploy tests run the app in-process under that limit.
 test-deploy: deploy-venv tools
@@ -75,4 +75,7 @@ map: deploy-venv deploy-models
 	$(DPY) deploy/packaging/make_map.py --models "$(MODELS)" --out "$(MAP_OUT)"
 
 clean:
-	rm -rf $(VENV) $(DEPLOY_VENV) $(MODELS) $(MAP_OUT) demo_output .pytest_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) $(LABEL_VENV) $(MODELS) $(MAP_OUT) demo_output .pytest_cache
+
+# MONAI Label app: label-venv, label-serve, test-label
+include deploy/monailabel_app/label.mk

@@ -352,7 +352,10 @@ def _pixel_array(ds: Dataset, tsyntax: Any) -> np.ndarray:
         from pydicom.pixel_data_handlers import pylibjpeg_handler
 
         if pylibjpeg_handler.is_available() and pylibjpeg_handler.supports_transfer_syntax(tsyntax):
-            ds.convert_pixel_data(handler_name="pylibjpeg")
+            try:
+                ds.convert_pixel_data(handler_name="pylibjpeg")
+            except Exception:  # noqa: BLE001 - then the other decoders, as pydicom 3 does
+                pass
     return ds.pixel_array
 
 

@@ -1,0 +1,19 @@
+"""``cxr_pneumonia``: the calibrated classifier of ``MODELS/cxr_pneumonia/model.ts``."""
+
+from __future__ import annotations
+
+from cxr_monai.export import CLASSIFIER_NAME, SR_NAME, find_model_file, load_deploy_model
+
+from lib.configs.base import CXRTaskConfig
+from lib.infers import CXRPneumoniaInfer
+
+
+class CXRPneumoniaConfig(CXRTaskConfig):
+    model_name = CLASSIFIER_NAME
+    model_kind = "classifier"
+
+    def infer(self) -> CXRPneumoniaInfer:
+        # the SR model too, for the `enhance` request parameter (classify the enhanced image, as the deploy app)
+        sr = load_deploy_model(find_model_file(self.model_dir, SR_NAME), self.device, kind="super_resolution")
+        return CXRPneumoniaInfer(self.model, self.model_info, self.device, sr_model=sr, sr_max_side=self.sr_max_side,
+                                 model_file=self.path)

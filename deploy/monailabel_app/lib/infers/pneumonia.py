@@ -1,0 +1,105 @@
+"""``cxr_pneumonia``: the calibrated pneumonia classifier with the Grad-CAM of its decision."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from cxr_monai.explain import overlay_rgb
+from cxr_monai.inference import classify, sr_decision, super_resolve
+
+from .common import image_summary, load_request_image, result_file
+
+__all__ = ["CXRPneumoniaInfer"]
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+class CXRPneumoniaInfer(InferTask):
+    """Calibrated probability of PNEUMONIA (:func:`cxr_monai.inference.classify`) as JSON, and the Grad-CAM
+    overlay of the predicted class on the input (:func:`cxr_monai.explain.overlay_rgb`, RGB PNG) as the image.
+
+    The probability is that of the image as stored, so it equals ``classify`` run on the same file anywhere
+    (the deploy app reports it as ``probability_unenhanced`` when it enhanced the image first). With the
+    request parameter ``enhance`` true, the image is first super-resolved under the deploy app's size policy
+    (:func:`cxr_monai.inference.sr_decision`) and the classifier reads the enhanced image, as the deploy app
+    does for its headline probability.
+
+    Args:
+        model: the classifier TorchScript module (:func:`cxr_monai.export.load_deploy_model`).
+        info: its embedded metadata (threshold, temperature, version...).
+        device: where the model runs.
+        sr_model: optional ``(module, info)`` of the SR model, for ``enhance``.
+        sr_max_side: longest side above which the image is not enhanced.
+        model_file: the file the model came from (reported in ``/info/``).
+    """
+
+    def __init__(self, model: torch.nn.Module, info: dict[str, Any], device: torch.device,
+                 sr_model: tuple[torch.nn.Module, dict[str, Any]] | None = None, sr_max_side: int = 1024,
+                 model_file: str = "") -> None:
+        self.model, self.model_info, self.device = model, dict(info), torch.device(device)
+        self.sr_model, self.sr_max_side, self.model_file = sr_model, int(sr_max_side), str(model_file)
+        names = list(info.get("class_names", ["NORMAL", "PNEUMONIA"]))
+        super().__init__(
+            type=InferType.CLASSIFICATION,
+            labels={name: i for i, name in enumerate(names)},
+            dimension=2,
+            description=(f"{info.get('model_name', 'cxr_pneumonia')} {info.get('version', '')}: calibrated "
+                         f"probability of PNEUMONIA (threshold {float(info['threshold']):.4f}); image output: "
+                         "Grad-CAM overlay of the predicted class"),
+            config={"enhance": False},
+        )
+
+    def is_valid(self) -> bool:
+        return self.model is not None
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        out.update(model_file=self.model_file, version=self.model_info.get("version"),
+                   threshold=float(self.model_info["threshold"]),
+                   temperature=float(self.model_info.get("temperature", 1.0)))
+        return out
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        start = time.perf_counter()
+        image, meta = load_request_image(request)
+        read, note = image, "classified as stored"
+        if _truthy(request.get("enhance", False)):
+            apply, note = sr_decision(image.shape, self.sr_max_side)
+            if apply and self.sr_model is not None:
+                read = super_resolve(self.sr_model[0], image, self.sr_model[1], self.device)
+            elif apply:
+                note = "enhance requested but no SR model is loaded; classified as stored"
+        out = classify(self.model, read, self.model_info, self.device, with_cam=True)
+        overlay = overlay_rgb(image, out["cam"])
+
+        from PIL import Image
+
+        overlay_file = result_file("cxr_pneumonia_gradcam_")
+        Image.fromarray(overlay).save(overlay_file, format="PNG")
+        names = list(self.model_info.get("class_names", ["NORMAL", "PNEUMONIA"]))
+        result = {
+            "probability": out["probability"],
+            "label": out["label"],
+            "threshold": out["threshold"],
+            "probabilities": dict(zip(names, out["probabilities"])),
+            # MONAI Label's classification answer (BundleInferTask's writer), for clients that read that
+            "prediction": [{"idx": i, "label": n, "score": p} for i, (n, p) in enumerate(zip(names, out["probabilities"]))],
+            "label_names": {n: i for i, n in enumerate(names)},
+            "model": self.model_info.get("model_name"),
+            "version": self.model_info.get("version"),
+            "temperature": float(self.model_info.get("temperature", 1.0)),
+            "weights_sha256": self.model_info.get("weights_sha256"),
+            "enhanced": read is not image,
+            "note": note,
+            "gradcam": {"class": out["cam_class"], "image": "RGB PNG overlay on the input, same size",
+                        "normalisation": "divided by the map's maximum"},
+            "input": image_summary(image, meta),
+            "latency": round(time.perf_counter() - start, 3),
+        }
+        return overlay_file, result
