@@ -25,13 +25,26 @@ from cxr_monai.io import SUPPORTED_SUFFIXES as IMAGE_SUFFIXES  # one suffix list
 DEFAULT_CLASSES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
 
 
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _is_image(path: Path) -> bool:
+    """A file :func:`cxr_monai.io.load_cxr` reads: a supported ending, or no ending and the DICOM magic."""
     name = path.name.lower()
-    return path.is_file() and not name.startswith(".") and any(name.endswith(s) for s in IMAGE_SUFFIXES)
+    if not path.is_file() or name.startswith("."):
+        return False
+    return any(name.endswith(s) for s in IMAGE_SUFFIXES) or (not path.suffix and _has_dicom_magic(path))
 
 
 def list_images(path: str | Path) -> list[Path]:
-    """Sorted image files under ``path`` (recursively), or ``[path]`` when it is a single file.
+    """Sorted image files under ``path`` (recursively), or ``[path]`` when it is a single file. Image files are
+    those with an ending of :data:`cxr_monai.io.SUPPORTED_SUFFIXES` and extension-less DICOM files.
 
     Raises:
         FileNotFoundError: when ``path`` does not exist or holds no image.

@@ -591,47 +591,17 @@ class SRImageWriter:
             self.write(item[Keys.PRED], item.get(Keys.IMAGE), _name_of(item, f"image_{len(self.written) + i:04d}"))
 
 
-def _is_dicom(path: Path) -> bool:
-    """A file without extension that carries the DICOM preamble magic (``DICM`` at byte 128)."""
-    if path.suffix:
-        return False
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def sr_file_datalist(
-    dataset_dir: str | Path,
-    key: str = "image",
-    extensions: Sequence[str] | None = None,
-    recursive: bool = True,
-) -> list[dict[str, str]]:
-    """Datalist ``[{key: path}, ...]`` of the image files under a folder (sorted), or of one file.
-
-    Files are selected by ending, plus extension-less files that are DICOM (``DICM`` magic).
+def sr_file_datalist(dataset_dir: str | Path, key: str = "image") -> list[dict[str, str]]:
+    """Datalist ``[{key: path}, ...]`` of the image files under a folder (sorted, recursive), or of one file:
+    :func:`cxr_monai.data.list_images` (the one file-listing rule) under another key.
 
     Args:
         dataset_dir: a folder or a single image file.
         key: dict key of the paths.
-        extensions: accepted file endings (case-insensitive); default :data:`cxr_monai.io.SUPPORTED_SUFFIXES`.
-        recursive: also search sub-folders.
     """
-    root = Path(dataset_dir)
-    if root.is_file():
-        return [{key: str(root)}]
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such file or folder")
-    files = root.rglob("*") if recursive else root.glob("*")
-    if extensions is None:
-        from cxr_monai.io import SUPPORTED_SUFFIXES as extensions
-    ends = tuple(e.lower() for e in extensions)
-    out = [{key: str(p)} for p in sorted(files) if p.is_file() and (p.name.lower().endswith(ends) or _is_dicom(p))]
-    if not out:
-        raise FileNotFoundError(f"{root}: no image files with endings {list(extensions)}")
-    return out
+    from cxr_monai.data import list_images
+
+    return [{key: str(p)} for p in list_images(dataset_dir)]
 
 
 def _split_classifier_preprocessing(spatial_size: int, key: str) -> tuple[Callable, Callable]:
