@@ -14,7 +14,7 @@ DSTAMP := $(DEPLOY_VENV)/.installed
 CLS_BUNDLE := bundles/cxr_pneumonia_classifier
 SR_BUNDLE := bundles/cxr_sr_csaegan
 
-.PHONY: venv deploy-venv test test-core test-deploy demo bundle-demo deploy-models map clean tools
+.PHONY: venv deploy-venv test test-core test-deploy demo bundle-demo deploy-models map bench clean tools
 
 venv: $(STAMP)
 
@@ -73,6 +73,11 @@ bundle-demo: venv
 # MAP: writes the manifests (MAP_OUT/app.json, pkg.json), then builds the image where Docker buildx exists.
 map: deploy-venv deploy-models
 	$(DPY) deploy/packaging/make_map.py --models "$(MODELS)" --out "$(MAP_OUT)"
+
+# One benchmark run on this machine (SR and classifier runtimes side by side, GEMM reference): benchmarks/results/
+BENCH_OUT ?= benchmarks/results
+bench: venv
+	$(PY) -m benchmarks.run --out "$(BENCH_OUT)"
 
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) $(LABEL_VENV) $(MODELS) $(MAP_OUT) demo_output .pytest_cache

@@ -1,0 +1,222 @@
+"""One benchmark run on this machine, side by side, medians of repeats: ``python -m benchmarks.run --out OUT``.
+
+Measures, in the same process and run (so the ratios are fair on a shared machine):
+
+* the machine's fp32 GEMM GFLOP/s (torch, 2048x2048 matmul, all threads);
+* SR 256 -> 1024 latency and output megapixels per second for bicubic, a plain RRDBNet with the lite preset's
+  blocks and features (``rrdbnet(6, 32, 16)``), CSAEGAN-lite and CSAEGAN-full, in PyTorch eager, TorchScript
+  and ONNX Runtime (the full preset in eager only unless ``--full_runtimes``: one 256 px image is ~2.4 TFLOP);
+  each network's achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter``) divided by the GEMM figure;
+* peak resident memory of tiled 512 -> 2048 inference of the shipped lite model (``cxr_monai.inference``), in a
+  child process;
+* classifier images per second at 224, batch 1 and 32, eager / TorchScript / ONNX Runtime;
+* the deploy app's seconds per study, from ``deploy/cxr_enhance_classify/docs/timings.json`` (its own benchmark).
+
+Writes ``OUT/bench.json`` and ``OUT/bench.md``. Training iterations per second are not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def gemm_gflops(repeats: int) -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    sec = _median_seconds(lambda: a @ b, repeats, warmup=2)
+    return 2 * 2048**3 / sec / 1e9
+
+
+def count_flops(net: torch.nn.Module, x: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    return float(counter.get_total_flops())
+
+
+def onnx_session(net: torch.nn.Module, x: torch.Tensor, path: Path, dynamic_hw: bool):
+    import onnxruntime as ort
+
+    axes = {"x": {2: "h", 3: "w"}} if dynamic_hw else None
+    torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["y"], dynamic_axes=axes, dynamo=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def runtimes(net: torch.nn.Module, x: torch.Tensor, tmp: Path, names: tuple[str, ...], dynamic_hw: bool) -> dict:
+    """{runtime: callable} for the requested runtimes, each checked against eager (max abs error)."""
+    net = net.eval()
+    out: dict = {}
+    with torch.no_grad():
+        ref = net(x)
+    if "eager" in names:
+        out["eager"] = (lambda: net(x), 0.0)
+    if "torchscript" in names:
+        ts = torch.jit.script(net)
+        with torch.no_grad():
+            err = float((ts(x) - ref).abs().max())
+        out["torchscript"] = (lambda: ts(x), err)
+    if "onnxruntime" in names:
+        sess = onnx_session(net, x, tmp / f"{id(net)}.onnx", dynamic_hw)
+        xn = x.numpy()
+        err = float(np.abs(sess.run(None, {"x": xn})[0] - ref.numpy()).max())
+        out["onnxruntime"] = (lambda: sess.run(None, {"x": xn}), err)
+    return out
+
+
+def bench_sr(args, gemm: float, tmp: Path) -> list[dict]:
+    from cxr_monai.networks import csaegan_full, csaegan_lite, rrdbnet
+    from cxr_monai.utils import load_bundle_network
+
+    x = torch.rand(1, 1, 256, 256)
+    out_mp = 1024 * 1024 / 1e6
+    rows = []
+    sec = _median_seconds(lambda: F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1),
+                          args.repeats)
+    rows.append({"model": "bicubic", "runtime": "torch", "params_M": 0.0, "seconds": sec, "mp_per_s": out_mp / sec})
+    lite_cfg = dict(num_block=6, num_feat=32, num_grow_ch=16, upsampler="pixelshuffle", residual_bicubic=True)
+    nets = {
+        "rrdbnet (lite size, no CSA)": (rrdbnet(**lite_cfg), ("eager", "torchscript", "onnxruntime")),
+        "csaegan_lite (shipped weights)": (load_bundle_network(ROOT / "bundles" / "cxr_sr_csaegan"),
+                                           ("eager", "torchscript", "onnxruntime")),
+        "rrdbnet (full size, no CSA)": (rrdbnet(), ("eager",) if not args.full_runtimes else
+                                        ("eager", "torchscript", "onnxruntime")),
+        "csaegan_full": (csaegan_full(), ("eager",) if not args.full_runtimes else
+                         ("eager", "torchscript", "onnxruntime")),
+    }
+    for name, (net, names) in nets.items():
+        net = net.eval()
+        flops = count_flops(net, x)
+        params = sum(p.numel() for p in net.parameters()) / 1e6
+        reps = args.repeats if "full" not in name else max(1, args.repeats // 2)
+        for runtime, (fn, err) in runtimes(net, x, tmp, names, dynamic_hw=True).items():
+            with torch.no_grad():
+                sec = _median_seconds(fn, reps)
+            rows.append({"model": name, "runtime": runtime, "params_M": round(params, 3), "seconds": sec,
+                         "mp_per_s": out_mp / sec, "gflop": flops / 1e9, "gflop_per_s": flops / sec / 1e9,
+                         "fraction_of_gemm": flops / sec / 1e9 / gemm, "max_abs_err_vs_eager": err})
+            print(f"SR 256->1024 {name:32s} {runtime:12s} {sec:7.3f} s", flush=True)
+    return rows
+
+
+def bench_classifier(args, tmp: Path) -> list[dict]:
+    from cxr_monai.utils import load_bundle_network
+
+    net = load_bundle_network(ROOT / "bundles" / "cxr_pneumonia_classifier").eval()
+    rows = []
+    for batch in (1, 32):
+        x = torch.rand(batch, 1, 224, 224)
+        for runtime, (fn, err) in runtimes(net, x, tmp, ("eager", "torchscript", "onnxruntime"), False).items():
+            with torch.no_grad():
+                sec = _median_seconds(fn, args.repeats)
+            rows.append({"batch": batch, "runtime": runtime, "ms_per_image": 1000 * sec / batch,
+                         "images_per_s": batch / sec, "max_abs_err_vs_eager": err})
+            print(f"classifier 224 b{batch:<3d} {runtime:12s} {1000 * sec / batch:7.2f} ms/image", flush=True)
+    return rows
+
+
+_TILED = r"""
+import sys, time, torch
+sys.path.insert(0, sys.argv[1])
+from cxr_monai.export import load_deploy_model
+from cxr_monai.inference import super_resolve
+model, info = load_deploy_model(sys.argv[2])
+x = torch.rand(1, 512, 512).numpy()
+t = time.perf_counter(); y = super_resolve(model, x, info); sec = time.perf_counter() - t
+# VmHWM: this program's own peak (ru_maxrss would include the parent's peak, inherited through fork)
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(sec, hwm / 1024**2, y.shape[-1])
+"""
+
+
+def bench_tiled_memory(tmp: Path) -> dict:
+    from cxr_monai.export import export_sr
+
+    # exported here: scripting a network costs more memory than running it, and a deployment loads the file
+    export_sr(ROOT / "bundles" / "cxr_sr_csaegan", tmp / "sr.ts")
+    proc = subprocess.run([sys.executable, "-c", _TILED, str(ROOT), str(tmp / "sr.ts")], capture_output=True,
+                          text=True, timeout=900, check=True)
+    sec, gb, side = proc.stdout.split()[-3:]
+    return {"input_px": 512, "output_px": int(side), "seconds": float(sec), "peak_rss_gb": float(gb),
+            "what": "child process: load the exported TorchScript lite model, tiled 512->2048 (128 px tiles, 25 % overlap)"}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Benchmark {result['date']} on {result['machine']['cpu']} ({result['machine']['cores']} cores, "
+             f"{result['machine']['threads']} torch threads); fp32 GEMM {result['gemm_gflop_per_s']:.0f} GFLOP/s; "
+             f"medians of {result['repeats']} repeats.", "",
+             "| SR 256 -> 1024 | runtime | params (M) | s / image | output MP/s | GFLOP/s | of GEMM |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["sr"]:
+        lines.append(f"| {r['model']} | {r['runtime']} | {r['params_M']:.2f} | {r['seconds']:.3f} | {r['mp_per_s']:.2f} | "
+                     f"{r.get('gflop_per_s', float('nan')):.0f} | {r.get('fraction_of_gemm', float('nan')):.2f} |")
+    lines += ["", "| classifier 224 | runtime | ms / image | images / s |", "|---|---|---|---|"]
+    for r in result["classifier"]:
+        lines.append(f"| batch {r['batch']} | {r['runtime']} | {r['ms_per_image']:.2f} | {r['images_per_s']:.1f} |")
+    t = result["tiled_sr_512_to_2048"]
+    lines += ["", f"Tiled 512 -> 2048 SR (shipped lite, TorchScript): {t['seconds']:.2f} s, peak RSS "
+                  f"{t['peak_rss_gb']:.2f} GB (child process)."]
+    if result.get("deploy_app"):
+        for name, r in result["deploy_app"]["results"].items():
+            lines.append(f"Deploy app, {name}: {r['seconds_in_operators_median']:.1f} s in operators "
+                         f"(`benchmarks/deploy_timing.py`).")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--full_runtimes", action="store_true", help="also TorchScript/ONNX Runtime for the full presets")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
+                .stdout.splitlines() if ln.startswith("Model name")), platform.processor())
+    result: dict = {"date": time.strftime("%Y-%m-%d"), "repeats": args.repeats,
+                    "machine": {"cpu": cpu, "cores": __import__("os").cpu_count(), "threads": torch.get_num_threads()},
+                    "torch": torch.__version__}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        result["gemm_gflop_per_s"] = gemm_gflops(args.repeats)
+        print(f"GEMM {result['gemm_gflop_per_s']:.0f} GFLOP/s", flush=True)
+        result["classifier"] = bench_classifier(args, tmp)
+        result["sr"] = bench_sr(args, result["gemm_gflop_per_s"], tmp)
+        result["gemm_gflop_per_s_after"] = gemm_gflops(args.repeats)  # the machine's speed drifts: both ends
+        result["tiled_sr_512_to_2048"] = bench_tiled_memory(tmp)
+    timings = ROOT / "deploy" / "cxr_enhance_classify" / "docs" / "timings.json"
+    result["deploy_app"] = json.loads(timings.read_text()) if timings.is_file() else None
+    (out / "bench.json").write_text(json.dumps(result, indent=2))
+    (out / "bench.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
