@@ -169,9 +169,10 @@ def enhanced_image_sc(source: Dataset, image: np.ndarray, model_info: Mapping[st
              pixel_spacing=(patient_spacing[0] * fy, patient_spacing[1] * fx) if patient_spacing else None)
     if patient_spacing is None and detector_spacing is not None:
         sc.NominalScannedPixelSpacing = [f"{detector_spacing[0] * fy:.6g}", f"{detector_spacing[1] * fx:.6g}"]
-    sc.DerivationDescription = (f"{int(model_info.get('scale', 4))}x super-resolution by {name} (cxr_monai, "
-                                f"weights sha256 {str(model_info.get('weights_sha256', ''))[:12]}); "
-                                f"AI-enhanced, {NOT_FOR_DIAGNOSIS.lower()}")[:1024]
+    sha = str(model_info.get("weights_sha256") or "")
+    sc.DerivationDescription = (f"{int(model_info.get('scale', 4))}x super-resolution by {name} (cxr_monai"
+                                + (f", weights sha256 {sha[:12]}" if sha else "")
+                                + f"); AI-enhanced, {NOT_FOR_DIAGNOSIS.lower()}")[:1024]
     sc.BurnedInAnnotation = "NO"
     sc.WindowCenter, sc.WindowWidth = "32768", "65536"
     return sc
@@ -235,7 +236,6 @@ def pneumonia_report(source: Dataset, result: Mapping[str, Any], model_info: Map
     ]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier="pneumonia classification"),
-        finding_type=PNEUMONIA,
         algorithm_id=algorithm,
         measurements=measurements,
         qualitative_evaluations=evaluations,

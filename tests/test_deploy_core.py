@@ -149,7 +149,8 @@ def _results_inputs(models: Path, src: Path):
     return {"file": str(src), "study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
             "sop_uid": str(ds.SOPInstanceUID), "status": "ok", "reason": None, "seconds": {}, "dataset": ds,
             "image": image, "enhanced": enhanced,
-            "sr": {"applied": True, "model": sinfo["model_name"], "version": sinfo["version"]},
+            "sr": {"applied": True, "model": sinfo["model_name"], "version": sinfo["version"],
+                   "weights_sha256": sinfo["weights_sha256"]},
             "classification": {k: v for k, v in result.items() if k not in ("cam", "network_input")},
             "overlay": overlay_rgb(image, result["cam"])}
 
@@ -185,6 +186,7 @@ def test_result_objects_conform_and_keep_the_study(models: Path, tmp_path: Path)
         assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"] and sc.BitsAllocated == 16
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert "super-resolution" in sc.DerivationDescription and rec["sr"]["version"] in sc.DerivationDescription
+        assert rec["sr"]["weights_sha256"][:12] in sc.DerivationDescription
         np.testing.assert_allclose(sc.pixel_array / 65535.0, rec["enhanced"][0], atol=1 / 65535)
         if "PixelSpacing" in source:
             assert [float(v) for v in sc.PixelSpacing] == pytest.approx([float(v) / 4 for v in source.PixelSpacing])
@@ -200,6 +202,9 @@ def test_result_objects_conform_and_keep_the_study(models: Path, tmp_path: Path)
         values = _numeric_values(report)
         assert values["Pneumonia probability (calibrated)"] == pytest.approx(rec["classification"]["probability"], abs=1e-6)
         assert values["Pneumonia decision threshold"] == pytest.approx(rec["classification"]["threshold"], abs=1e-6)
+        findings = [i for i in _walk(report.ContentSequence)
+                    if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeMeaning == "Finding"]
+        assert len(findings) == 1  # one finding, not a "finding type" beside it
         codes = _coded_values(report)
         assert codes["Finding"] == ("Pneumonia" if rec["classification"]["label"] == "PNEUMONIA" else "Normal")
         assert codes["AI super-resolution applied before classification"] == "Yes"

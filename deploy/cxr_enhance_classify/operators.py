@@ -179,7 +179,7 @@ class SuperResolutionOperator(Operator):
         def enhance(rec: dict) -> None:
             apply, why = sr_decision(rec["image"].shape, self.sr_max_side)
             rec["sr"] = {"applied": apply, "note": why, "model": info["model_name"], "version": info["version"],
-                         "device": self.device}
+                         "weights_sha256": info.get("weights_sha256"), "device": self.device}
             logger.info("%s: %s", rec["sop_uid"], why)
             if apply:
                 rec["enhanced"] = super_resolve(model, rec["image"], info, self.device)
