@@ -83,7 +83,7 @@ def _orientation(source: Dataset) -> tuple[str, str] | None:
     po = source.get("PatientOrientation")
     if po is None:
         return None
-    vals = [str(v) for v in (po if isinstance(po, (list, tuple)) or hasattr(po, "__len__") and not isinstance(po, str) else [po])]
+    vals = [str(po)] if isinstance(po, str) else [str(v) for v in po]  # MultiValue for two values
     if len(vals) != 2 or not all(vals):
         return None
     try:

@@ -32,6 +32,21 @@ def dciodvfy_errors(exe: str, path: Path) -> list[str]:
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
 
 
+def stop_process_group(proc: subprocess.Popen | None, timeout: float = 15.0) -> int | None:
+    """Stop a server started with ``start_new_session=True`` by its PID: SIGTERM to its process group, SIGKILL
+    after ``timeout`` seconds. Returns the exit status (``None`` when there was no process)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,13 +105,7 @@ class Orthanc:
         raise RuntimeError(f"Orthanc did not answer within {timeout} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
+        stop_process_group(self.proc)
 
 
 @contextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 from pathlib import Path
 
@@ -114,7 +113,3 @@ class CXREnhanceClassifyApp(Application):
         """What ``results.json`` holds, after :meth:`run`."""
         return None if self.writer is None else self.writer.summary
 
-
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default

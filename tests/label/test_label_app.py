@@ -19,7 +19,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -40,7 +39,7 @@ from cxr_monai.export import export_deploy_models, find_model_file, load_deploy_
 from cxr_monai.inference import classify, super_resolve
 from cxr_monai.io import load_cxr, save_png
 from tests.conftest import PROJECT_ROOT, SHARED_DATA
-from tests.dicom_checks import Orthanc, free_port
+from tests.dicom_checks import Orthanc, free_port, stop_process_group
 
 LABEL_VENV = os.environ.get("CXR_LABEL_VENV", "")
 APP_DIR = PROJECT_ROOT / "deploy" / "monailabel_app"
@@ -156,16 +155,7 @@ class LabelServer:
 
     def stop(self) -> int | None:
         """SIGTERM to the server's process group, SIGKILL after 30 s; returns the exit status."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
+        return stop_process_group(self.proc, timeout=30)
 
     def info(self) -> dict:
         status, _, body = http("GET", self.url + "/info/", timeout=60)
