@@ -10,9 +10,15 @@ Measures, in the same process and run (so the ratios are fair on a shared machin
 * peak resident memory of tiled 512 -> 2048 inference of the shipped lite model (``cxr_monai.inference``), in a
   child process;
 * classifier images per second at 224, batch 1 and 32, eager / TorchScript / ONNX Runtime;
-* the deploy app's seconds per study, from ``deploy/cxr_enhance_classify/docs/timings.json`` (its own benchmark).
+* the deploy app's seconds per study, from ``deploy/cxr_enhance_classify/docs/timings.json`` (its own benchmark);
+* training iterations per second of each bundle (classifier, SR PSNR stage, SR GAN stage, synthesis) at the
+  shipped configs' batch and patch sizes, each bundle's own trainer on a few real images
+  (:mod:`benchmarks.train_speed`).
 
-Writes ``OUT/bench.json`` and ``OUT/bench.md``. Training iterations per second are not measured here.
+``--sections inference,train`` (the default: both) selects what runs; the GEMM reference always runs. A run of
+only some sections must be written to another ``--out`` than the committed ``benchmarks/results``.
+
+Writes ``OUT/bench.json`` and ``OUT/bench.md``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results"
+SECTIONS = ("inference", "train")
 
 
 def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
@@ -170,8 +178,18 @@ def bench_tiled_memory(tmp: Path) -> dict:
 def markdown(result: dict) -> str:
     lines = [f"Benchmark {result['date']} on {result['machine']['cpu']} ({result['machine']['cores']} cores, "
              f"{result['machine']['threads']} torch threads); fp32 GEMM {result['gemm_gflop_per_s']:.0f} GFLOP/s; "
-             f"medians of {result['repeats']} repeats.", "",
-             "| SR 256 -> 1024 | runtime | params (M) | s / image | output MP/s | GFLOP/s | of GEMM |",
+             f"medians of {result['repeats']} repeats.", ""]
+    if "sr" in result:
+        lines += _inference_markdown(result)
+    if result.get("train"):
+        from benchmarks.train_speed import markdown_rows
+
+        lines += ([""] if "sr" in result else []) + markdown_rows(result["train"])
+    return "\n".join(lines) + "\n"
+
+
+def _inference_markdown(result: dict) -> list[str]:
+    lines = ["| SR 256 -> 1024 | runtime | params (M) | s / image | output MP/s | GFLOP/s | of GEMM |",
              "|---|---|---|---|---|---|---|"]
     for r in result["sr"]:
         lines.append(f"| {r['model']} | {r['runtime']} | {r['params_M']:.2f} | {r['seconds']:.3f} | {r['mp_per_s']:.2f} | "
@@ -186,33 +204,53 @@ def markdown(result: dict) -> str:
         for name, r in result["deploy_app"]["results"].items():
             lines.append(f"Deploy app, {name}: {r['seconds_in_operators_median']:.1f} s in operators "
                          f"(`benchmarks/deploy_timing.py`).")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--full_runtimes", action="store_true", help="also TorchScript/ONNX Runtime for the full presets")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {list(SECTIONS)} (the GEMM reference always runs)")
+    ap.add_argument("--train_bundles", default=None, help="comma-separated subset of the train section's bundles "
+                    "(classifier, sr_psnr, sr_gan, synth; default all)")
+    ap.add_argument("--train_warmup", type=int, default=1, help="training iterations dropped before timing")
+    ap.add_argument("--train_iterations", type=int, default=5, help="timed training iterations per bundle")
     args = ap.parse_args()
+    sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    if not sections or any(x not in SECTIONS for x in sections):
+        ap.error(f"--sections must be a comma-separated subset of {list(SECTIONS)}, got {args.sections!r}")
+    partial = set(sections) != set(SECTIONS) or args.train_bundles is not None
+    if partial and Path(args.out).resolve() == DEFAULT_OUT.resolve():
+        ap.error(f"a run of only some sections must not overwrite {DEFAULT_OUT}: pass another --out")
     sys.path.insert(0, str(ROOT))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
                 .stdout.splitlines() if ln.startswith("Model name")), platform.processor())
-    result: dict = {"date": time.strftime("%Y-%m-%d"), "repeats": args.repeats,
+    result: dict = {"date": time.strftime("%Y-%m-%d"), "repeats": args.repeats, "sections": sections,
                     "machine": {"cpu": cpu, "cores": __import__("os").cpu_count(), "threads": torch.get_num_threads()},
                     "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         result["gemm_gflop_per_s"] = gemm_gflops(args.repeats)
         print(f"GEMM {result['gemm_gflop_per_s']:.0f} GFLOP/s", flush=True)
-        result["classifier"] = bench_classifier(args, tmp)
-        result["sr"] = bench_sr(args, result["gemm_gflop_per_s"], tmp)
+        if "inference" in sections:
+            result["classifier"] = bench_classifier(args, tmp)
+            result["sr"] = bench_sr(args, result["gemm_gflop_per_s"], tmp)
+        if "train" in sections:
+            from benchmarks.train_speed import bench_train
+
+            names = None if args.train_bundles is None else [n.strip() for n in args.train_bundles.split(",")]
+            result["train"] = bench_train(names, args.train_warmup, args.train_iterations)
         result["gemm_gflop_per_s_after"] = gemm_gflops(args.repeats)  # the machine's speed drifts: both ends
-        result["tiled_sr_512_to_2048"] = bench_tiled_memory(tmp)
-    timings = ROOT / "deploy" / "cxr_enhance_classify" / "docs" / "timings.json"
-    result["deploy_app"] = json.loads(timings.read_text()) if timings.is_file() else None
+        if "inference" in sections:
+            result["tiled_sr_512_to_2048"] = bench_tiled_memory(tmp)
+    if "inference" in sections:
+        timings = ROOT / "deploy" / "cxr_enhance_classify" / "docs" / "timings.json"
+        result["deploy_app"] = json.loads(timings.read_text()) if timings.is_file() else None
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     (out / "bench.md").write_text(markdown(result))
     print(markdown(result))

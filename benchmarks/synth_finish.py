@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--real_cache", type=Path, default=Path("/tmp/cxr_synth_cache/kermany64_split0.pt"),
                    help="preprocessed split written by synth_augmentation_study.py (skips re-loading 4,431 JPEGs)")
     p.add_argument("--eval_overrides", type=json.loads, default={},
-                   help='JSON dict of evaluate.json overrides, e.g. \'{"classifier_weights": "model_mnist28.pt", '
-                        '"classifier_input_size": 28, "classifier_overrides": {"network_preset": "mnist"}}\'')
+                   help='JSON dict of evaluate.json overrides, e.g. \'{"classifier_input_size": 224, '
+                        '"allow_untrained_features": false}\'')
     p.add_argument("--out_root", type=Path, default=BUNDLE,
                    help="where models/, eval/, eval_dcgan/ and docs/README.md are written (default: the bundle)")
     p.add_argument("--cpu_budget_total", type=int, default=None,

@@ -101,7 +101,7 @@ def test_classifier_feature_extractor_wraps_feature_maps() -> None:
     assert all(not p.requires_grad for p in net.parameters())
     feats = ext(torch.rand(1, 1, 64, 64))
     assert [f.shape[1] for f in feats] == [32, 64]
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="feature_maps"):
         ClassifierFeatureExtractor(nn.Conv2d(1, 1, 1))
 
 

@@ -1,7 +1,8 @@
 """Perceptual loss with an injectable feature extractor.
 
-No ImageNet weights can be downloaded here, so the default extractor is the project's own trained CXR
-classifier (``bundles/cxr_pneumonia_classifier``, :class:`~cxr_monai.networks.ResNet18SA.feature_maps`); a
+No ImageNet weights can be downloaded here, so the default extractor is the project's frozen reference CXR
+classifier (``bundles/cxr_pneumonia_classifier`` ``models/feature_extractor.pt``, its
+:meth:`~cxr_monai.networks.ResNet18SA.feature_maps` through :class:`~cxr_monai.networks.ClassifierFeatureWrapper`); a
 VGG19 (ESRGAN's ``conv5_4``, Real-ESRGAN's ``conv1_2``..``conv5_4``) can be used instead when a user has its
 weights as a local file (torchvision layout: ``features.<i>.weight``). Any module or callable that maps an
 (N, 1, H, W) image in [0, 1] to a list of feature maps can be injected.
@@ -15,6 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cxr_monai.networks.features import ClassifierFeatureWrapper, freeze_module
+from cxr_monai.reference_network import REFERENCE_CONFIG, REFERENCE_WEIGHTS, load_reference_network
 
 __all__ = [
     "ClassifierFeatureExtractor",
@@ -35,46 +39,33 @@ _VGG19_CFG: list[tuple[str, int, int] | str] = [
 ]
 
 
-def _freeze(module: nn.Module) -> nn.Module:
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-class ClassifierFeatureExtractor(nn.Module):
+class ClassifierFeatureExtractor(ClassifierFeatureWrapper):
     """Frozen feature maps of a classifier that exposes ``feature_maps(x) -> list[Tensor]``.
+
+    A preset of :class:`~cxr_monai.networks.ClassifierFeatureWrapper` (``output="maps"``, ``freeze=True``, no
+    resizing or normalisation, so gradients reach the input).
 
     Args:
         network: e.g. a trained :class:`~cxr_monai.networks.ResNet18SA` (frozen and put in eval mode here).
         layers: indices into ``network.feature_maps(x)`` to return (ResNet18SA: 0 = stem, 1..4 = stages).
+
+    Raises:
+        ValueError: the network has no ``feature_maps`` method, or ``layers`` is empty.
     """
 
     def __init__(self, network: nn.Module, layers: Sequence[int] = (1, 2, 3)) -> None:
-        super().__init__()
-        if not callable(getattr(network, "feature_maps", None)):
-            raise TypeError(f"{type(network).__name__} has no feature_maps(x) method.")
-        if len(layers) == 0:
-            raise ValueError("layers must not be empty.")
-        self.network = _freeze(network)
-        self.layers = tuple(int(i) for i in layers)
-
-    def train(self, mode: bool = True) -> ClassifierFeatureExtractor:  # the extractor always stays in eval mode
-        super().train(mode)
-        self.network.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        maps = self.network.feature_maps(x)
-        return [maps[i] for i in self.layers]
+        super().__init__(network, output="maps", layers=layers, freeze=True)
 
 
 def classifier_feature_extractor(
     bundle_root: str | Path = "bundles/cxr_pneumonia_classifier",
-    weights_name: str = "model.pt",
+    weights_name: str = REFERENCE_WEIGHTS,
     layers: Sequence[int] = (1, 2, 3),
+    config: str = REFERENCE_CONFIG,
 ) -> ClassifierFeatureExtractor:
-    """The default extractor: the trained classifier bundle's network (``models/<weights_name>``), frozen.
+    """The default extractor: the classifier bundle's frozen reference network (``models/<weights_name>``,
+    defined by ``configs/<config>``; not the shipped ensemble, so the loss does not change with it), loaded by
+    :func:`cxr_monai.reference_network.load_reference_network`.
 
     Raises ``FileNotFoundError`` when the weights are absent: a randomly initialised extractor is never used.
 
@@ -82,10 +73,9 @@ def classifier_feature_extractor(
         bundle_root: folder of the classifier bundle.
         weights_name: weights file under ``models/``.
         layers: feature-map indices (see :class:`ClassifierFeatureExtractor`).
+        config: the config under ``configs/`` whose ``network_def`` matches the weights.
     """
-    from cxr_monai.utils import load_bundle_network
-
-    return ClassifierFeatureExtractor(load_bundle_network(bundle_root, weights_name), layers)
+    return ClassifierFeatureExtractor(load_reference_network(bundle_root, weights_name, config=config), layers)
 
 
 class VGG19FeatureExtractor(nn.Module):
@@ -135,7 +125,7 @@ class VGG19FeatureExtractor(nn.Module):
         if missing:
             raise ValueError(f"{path}: not a VGG19 state dict (missing {missing[:3]}...).")
         self.features.load_state_dict({k: state[k] for k in own})
-        _freeze(self.features)
+        freeze_module(self.features)
         self.layers = tuple(layers)
         self.use_input_norm = use_input_norm
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))

@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxr_monai.networks.features import ClassifierFeatureWrapper
+from cxr_monai.reference_network import REFERENCE_CONFIG, REFERENCE_WEIGHTS, load_reference_network
+
 __all__ = [
     "ClassifierFeatures",
     "classifier_feature_extractor",
@@ -42,17 +45,10 @@ __all__ = [
 ]
 
 
-def _percentile_normalise(x: torch.Tensor) -> torch.Tensor:
-    """Each image of a batch through the classifier's own intensity step
-    (:class:`cxr_monai.transforms.PercentileNormalize`, 1st-99th percentile to [0, 1]): one definition."""
-    from cxr_monai.transforms import PercentileNormalize
+class ClassifierFeatures(ClassifierFeatureWrapper):
+    """Wrap a classifier as a feature extractor: resize -> (optional) percentile normalise -> pooled features.
 
-    norm = PercentileNormalize(1.0, 99.0)
-    return torch.stack([torch.as_tensor(norm(xi)) for xi in x]).to(x.device, x.dtype)
-
-
-class ClassifierFeatures(nn.Module):
-    """Wrap a classifier as a feature extractor: resize -> (optional) percentile normalise -> features.
+    A preset of :class:`~cxr_monai.networks.ClassifierFeatureWrapper` (``output="pooled"``).
 
     Args:
         network: the classifier; ``method`` must exist on it (``features`` for :class:`ResNet18SA`) or, with
@@ -60,41 +56,18 @@ class ClassifierFeatures(nn.Module):
         input_size: side the network expects (224 for the Kermany classifier); ``None`` keeps the size.
         method: name of the pooled-feature method, or ``None`` to call the network.
         normalise: apply the classifier's 1st-99th percentile intensity normalisation after resizing.
+        freeze: freeze the network and keep it in eval mode (the reference network loaded by
+            :func:`classifier_feature_extractor` is always frozen).
     """
 
     def __init__(self, network: nn.Module | Callable, input_size: int | None = 224, method: str | None = "features",
-                 normalise: bool = True) -> None:
-        super().__init__()
-        if method is not None and not hasattr(network, method):
-            raise ValueError(f"{type(network).__name__} has no method {method!r} to extract features with")
-        if input_size is not None and input_size < 8:
-            raise ValueError(f"input_size must be >= 8, got {input_size}")
-        self.network = network
-        self.input_size = input_size
-        self.method = method
-        self.normalise = normalise
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Resize and (optionally) normalise a batch as the classifier expects."""
-        x = x.float()
-        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            down = x.shape[-1] > self.input_size
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
-                              antialias=down)
-        return _percentile_normalise(x) if self.normalise else x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.prepare(x)
-        fn = getattr(self.network, self.method) if self.method is not None else self.network
-        return torch.flatten(fn(x), 1)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits of the wrapped classifier (its ``forward``) on the prepared batch."""
-        return self.network(self.prepare(x))
+                 normalise: bool = True, freeze: bool = False) -> None:
+        super().__init__(network, output="pooled", method=method, input_size=input_size, normalise=normalise,
+                         freeze=freeze)
 
 
 @torch.no_grad()
-def class_fidelity(images: torch.Tensor, labels: torch.Tensor, extractor: ClassifierFeatures,
+def class_fidelity(images: torch.Tensor, labels: torch.Tensor, extractor: ClassifierFeatureWrapper,
                    class_names: Sequence[str], batch_size: int = 64) -> dict[str, float]:
     """Share of the images of each class that the wrapped classifier assigns to that class (argmax).
 
@@ -104,7 +77,7 @@ def class_fidelity(images: torch.Tensor, labels: torch.Tensor, extractor: Classi
     Raises:
         ValueError: the extractor does not wrap a classifier with one logit per class.
     """
-    if not isinstance(extractor, ClassifierFeatures) or extractor.method is None:
+    if not isinstance(extractor, ClassifierFeatureWrapper) or extractor.method is None:
         raise ValueError("class_fidelity needs a ClassifierFeatures extractor around a classifier")
     extractor.eval()
     logits = torch.cat([extractor.logits(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
@@ -115,14 +88,18 @@ def class_fidelity(images: torch.Tensor, labels: torch.Tensor, extractor: Classi
             if (labels == c).any()}
 
 
-def classifier_feature_extractor(bundle_root: str | Path | None = None, weights_name: str = "model.pt",
+def classifier_feature_extractor(bundle_root: str | Path | None = None, weights_name: str = REFERENCE_WEIGHTS,
                                  input_size: int = 224, allow_untrained: bool = False,
-                                 seed: int = 0, overrides: dict | None = None) -> ClassifierFeatures:
-    """The project's trained pneumonia classifier (``bundles/cxr_pneumonia_classifier``) as extractor.
+                                 seed: int = 0, overrides: dict | None = None,
+                                 config: str = REFERENCE_CONFIG) -> ClassifierFeatures:
+    """The project's frozen reference pneumonia classifier (``bundles/cxr_pneumonia_classifier``,
+    ``models/feature_extractor.pt`` defined by ``configs/feature_extractor.json``), loaded by
+    :func:`cxr_monai.reference_network.load_reference_network`, as a frozen :class:`ClassifierFeatures`.
 
     Args:
         bundle_root: classifier bundle folder (required; the package never guesses where bundles live).
         weights_name: weights file under ``models/``.
+        config: the config under ``configs/`` whose ``network_def`` matches the weights.
         input_size: the classifier's input side.
         allow_untrained: when the weights are missing, fall back to a randomly initialised (seeded)
             ResNet18SA-lite instead of raising; only for tests: random features make weak metrics.
@@ -131,23 +108,12 @@ def classifier_feature_extractor(bundle_root: str | Path | None = None, weights_
             ``weights_name="model_mnist28.pt"`` and ``input_size=28`` for the PneumoniaMNIST model.
 
     Raises:
+        ValueError: ``bundle_root`` is ``None``.
         FileNotFoundError: weights missing and ``allow_untrained`` is False.
     """
-    from cxr_monai.utils import load_bundle_network
-
-    if bundle_root is None:
-        raise ValueError("bundle_root is required: the folder of the cxr_pneumonia_classifier bundle")
-    weights = Path(bundle_root) / "models" / weights_name
-    if weights.is_file():
-        net = load_bundle_network(bundle_root, weights_name, overrides=overrides)
-    elif allow_untrained:
-        from cxr_monai.networks import resnet18_sa
-
-        torch.manual_seed(seed)
-        net = resnet18_sa("lite").eval()
-    else:
-        raise FileNotFoundError(f"{weights}: classifier weights for the feature metrics not found")
-    return ClassifierFeatures(net.eval(), input_size=input_size).eval()
+    net = load_reference_network(bundle_root, weights_name, config=config, overrides=overrides,
+                                 allow_untrained=allow_untrained, seed=seed)
+    return ClassifierFeatures(net, input_size=input_size, freeze=True).eval()
 
 
 @torch.no_grad()
