@@ -1,4 +1,5 @@
-"""SR workflows: the trainer (stage 1 L1, stage 2 GAN + EMA), back-projection, metric and image writers."""
+"""SR workflows: the trainer (stage 1 L1, stage 2 GAN + EMA, bf16 autocast), metric and image writers; the
+back-projection transform they post-process with."""
 
 from __future__ import annotations
 
@@ -12,16 +13,9 @@ from ignite.engine import Events
 from monai.data import DataLoader, MetaTensor
 from monai.utils import CommonKeys as Keys
 
-from cxr_monai.engines.sr import (
-    BackProjectiond,
-    PrepareSRBatch,
-    SRImageWriter,
-    SRMetricsWriter,
-    SRTrainer,
-    make_ema,
-    sr_file_datalist,
-)
-from cxr_monai.metrics.sr import consistency_psnr, degrade
+from cxr_monai.engines.sr import PrepareSRBatch, SRImageWriter, SRMetricsWriter, SRTrainer, make_ema
+from cxr_monai.metrics.sr import back_projection, consistency_psnr, degrade
+from cxr_monai.transforms import BackProjection, BackProjectiond, back_project
 from cxr_monai.networks import UNetDiscriminatorSN, csaegan_lite
 
 
@@ -102,6 +96,49 @@ def test_trainer_checks_arguments() -> None:
         SRTrainer("cpu", 1, loader, g, opt, gan_loss="wgan")
     with pytest.raises(ValueError):
         SRTrainer("cpu", 1, loader, g, opt, ema_decay=1.0)
+    with pytest.raises(ValueError, match="float16 autocast needs a CUDA device"):
+        SRTrainer("cpu", 1, loader, g, opt, amp=True, amp_kwargs={"dtype": torch.float16})
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        SRTrainer("cpu", 1, loader, g, opt, amp=True, amp_kwargs={"dtype": "float32"})
+
+
+def _one_step(amp: bool, **kwargs) -> tuple[SRTrainer, dict[str, torch.dtype]]:
+    torch.manual_seed(0)
+    g = csaegan_lite(**TINY)
+    torch.nn.init.normal_(g.conv_last.weight, std=1e-2)  # a non-zero residual, so that the loss has a gradient
+    dtypes: dict[str, torch.dtype] = {}
+    def record(name: str):
+        def hook(module, inputs, output) -> None:
+            dtypes.setdefault(name, output.dtype)
+        return hook
+
+    g.conv_first.register_forward_hook(record("g"))
+    d = UNetDiscriminatorSN(num_feat=8)
+    d.register_forward_hook(record("d"))
+    trainer = SRTrainer("cpu", 1, DataLoader(_pairs(2), batch_size=2), g, torch.optim.SGD(g.parameters(), 0.1),
+                        d_network=d, d_optimizer=torch.optim.SGD(d.parameters(), 0.1), gan_weight=0.1,
+                        grad_clip=1.0, amp=amp, **kwargs)
+    trainer.run()
+    return trainer, dtypes
+
+
+def test_bf16_autocast_on_cpu_matches_float32() -> None:
+    ref, ref_dtypes = _one_step(False)
+    amp, amp_dtypes = _one_step(True, amp_kwargs={"dtype": "bfloat16"})
+    assert ref_dtypes == {"g": torch.float32, "d": torch.float32}
+    assert amp_dtypes == {"g": torch.bfloat16, "d": torch.bfloat16}  # both networks ran under autocast
+    assert ref.scaler is None and amp.scaler is None  # a GradScaler only for float16
+    assert amp.state.output[Keys.PRED].dtype == torch.float32 and amp.state.output[Keys.LOSS].dtype == torch.float32
+    for key in (Keys.LOSS, "loss_d", "loss_g_adv"):
+        assert float(amp.state.output[key]) == pytest.approx(float(ref.state.output[key]), rel=0.05, abs=1e-3), key
+    # the parameters stay float32 and take (nearly) the same step
+    for p_amp, p_ref in zip(amp.g_network.parameters(), ref.g_network.parameters()):
+        assert p_amp.dtype == torch.float32
+    step = [float((pa - pr).abs().max()) for pa, pr in zip(amp.g_network.parameters(), ref.g_network.parameters())]
+    assert max(step) < 5e-3
+    # amp off: the default path (no autocast) is bit-for-bit the float32 path
+    again, _ = _one_step(False)
+    assert all(torch.equal(a, b) for a, b in zip(again.g_network.parameters(), ref.g_network.parameters()))
 
 
 def test_back_projectiond_restores_consistency() -> None:
@@ -112,6 +149,19 @@ def test_back_projectiond_restores_consistency() -> None:
     assert BackProjectiond("pred", iterations=0)({"pred": sr, "image": pair["lr"]})["pred"] is sr
     with pytest.raises(ValueError):
         BackProjectiond("pred", step=0)
+
+
+def test_back_projection_transform_matches_the_metric_and_keeps_meta() -> None:
+    pair = _pairs(2, size=32)
+    sr = torch.stack([(p["hr"] * 0.9 + 0.05) for p in pair])
+    lr = torch.stack([p["lr"] for p in pair])
+    ours = back_project(sr, lr, 1.0, 4, iterations=5, step=0.8)
+    assert torch.allclose(ours, back_projection(sr, lr, 1.0, 4, iterations=5, step=0.8), atol=1e-6)
+    img = MetaTensor(sr[0], meta={"filename_or_obj": "a.png"})
+    out = BackProjection(iterations=3)(img, lr[0])
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "a.png"
+    assert torch.allclose(out.as_tensor(), back_project(sr[0], lr[0], iterations=3))
+    assert not torch.equal(out.as_tensor(), sr[0])
 
 
 def test_metrics_writer_files(tmp_path: Path) -> None:
@@ -147,16 +197,3 @@ def test_image_writer_formats_round_trip(tmp_path: Path) -> None:
     assert meta["spacing"] == pytest.approx((0.2, 0.15))
     with pytest.raises(ValueError):
         SRImageWriter(tmp_path, output_format="jpg")
-
-
-def test_file_datalist(tmp_path: Path) -> None:
-    (tmp_path / "sub").mkdir()
-    for name in ("b.png", "a.dcm", "sub/c.nii.gz", "notes.txt"):
-        (tmp_path / name).write_bytes(b"x")
-    (tmp_path / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 8)  # extension-less DICOM
-    (tmp_path / "README").write_bytes(b"not an image")
-    items = sr_file_datalist(tmp_path)
-    assert [Path(i["image"]).name for i in items] == ["IM0001", "a.dcm", "b.png", "c.nii.gz"]
-    assert sr_file_datalist(tmp_path / "b.png", key="hr") == [{"hr": str(tmp_path / "b.png")}]
-    with pytest.raises(FileNotFoundError):
-        sr_file_datalist(tmp_path / "missing")

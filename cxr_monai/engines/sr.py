@@ -10,32 +10,33 @@ Batches are dictionaries with the LR input under ``lr_key`` and the HR target un
 
 Handlers: :class:`SRMetricsWriter` (evaluation: ``metrics.json``, ``per_image.csv``, figure),
 :class:`SRImageWriter` (inference: 16-bit PNG / derived DICOM / NIfTI); the generator EMA is built into the
-trainer (:func:`make_ema`); :class:`BackProjectiond` is the optional hallucination-guard post-processing.
+trainer (:func:`make_ema`). The hallucination-guard post-processing is the transform
+:class:`cxr_monai.transforms.BackProjectiond`; the downstream diagnostic study is
+:func:`cxr_monai.studies.run_downstream_study`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
 import math
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
 from monai.engines import Trainer
 from monai.engines.utils import PrepareBatch, default_metric_cmp_fn
-from monai.transforms import MapTransform
 from monai.utils import CommonKeys as Keys
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 from torch.optim.optimizer import Optimizer
 
 from cxr_monai.losses.adversarial import hinge_d_loss, hinge_g_loss, relativistic_d_loss, relativistic_g_loss
-from cxr_monai.metrics.sr import back_projection, bicubic_up, sr_image_metrics
+from cxr_monai.metrics.sr import bicubic_up, sr_image_metrics
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -47,11 +48,8 @@ __all__ = [
     "PrepareSRBatch",
     "SRTrainer",
     "make_ema",
-    "BackProjectiond",
     "SRMetricsWriter",
     "SRImageWriter",
-    "sr_file_datalist",
-    "run_downstream_study",
 ]
 
 _GAN_LOSSES = ("relativistic", "hinge")
@@ -90,6 +88,18 @@ def make_ema(network: nn.Module) -> nn.Module:
     for p in ema.parameters():
         p.requires_grad_(False)
     return ema.eval()
+
+
+def _autocast_kwargs(amp_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``torch.autocast`` keyword arguments with ``dtype`` resolved to bfloat16 or float16 (default bfloat16)."""
+    kwargs = dict(amp_kwargs or {})
+    dtype = kwargs.get("dtype", torch.bfloat16)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), None)
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"amp dtype must be bfloat16 or float16, got {kwargs.get('dtype')!r}.")
+    kwargs["dtype"] = dtype
+    return kwargs
 
 
 @torch.no_grad()
@@ -139,13 +149,17 @@ class SRTrainer(Trainer):
         additional_metrics: more Ignite metrics.
         metric_cmp_fn: comparison of the key metric.
         train_handlers: MONAI/Ignite handlers (StatsHandler, CheckpointSaver, LrScheduleHandler, ...).
-        amp: must be ``False``: mixed precision is not implemented for this trainer (CPU project).
+        amp: automatic mixed precision: the generator and discriminator forward passes and their losses run under
+            ``torch.autocast`` (dtype from ``amp_kwargs``; default bfloat16, or float16 on CUDA when asked), the
+            degradation-consistency loss in float32; float16 adds a ``GradScaler`` and needs CUDA. Default
+            ``False``: full float32, as on the CPU.
         event_names: additional events.
         event_to_attr: event-to-state mapping.
         decollate: decollate the output (default ``False``: SR batches are large).
         optim_set_to_none: ``zero_grad(set_to_none=...)``.
         to_kwargs: extra ``Tensor.to`` arguments.
-        amp_kwargs: ``torch.autocast`` arguments.
+        amp_kwargs: ``torch.autocast`` arguments, e.g. ``{"dtype": "bfloat16"}`` (a ``torch.dtype`` or its name;
+            default bfloat16).
     """
 
     def __init__(
@@ -197,8 +211,10 @@ class SRTrainer(Trainer):
             raise ValueError("loss weights must be >= 0.")
         if grad_clip is not None and grad_clip <= 0:
             raise ValueError(f"grad_clip must be positive, got {grad_clip}.")
-        if amp:
-            raise ValueError("SRTrainer does not implement automatic mixed precision; use amp=False.")
+        amp_kwargs = _autocast_kwargs(amp_kwargs) if amp else amp_kwargs
+        device_type = torch.device(device).type
+        if amp and amp_kwargs["dtype"] == torch.float16 and device_type != "cuda":
+            raise ValueError(f"float16 autocast needs a CUDA device (got {device_type!r}); use bfloat16 instead.")
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -229,8 +245,36 @@ class SRTrainer(Trainer):
         self.ema_network, self.ema_decay = ema_network, float(ema_decay)
         self.grad_clip = grad_clip
         self.optim_set_to_none = optim_set_to_none
+        self.autocast_device = device_type
+        self.use_grad_scaler = bool(amp) and self.amp_kwargs["dtype"] == torch.float16
         # also reachable through the engine state, like MONAI's GAN trainers
         self.state.g_network, self.state.d_network, self.state.ema_network = g_network, d_network, ema_network
+
+    def run(self) -> None:  # type: ignore[override]
+        """Train; a ``GradScaler`` is used only for float16 autocast (bfloat16 and float32 need none)."""
+        self.scaler = torch.amp.GradScaler(self.autocast_device) if self.use_grad_scaler else None
+        super(Trainer, self).run()  # Workflow.run: Trainer.run would create a float16 CUDA scaler for any amp
+
+    def _autocast(self, enabled: bool = True) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` when ``amp`` is on (``enabled=False``: a float32 region inside it), else a no-op."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.autocast_device, **{**self.amp_kwargs, "enabled": enabled})
+
+    def _backward_step(self, loss: torch.Tensor, optimizer: Optimizer, params: Iterable | None = None) -> None:
+        """``loss.backward()`` and ``optimizer.step()``, through the GradScaler when there is one, with the
+        gradient-norm clipping of ``params`` (after unscaling) when given."""
+        if self.scaler is None:
+            loss.backward()
+            if params is not None and self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        if params is not None and self.grad_clip is not None:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.scaler.step(optimizer)
 
     def _generator_loss(self, lr: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor, out: dict) -> torch.Tensor:
         loss = self.pixel_weight * self.pixel_loss(sr, hr)
@@ -240,7 +284,8 @@ class SRTrainer(Trainer):
             out["loss_perceptual"] = perc.detach()
             loss = loss + self.perceptual_weight * perc
         if self.consistency_loss is not None and self.consistency_weight > 0:
-            cons = self.consistency_loss(sr, lr)
+            with self._autocast(enabled=False):  # blur + antialiased bicubic resampling: kept in float32
+                cons = self.consistency_loss(sr.float(), lr.float())
             out["loss_consistency"] = cons.detach()
             loss = loss + self.consistency_weight * cons
         if self.d_network is not None and self.gan_weight > 0:
@@ -270,76 +315,28 @@ class SRTrainer(Trainer):
         out: dict[str, Any] = {Keys.IMAGE: lr, Keys.LABEL: hr}
         engine.g_network.train()
         engine.g_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        sr = engine.g_network(lr)
-        g_loss = engine._generator_loss(lr, sr, hr, out)
-        g_loss.backward()
-        if engine.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(engine.g_network.parameters(), engine.grad_clip)
-        engine.g_optimizer.step()
-        out[Keys.PRED] = sr.detach()
-        out[Keys.LOSS] = g_loss.detach()
+        with engine._autocast():
+            sr = engine.g_network(lr)
+            g_loss = engine._generator_loss(lr, sr, hr, out)
+        engine._backward_step(g_loss, engine.g_optimizer, engine.g_network.parameters())
+        out[Keys.PRED] = sr.detach().float()  # a no-op in float32; autocast outputs leave as float32
+        out[Keys.LOSS] = g_loss.detach().float()
         if engine.d_network is not None and engine.d_optimizer is not None:
             engine.d_network.train()
             engine.d_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-            real_logits = engine.d_network(hr)
-            fake_logits = engine.d_network(sr.detach())
-            d_fn = relativistic_d_loss if engine.gan_loss == "relativistic" else hinge_d_loss
-            d_loss = d_fn(real_logits, fake_logits)
-            d_loss.backward()
-            engine.d_optimizer.step()
-            out["loss_d"] = d_loss.detach()
+            with engine._autocast():
+                real_logits = engine.d_network(hr)
+                fake_logits = engine.d_network(sr.detach())
+                d_fn = relativistic_d_loss if engine.gan_loss == "relativistic" else hinge_d_loss
+                d_loss = d_fn(real_logits, fake_logits)
+            engine._backward_step(d_loss, engine.d_optimizer)
+            out["loss_d"] = d_loss.detach().float()
+        if engine.scaler is not None:
+            engine.scaler.update()
         if engine.ema_network is not None:
             _ema_update(engine.ema_network, engine.g_network, engine.ema_decay)
         engine.state.output = out
         return out
-
-
-class BackProjectiond(MapTransform):
-    """Optional hallucination guard: iterative back-projection of the SR output onto its LR input.
-
-    Args:
-        keys: keys of the SR outputs (e.g. ``"pred"``).
-        lr_key: key of the LR input each output came from.
-        sigma: blur sigma of the degradation model (HR px).
-        scale: SR factor.
-        iterations: back-projection steps (0 disables it).
-        step: step size.
-        allow_missing_keys: don't raise when a key is absent.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        lr_key: str = "image",
-        sigma: float = 1.0,
-        scale: int = 4,
-        iterations: int = 10,
-        step: float = 1.0,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if iterations < 0 or step <= 0 or scale < 1 or sigma < 0:
-            raise ValueError("need iterations >= 0, step > 0, scale >= 1 and sigma >= 0.")
-        self.lr_key, self.sigma, self.scale, self.iterations, self.step = lr_key, sigma, scale, iterations, step
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.iterations == 0:
-            return d
-        for key in self.key_iterator(d):
-            sr = d[key]
-            fixed = back_projection(torch.as_tensor(sr), torch.as_tensor(d[self.lr_key]), self.sigma, self.scale,
-                                    self.iterations, self.step)
-            if hasattr(sr, "copy_meta_from"):  # keep MetaTensor meta
-                sr = sr.clone()
-                sr.data = fixed.to(sr.dtype)
-                d[key] = sr
-            else:
-                d[key] = fixed
-        return d
-
-
-BackProjectionD = BackProjectionDict = BackProjectiond
 
 
 def _meta_get(x: Any, key: str, default: Any = None) -> Any:
@@ -589,158 +586,3 @@ class SRImageWriter:
     def __call__(self, engine: Engine) -> None:
         for i, item in enumerate(_items(engine.state.output)):
             self.write(item[Keys.PRED], item.get(Keys.IMAGE), _name_of(item, f"image_{len(self.written) + i:04d}"))
-
-
-def sr_file_datalist(dataset_dir: str | Path, key: str = "image") -> list[dict[str, str]]:
-    """Datalist ``[{key: path}, ...]`` of the image files under a folder (sorted, recursive), or of one file:
-    :func:`cxr_monai.data.list_images` (the one file-listing rule) under another key.
-
-    Args:
-        dataset_dir: a folder or a single image file.
-        key: dict key of the paths.
-    """
-    from cxr_monai.data import list_images
-
-    return [{key: str(p)} for p in list_images(dataset_dir)]
-
-
-def _split_classifier_preprocessing(spatial_size: int, key: str) -> tuple[Callable, Callable]:
-    """The classifier's own preprocessing split at its intensity normalisation: (load + resize, normalise)."""
-    from monai.transforms import Compose
-
-    from cxr_monai.transforms import classifier_preprocessing
-    from cxr_monai.transforms.presets import PercentileNormalized
-
-    xs = list(classifier_preprocessing([key], spatial_size))
-    cut = next((i for i, t in enumerate(xs) if isinstance(t, PercentileNormalized)), len(xs))
-    return Compose(xs[:cut]), Compose(xs[cut:])
-
-
-def run_downstream_study(
-    sr_network: nn.Module,
-    classifier: nn.Module,
-    datalist: Sequence[Mapping[str, Any]],
-    output_dir: str | Path,
-    spatial_size: int = 224,
-    sigma: float = 1.0,
-    scale: int = 4,
-    temperature: float = 1.0,
-    positive_class: int = 1,
-    gradcam_cases: int = 4,
-    gradcam_layer: str = "layer4",
-    max_items: int | None = None,
-    device: str | torch.device = "cpu",
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Downstream diagnostic study: does SR recover the classifier's accuracy lost to low resolution?
-
-    For each labelled image: HR = the classifier's own loading + resizing to ``spatial_size`` (before its
-    intensity normalisation); LR = ``degrade(HR, sigma, scale)``; the three inputs bicubic(LR), SR(LR) and HR go
-    through the rest of the classifier preprocessing and the classifier. Reports ROC AUC for each, the share of
-    the LR->HR AUC gap that SR recovers ``(AUC_SR - AUC_LR) / (AUC_HR - AUC_LR)``, SR-vs-HR PSNR, and Grad-CAM
-    triptychs (LR / SR / HR) for the first ``gradcam_cases`` positive images. Writes ``downstream.json``,
-    ``downstream_per_image.csv`` and ``gradcam_*.png`` to ``output_dir``.
-
-    Args:
-        sr_network: the SR generator (eval mode is set here).
-        classifier: the trained classifier (logits).
-        datalist: items with ``image`` (path) and ``label`` (int).
-        output_dir: where to write.
-        spatial_size: classifier input size (HR size).
-        sigma: blur sigma of the degradation (HR px).
-        scale: SR factor.
-        temperature: classifier logit temperature (its calibration).
-        positive_class: index of the positive class for the AUC.
-        gradcam_cases: number of Grad-CAM triptychs.
-        gradcam_layer: classifier layer for Grad-CAM.
-        max_items: evaluate only the first N items.
-        device: device.
-        extra: constant entries added to ``downstream.json``.
-    """
-    from monai.metrics import compute_roc_auc
-
-    from cxr_monai.metrics.sr import degrade, psnr
-
-    if spatial_size % scale:
-        raise ValueError(f"spatial_size {spatial_size} must be a multiple of scale {scale}.")
-    if not datalist:
-        raise ValueError("empty datalist")
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    load, normalise = _split_classifier_preprocessing(spatial_size, "image")
-    sr_network = sr_network.to(device).eval()
-    classifier = classifier.to(device).eval()
-    items = list(datalist)[: max_items or None]
-    probs: dict[str, list[float]] = {"lr_bicubic": [], "sr": [], "hr": []}
-    rows, labels, cams = [], [], 0
-    for item in items:
-        hr = torch.as_tensor(load({"image": item["image"]})["image"]).float().clamp(0, 1).to(device)
-        with torch.no_grad():
-            lr = degrade(hr, sigma, scale)
-            variants = {"lr_bicubic": bicubic_up(lr, scale), "sr": sr_network(lr[None])[0].clamp(0, 1), "hr": hr}
-            inputs = {k: torch.as_tensor(normalise({"image": v.cpu()})["image"]).float()[None].to(device)
-                      for k, v in variants.items()}
-            row: dict[str, Any] = {"image": str(item["image"]), "label": int(item["label"])}
-            for k, x in inputs.items():
-                p = torch.softmax(classifier(x) / temperature, dim=1)[0, positive_class]
-                probs[k].append(float(p))
-                row[f"p_{k}"] = float(p)
-            row["psnr_sr"] = float(psnr(variants["sr"], hr, scale)[0])
-            row["psnr_bicubic"] = float(psnr(variants["lr_bicubic"], hr, scale)[0])
-        rows.append(row)
-        labels.append(int(item["label"]) == positive_class)
-        if cams < gradcam_cases and labels[-1]:
-            _gradcam_triptych(classifier, inputs, gradcam_layer, positive_class, out_dir / f"gradcam_{cams}.png",
-                              Path(str(item["image"])).name, row)
-            cams += 1
-    y = torch.tensor(labels, dtype=torch.float32)
-    auc = {}
-    for k, ps in probs.items():
-        auc[k] = float(compute_roc_auc(torch.tensor(ps), y)) if 0 < y.sum() < len(y) else float("nan")
-    gap = auc["hr"] - auc["lr_bicubic"]
-    summary: dict[str, Any] = {
-        "auc_lr_bicubic": auc["lr_bicubic"],
-        "auc_sr": auc["sr"],
-        "auc_hr": auc["hr"],
-        "gap_recovered": (auc["sr"] - auc["lr_bicubic"]) / gap if abs(gap) > 1e-6 else None,
-        "psnr_sr": float(np.mean([r["psnr_sr"] for r in rows])),
-        "psnr_bicubic": float(np.mean([r["psnr_bicubic"] for r in rows])),
-        "n": len(rows),
-        "n_positive": int(y.sum()),
-        "convention": (
-            f"HR = classifier loading + resize to {spatial_size}; LR = blur sigma {sigma} HR px (reflect) + antialiased "
-            f"bicubic x{scale}; each input then normalised by the classifier's own preprocessing; "
-            f"AUC of p(class {positive_class}) with temperature {temperature}."
-        ),
-    }
-    summary.update(dict(extra or {}))
-    (out_dir / "downstream.json").write_text(json.dumps(summary, indent=2))
-    with open(out_dir / "downstream_per_image.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return summary
-
-
-def _gradcam_triptych(classifier: nn.Module, inputs: Mapping[str, torch.Tensor], layer: str, class_idx: int,
-                      path: Path, name: str, row: Mapping[str, Any]) -> None:
-    """One figure: Grad-CAM overlays of the bicubic-LR, SR and HR inputs of one case."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cxr_monai.explain import gradcam
-
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
-    for ax, (key, title) in zip(axes, (("lr_bicubic", "LR (bicubic)"), ("sr", "SR"), ("hr", "HR"))):
-        x = inputs[key]
-        cam = gradcam(classifier, x, layer, class_idx)[0]
-        ax.imshow(x[0, 0].detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.imshow(cam, cmap="jet", alpha=0.35, vmin=0, vmax=1)
-        ax.set_title(f"{title}  p={row[f'p_{key}']:.2f}", fontsize=9)
-        ax.axis("off")
-    fig.suptitle(f"{name} (label {row['label']})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .augmentation import *  # noqa: F401,F403
+from .backprojection import *  # noqa: F401,F403
 from .degradation import *  # noqa: F401,F403
 from .presets import *  # noqa: F401,F403
 from .stress import *  # noqa: F401,F403

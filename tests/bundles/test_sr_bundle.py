@@ -56,7 +56,8 @@ def lite_bundle(tmp_path_factory) -> Path:
 
 def test_config_files_and_ids() -> None:
     for name in ("metadata.json", "train_psnr.json", "train_gan.json", "evaluate.json", "inference.json",
-                 "multi_gpu_train.json", "logging.conf", "datalist.json"):
+                 "multi_gpu_train.json", "train_full_gpu.json", "train_full_gpu_gan.json", "logging.conf",
+                 "datalist.json"):
         assert (CONFIGS / name).is_file(), name
     train = json.loads((CONFIGS / "train_psnr.json").read_text())
     for key in ("bundle_root", "device", "dataset_dir", "output_dir", "network_def", "preprocessing",
@@ -79,6 +80,49 @@ def test_datalist_split_is_patient_disjoint() -> None:
     train = {patient_id(d["image"]) for d in split["training"]}
     val = {patient_id(d["image"]) for d in split["validation"]}
     assert train.isdisjoint(val)
+
+
+def test_evaluate_datalist_lists_the_image_files(tmp_path: Path) -> None:
+    """evaluate.json's folder datalist: cxr_monai.data.list_images (sorted, recursive, extension-less DICOM) under 'hr'."""
+    from monai.bundle import ConfigParser
+
+    (tmp_path / "sub").mkdir()
+    for name in ("b.png", "a.dcm", "sub/c.nii.gz", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 8)  # extension-less DICOM
+    (tmp_path / "README").write_bytes(b"not an image")
+
+    def datalist(source: Path, **overrides) -> list[dict]:
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "evaluate.json"))
+        parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(source), **overrides})
+        return parser.get_parsed_content("datalist")
+
+    assert [Path(i["hr"]).name for i in datalist(tmp_path)] == ["IM0001", "a.dcm", "b.png", "c.nii.gz"]
+    assert datalist(tmp_path / "b.png") == [{"hr": str(tmp_path / "b.png")}]
+    assert len(datalist(tmp_path, max_items=2)) == 2
+    with pytest.raises(RuntimeError) as info:  # the parser wraps list_images' FileNotFoundError
+        datalist(tmp_path / "missing")
+    assert isinstance(info.value.__cause__, FileNotFoundError) and "no such file" in str(info.value.__cause__)
+
+
+def test_sr_configs_share_the_sr_preprocessing_loader(tmp_path: Path) -> None:
+    """Training, validation, evaluation and inference all load through cxr_monai.transforms.sr_preprocessing."""
+    from monai.bundle import ConfigParser
+
+    from cxr_monai.transforms import LoadCXRImaged, sr_preprocessing
+
+    ref = [type(t) for t in sr_preprocessing(["hr"])]
+    for config, ids in (("train_psnr.json", ("preprocessing", "train#preprocessing")),
+                        ("evaluate.json", ("preprocessing",)), ("inference.json", ("preprocessing",))):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / config))
+        parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tmp_path)})
+        for id_ in ids:
+            xs = parser.get_parsed_content(id_).transforms
+            assert isinstance(xs[0], LoadCXRImaged), (config, id_)
+            if id_ != "train#preprocessing":  # the patch pipeline takes the loader only (its last step casts)
+                assert [type(t) for t in xs[: len(ref)]] == ref, (config, id_)
 
 
 def test_train_psnr_then_resume(phantoms: Path, tmp_path: Path) -> None:
@@ -335,10 +379,13 @@ def test_downstream_study_mechanics(lite_bundle: Path, tmp_path: Path) -> None:
     clf = tmp_path / "classifier"
     (clf / "configs").mkdir(parents=True)
     (clf / "models").mkdir()
-    (clf / "configs" / "inference.json").write_text(json.dumps({
-        "network_def": {"_target_": "cxr_monai.networks.resnet18_sa", "preset": "lite", "num_classes": 2}}))
+    net_def = {"_target_": "cxr_monai.networks.resnet18_sa", "preset": "lite", "num_classes": 2}
+    (clf / "configs" / "inference.json").write_text(json.dumps({"network_def": net_def}))
+    # the frozen reference classifier the study uses (configs/feature_extractor.json + models/feature_extractor.pt)
+    (clf / "configs" / "feature_extractor.json").write_text(json.dumps({"network_def": net_def, "temperature": 1.0}))
     torch.manual_seed(0)
     torch.save(resnet18_sa("lite").state_dict(), clf / "models" / "model.pt")
+    shutil.copy(clf / "models" / "model.pt", clf / "models" / "feature_extractor.pt")
     out = tmp_path / "out"
     _workflow("evaluate_downstream.json", "eval", bundle_root=str(lite_bundle), classifier_bundle=str(clf),
               dataset_dir=str(data), use_classifier_val_split=False, output_dir=str(out), image_size=64,
