@@ -9,14 +9,20 @@ Measures, in the same process and run (so the ratios are fair on a shared machin
   each network's achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter``) divided by the GEMM figure;
 * peak resident memory of tiled 512 -> 2048 inference of the shipped lite model (``cxr_monai.inference``), in a
   child process;
-* classifier images per second at 224, batch 1 and 32, eager / TorchScript / ONNX Runtime;
+* classifier ms and images per second, batch 1 and 32, eager / TorchScript / ONNX Runtime, side by side for the
+  shipped classifier (``inference.json``'s ``network_def``, e.g. the ensemble of three ResNet18SA-slim, at the image
+  size of ``models/calibration.json``; ``models/model.pt`` loaded when it fits, else random weights, said in the
+  output) and the previous single model as the baseline (``feature_extractor.json``: ResNet18SA-lite at 224 px,
+  ``models/feature_extractor.pt``); also process CPU ms per image, and the shipped / baseline time per image at
+  batch 32 per runtime and fastest vs fastest runtime;
 * the deploy app's seconds per study, from ``deploy/cxr_enhance_classify/docs/timings.json`` (its own benchmark);
 * training iterations per second of each bundle (classifier, SR PSNR stage, SR GAN stage, synthesis) at the
   shipped configs' batch and patch sizes, each bundle's own trainer on a few real images
   (:mod:`benchmarks.train_speed`).
 
-``--sections inference,train`` (the default: both) selects what runs; the GEMM reference always runs. A run of
-only some sections must be written to another ``--out`` than the committed ``benchmarks/results``.
+``--sections inference,train`` (the default: both) selects what runs; the GEMM reference always runs;
+``--sections classifier`` runs only the classifier part of ``inference``. A run of only some sections must be
+written to another ``--out`` than the committed ``benchmarks/results``.
 
 Writes ``OUT/bench.json`` and ``OUT/bench.md``.
 """
@@ -39,7 +45,10 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
+CLASSIFIER_BUNDLE = ROOT / "bundles" / "cxr_pneumonia_classifier"
 SECTIONS = ("inference", "train")
+# selectable but not part of the default: only the classifier part of ``inference`` (quick checks)
+EXTRA_SECTIONS = ("classifier",)
 
 
 def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
@@ -133,20 +142,150 @@ def bench_sr(args, gemm: float, tmp: Path) -> list[dict]:
     return rows
 
 
-def bench_classifier(args, tmp: Path) -> list[dict]:
-    from cxr_monai.utils import load_bundle_network
+def _bundle_classifier(bundle: Path, config: str, weights_name: str, calibration: str | None) -> dict:
+    """A classifier as ``configs/<config>`` defines it (``network_def``, instantiated by MONAI's ConfigParser),
+    with ``models/<weights_name>`` loaded when its keys and shapes fit (random weights otherwise: speed does not
+    depend on them) and its image size: ``image_size`` of ``models/<calibration>`` when that describes this
+    network (same ``network_preset``, or none recorded), else ``image_size`` of the config."""
+    from monai.bundle import ConfigParser
 
-    net = load_bundle_network(ROOT / "bundles" / "cxr_pneumonia_classifier").eval()
+    from cxr_monai.utils import bare_state_dict, read_json
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / config))
+    parser["bundle_root"] = str(bundle)
+    net = parser.get_parsed_content("network_def").eval()
+    raw = parser.get("network_def")
+    kwargs = ", ".join(f"{k}={parser.get_parsed_content(f'network_def#{k}')}" for k in raw if not k.startswith("_"))
+    definition = f"{str(raw['_target_']).rsplit('.', 1)[-1]}({kwargs})"
+    size, size_from = int(parser.get_parsed_content("image_size")), f"configs/{config}"
+    if calibration is not None:
+        cal = read_json(bundle / "models" / calibration, default={})
+        ours = parser.get_parsed_content("network_preset") if "network_preset" in parser.get() else None
+        theirs = cal.get("network_preset")
+        if "image_size" not in cal:
+            size_from += f" (models/{calibration} has no image_size)"
+        elif ours is not None and theirs is not None and theirs != ours:
+            size_from += (f" (models/{calibration} is for network_preset {theirs!r}, not this network's {ours!r}: "
+                          f"stale, its image_size {cal['image_size']} not used)")
+        else:
+            size, size_from = int(cal["image_size"]), f"models/{calibration}"
+    weights_file = bundle / "models" / weights_name
+    try:
+        net.load_state_dict(bare_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True)))
+        weights = f"models/{weights_name}"
+    except (FileNotFoundError, RuntimeError) as e:
+        reason = "missing" if isinstance(e, FileNotFoundError) else "does not fit network_def"
+        weights = f"random (models/{weights_name} {reason})"
+    params = sum(p.numel() for p in net.parameters()) / 1e6
+    gflop = count_flops(net.eval(), torch.rand(1, 1, size, size)) / 1e9
+    return {"net": net, "config": f"configs/{config}", "network_def": definition, "params_M": round(params, 3),
+            "gflop_per_image": gflop, "image_size": size, "image_size_from": size_from, "weights": weights}
+
+
+def _onnx_runtime(net: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, tmp: Path) -> tuple:
+    """(callable, max abs error vs eager, exporter) with ONNX Runtime: the TorchScript-based (tracing) exporter
+    first, the dynamo exporter if that fails; (None, error message, None) if both do."""
+    import onnxruntime as ort
+
+    errors = []
+    for exporter, kw in (("torchscript-trace", {"dynamo": False}), ("dynamo", {"dynamo": True})):
+        path = tmp / f"{id(net)}_{x.shape[0]}_{exporter}.onnx"
+        try:
+            torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["y"], **kw)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            name, xn = sess.get_inputs()[0].name, x.numpy()
+            err = float(np.abs(sess.run(None, {name: xn})[0] - ref.numpy()).max())
+            return (lambda: sess.run(None, {name: xn})), err, exporter
+        except Exception as e:  # noqa: BLE001 - reported in the results, the other runtimes still run
+            errors.append(f"{exporter}: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+    return None, "; ".join(errors), None
+
+
+def bench_classifier(args, tmp: Path) -> tuple[list[dict], dict, dict]:
+    """The shipped classifier (``inference.json``'s ``network_def`` at the calibrated image size) beside the previous
+    single model (``feature_extractor.json``: ResNet18SA-lite at 224 px) as the baseline, batch 1 and 32, eager /
+    TorchScript / ONNX Runtime; ms and process CPU ms per image, and the shipped / baseline ratios at batch 32.
+    The two models' repeats alternate (per batch and runtime), so a shared machine's drift hits both alike.
+
+    Returns (rows, {role: model description}, ratios)."""
+    models = {
+        "shipped": _bundle_classifier(CLASSIFIER_BUNDLE, "inference.json", "model.pt", "calibration.json"),
+        "baseline": _bundle_classifier(CLASSIFIER_BUNDLE, "feature_extractor.json", "feature_extractor.pt", None),
+    }
+    info, nets, scripted = {}, {}, {}
+    for role, m in models.items():
+        nets[role] = m.pop("net")
+        info[role] = {"model": f"{role}: {m['network_def']} @ {m['image_size']} px", **m}
+        scripted[role] = torch.jit.script(nets[role])
+        print(f"classifier {info[role]['model']}; weights {m['weights']}; image size from {m['image_size_from']}",
+              flush=True)
     rows = []
     for batch in (1, 32):
-        x = torch.rand(batch, 1, 224, 224)
-        for runtime, (fn, err) in runtimes(net, x, tmp, ("eager", "torchscript", "onnxruntime"), False).items():
+        fns: dict = {}  # (runtime, role) -> (callable or None, error, exporter)
+        for role, net in nets.items():
+            size = info[role]["image_size"]
+            x = torch.rand(batch, 1, size, size)
             with torch.no_grad():
-                sec = _median_seconds(fn, args.repeats)
-            rows.append({"batch": batch, "runtime": runtime, "ms_per_image": 1000 * sec / batch,
-                         "images_per_s": batch / sec, "max_abs_err_vs_eager": err})
-            print(f"classifier 224 b{batch:<3d} {runtime:12s} {1000 * sec / batch:7.2f} ms/image", flush=True)
-    return rows
+                ref = net(x)
+                ts = scripted[role]
+                ts_err = float((ts(x) - ref).abs().max())
+            fns["eager", role] = ((lambda net=net, x=x: net(x)), 0.0, None)
+            fns["torchscript", role] = ((lambda ts=ts, x=x: ts(x)), ts_err, None)
+            fns["onnxruntime", role] = _onnx_runtime(net, x, ref, tmp)
+        for runtime in ("eager", "torchscript", "onnxruntime"):
+            ok = {role: fns[runtime, role][0] for role in nets if fns[runtime, role][0] is not None}
+            wall: dict = {role: [] for role in ok}
+            cpu: dict = {role: [] for role in ok}
+            with torch.no_grad():
+                for fn in ok.values():
+                    for _ in range(2):  # warm-up (TorchScript's profiling executor optimises on the second call)
+                        fn()
+                for _ in range(args.repeats):
+                    for role, fn in ok.items():
+                        t, c = time.perf_counter(), time.process_time()
+                        fn()
+                        wall[role].append(time.perf_counter() - t)
+                        cpu[role].append(time.process_time() - c)
+            for role in nets:
+                fn, err, exporter = fns[runtime, role]
+                size = info[role]["image_size"]
+                row = {"model": info[role]["model"], "role": role, "image_size": size, "batch": batch,
+                       "runtime": runtime}
+                if fn is None:
+                    rows.append({**row, "error": err})
+                    print(f"classifier {role:8s} {size}px b{batch:<3d} {runtime:12s} FAILED: {err}", flush=True)
+                    continue
+                sec, cpu_sec = statistics.median(wall[role]), statistics.median(cpu[role])
+                rows.append({**row, "ms_per_image": 1000 * sec / batch, "images_per_s": batch / sec,
+                             "cpu_ms_per_image": 1000 * cpu_sec / batch, "max_abs_err_vs_eager": err,
+                             **({"onnx_exporter": exporter} if exporter else {})})
+                print(f"classifier {role:8s} {size}px b{batch:<3d} {runtime:12s} {1000 * sec / batch:7.2f} ms/image "
+                      f"({1000 * cpu_sec / batch:.2f} CPU ms)", flush=True)
+        del fns  # the ONNX Runtime sessions of this batch
+    rows.sort(key=lambda r: (list(nets).index(r["role"]), r["batch"]))  # table: by model, then batch
+    return rows, info, _classifier_ratios(rows, 32)
+
+
+def _classifier_ratios(rows: list[dict], batch: int) -> dict:
+    """Shipped / baseline time per image at ``batch``: per runtime, and fastest runtime vs fastest runtime."""
+    t = {(r["role"], r["runtime"]): r for r in rows if r["batch"] == batch and "ms_per_image" in r}
+    out: dict = {"batch": batch, "per_runtime": {}}
+    for (role, runtime), r in t.items():
+        if role == "shipped" and ("baseline", runtime) in t:
+            b = t["baseline", runtime]
+            out["per_runtime"][runtime] = {"wall": r["ms_per_image"] / b["ms_per_image"],
+                                           "cpu": r["cpu_ms_per_image"] / b["cpu_ms_per_image"]}
+    best = {role: min((r for (ro, _), r in t.items() if ro == role), key=lambda r: r["ms_per_image"], default=None)
+            for role in ("shipped", "baseline")}
+    if all(best.values()):
+        s, b = best["shipped"], best["baseline"]
+        out["best"] = {"shipped_runtime": s["runtime"], "baseline_runtime": b["runtime"],
+                       "wall": s["ms_per_image"] / b["ms_per_image"], "cpu": s["cpu_ms_per_image"] / b["cpu_ms_per_image"]}
+    out["torchscript"] = out["per_runtime"].get("torchscript")
+    return out
 
 
 _TILED = r"""
@@ -179,31 +318,64 @@ def markdown(result: dict) -> str:
     lines = [f"Benchmark {result['date']} on {result['machine']['cpu']} ({result['machine']['cores']} cores, "
              f"{result['machine']['threads']} torch threads); fp32 GEMM {result['gemm_gflop_per_s']:.0f} GFLOP/s; "
              f"medians of {result['repeats']} repeats.", ""]
-    if "sr" in result:
-        lines += _inference_markdown(result)
+    inference = _inference_markdown(result)
+    lines += inference
     if result.get("train"):
         from benchmarks.train_speed import markdown_rows
 
-        lines += ([""] if "sr" in result else []) + markdown_rows(result["train"])
+        lines += ([""] if inference else []) + markdown_rows(result["train"])
     return "\n".join(lines) + "\n"
 
 
 def _inference_markdown(result: dict) -> list[str]:
-    lines = ["| SR 256 -> 1024 | runtime | params (M) | s / image | output MP/s | GFLOP/s | of GEMM |",
-             "|---|---|---|---|---|---|---|"]
-    for r in result["sr"]:
-        lines.append(f"| {r['model']} | {r['runtime']} | {r['params_M']:.2f} | {r['seconds']:.3f} | {r['mp_per_s']:.2f} | "
-                     f"{r.get('gflop_per_s', float('nan')):.0f} | {r.get('fraction_of_gemm', float('nan')):.2f} |")
-    lines += ["", "| classifier 224 | runtime | ms / image | images / s |", "|---|---|---|---|"]
-    for r in result["classifier"]:
-        lines.append(f"| batch {r['batch']} | {r['runtime']} | {r['ms_per_image']:.2f} | {r['images_per_s']:.1f} |")
-    t = result["tiled_sr_512_to_2048"]
-    lines += ["", f"Tiled 512 -> 2048 SR (shipped lite, TorchScript): {t['seconds']:.2f} s, peak RSS "
-                  f"{t['peak_rss_gb']:.2f} GB (child process)."]
+    lines: list[str] = []
+    if "sr" in result:
+        lines += ["| SR 256 -> 1024 | runtime | params (M) | s / image | output MP/s | GFLOP/s | of GEMM |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in result["sr"]:
+            lines.append(f"| {r['model']} | {r['runtime']} | {r['params_M']:.2f} | {r['seconds']:.3f} | "
+                         f"{r['mp_per_s']:.2f} | {r.get('gflop_per_s', float('nan')):.0f} | "
+                         f"{r.get('fraction_of_gemm', float('nan')):.2f} |")
+    if result.get("classifier"):
+        lines += ([""] if lines else []) + _classifier_markdown(result)
+    if "tiled_sr_512_to_2048" in result:
+        t = result["tiled_sr_512_to_2048"]
+        lines += ["", f"Tiled 512 -> 2048 SR (shipped lite, TorchScript): {t['seconds']:.2f} s, peak RSS "
+                      f"{t['peak_rss_gb']:.2f} GB (child process)."]
     if result.get("deploy_app"):
         for name, r in result["deploy_app"]["results"].items():
             lines.append(f"Deploy app, {name}: {r['seconds_in_operators_median']:.1f} s in operators "
                          f"(`benchmarks/deploy_timing.py`).")
+    return lines
+
+
+def _classifier_markdown(result: dict) -> list[str]:
+    lines = ["| classifier (model @ image size) | batch | runtime | ms / image | images / s | CPU ms / image |",
+             "|---|---|---|---|---|---|"]
+    for r in result["classifier"]:
+        model = r.get("model", "classifier 224")  # rows of older runs name no model
+        if "ms_per_image" not in r:
+            lines.append(f"| {model} | {r['batch']} | {r['runtime']} | failed | | |")
+            continue
+        lines.append(f"| {model} | {r['batch']} | {r['runtime']} | {r['ms_per_image']:.2f} | {r['images_per_s']:.1f} | "
+                     f"{r.get('cpu_ms_per_image', float('nan')):.2f} |")
+    lines.append("")  # a text line right below a table would be read as one more row
+    for m in (result.get("classifier_models") or {}).values():
+        lines.append(f"{m['model']}: {m['params_M']:.2f} M parameters, {m.get('gflop_per_image', float('nan')):.3f} "
+                     f"GFLOP / image, weights {m['weights']}, image size from {m['image_size_from']}.")
+    q = result.get("classifier_ratio_b32") or {}
+    parts = []
+    if q.get("best"):
+        b = q["best"]
+        parts.append(f"fastest runtime ({b['shipped_runtime']} vs {b['baseline_runtime']}) {b['wall']:.2f} "
+                     f"(CPU time {b['cpu']:.2f})")
+    if q.get("torchscript"):
+        parts.append(f"TorchScript (the deploy app's runtime) {q['torchscript']['wall']:.2f} "
+                     f"(CPU time {q['torchscript']['cpu']:.2f})")
+    if parts:
+        lines.append(f"Shipped / baseline time per image at batch {q['batch']}: " + "; ".join(parts) + ".")
+    for r in (r for r in result["classifier"] if "error" in r):
+        lines.append(f"{r['model']} {r['runtime']} batch {r['batch']} failed: {r['error']}")
     return lines
 
 
@@ -213,16 +385,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--full_runtimes", action="store_true", help="also TorchScript/ONNX Runtime for the full presets")
     ap.add_argument("--sections", default=",".join(SECTIONS),
-                    help=f"comma-separated subset of {list(SECTIONS)} (the GEMM reference always runs)")
+                    help=f"comma-separated subset of {list(SECTIONS + EXTRA_SECTIONS)} (the GEMM reference always "
+                    "runs; 'classifier': only the classifier part of 'inference')")
     ap.add_argument("--train_bundles", default=None, help="comma-separated subset of the train section's bundles "
                     "(classifier, sr_psnr, sr_gan, synth; default all)")
     ap.add_argument("--train_warmup", type=int, default=1, help="training iterations dropped before timing")
     ap.add_argument("--train_iterations", type=int, default=5, help="timed training iterations per bundle")
     args = ap.parse_args()
     sections = [x.strip() for x in args.sections.split(",") if x.strip()]
-    if not sections or any(x not in SECTIONS for x in sections):
-        ap.error(f"--sections must be a comma-separated subset of {list(SECTIONS)}, got {args.sections!r}")
-    partial = set(sections) != set(SECTIONS) or args.train_bundles is not None
+    if not sections or any(x not in SECTIONS + EXTRA_SECTIONS for x in sections):
+        ap.error(f"--sections must be a comma-separated subset of {list(SECTIONS + EXTRA_SECTIONS)}, "
+                 f"got {args.sections!r}")
+    partial = not set(SECTIONS) <= set(sections) or args.train_bundles is not None
     if partial and Path(args.out).resolve() == DEFAULT_OUT.resolve():
         ap.error(f"a run of only some sections must not overwrite {DEFAULT_OUT}: pass another --out")
     sys.path.insert(0, str(ROOT))
@@ -237,8 +411,10 @@ def main() -> None:
         tmp = Path(tmp)
         result["gemm_gflop_per_s"] = gemm_gflops(args.repeats)
         print(f"GEMM {result['gemm_gflop_per_s']:.0f} GFLOP/s", flush=True)
+        if "inference" in sections or "classifier" in sections:
+            result["classifier"], result["classifier_models"], result["classifier_ratio_b32"] = \
+                bench_classifier(args, tmp)
         if "inference" in sections:
-            result["classifier"] = bench_classifier(args, tmp)
             result["sr"] = bench_sr(args, result["gemm_gflop_per_s"], tmp)
         if "train" in sections:
             from benchmarks.train_speed import bench_train

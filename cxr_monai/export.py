@@ -52,10 +52,11 @@ class DeployModelError(RuntimeError):
 
 
 class CalibratedClassifier(nn.Module):
-    """A :class:`~cxr_monai.networks.ResNet18SA` with its temperature built in, for deployment.
+    """A classifier (:class:`~cxr_monai.networks.ResNet18SA` or :class:`~cxr_monai.networks.ClassifierEnsemble`)
+    with its temperature built in, for deployment.
 
     Args:
-        net: the trained classifier (stem, layer1..layer4, pool, dropout, fc).
+        net: the trained classifier, with ``cam_features(x)`` and ``cam_head(f)`` (logits).
         temperature: calibration temperature (> 0); probabilities are ``softmax(logits / T)``.
     """
 
@@ -68,15 +69,13 @@ class CalibratedClassifier(nn.Module):
 
     @torch.jit.export
     def cam_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last stage's feature maps (N, C, h, w): the layer Grad-CAM explains."""
-        n = self.net
-        return n.layer4(n.layer3(n.layer2(n.layer1(n.stem(x)))))
+        """The network's Grad-CAM feature maps (N, C, h, w) (``net.cam_features``)."""
+        return self.net.cam_features(x)
 
     @torch.jit.export
     def cam_head(self, f: torch.Tensor) -> torch.Tensor:
         """Calibrated logits (N, 2) from :meth:`cam_features`."""
-        n = self.net
-        return n.fc(n.dropout(torch.flatten(n.pool(f), 1))) / self.temperature
+        return self.net.cam_head(f) / self.temperature
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.cam_head(self.cam_features(x)), dim=1)

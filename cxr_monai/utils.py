@@ -75,8 +75,9 @@ def load_bundle_network(
     return net.eval()
 
 
-def require_arg(value, name: str, what: str = "a value") -> None:
-    """Raise a clear error at run time when a bundle argument that has no usable default was not given
-    (so that ``initialize()`` and MONAI's property checks work without it)."""
+def require_arg(value, name: str, what: str = "a value"):
+    """Return ``value``; raise a clear error at run time when a bundle argument that has no usable default
+    was not given (so that ``initialize()`` and MONAI's property checks work without it)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise ValueError(f"bundle argument '{name}' is required: pass --{name} <{what}>")
+    return value

@@ -64,7 +64,7 @@ def test_exported_classifier_equals_bundle_network_with_temperature(models: Path
     module, info = load_deploy_model(models / "cxr_pneumonia" / "model.ts")
     net = load_bundle_network(CLS_BUNDLE)
     image, _ = load_cxr(require_shared("dicom", "dx_thorax_mono1_small.dcm"))
-    x = classifier_input(image)
+    x = classifier_input(image, info["image_size"])
     with torch.no_grad():
         ref = torch.softmax(net(x) / info["temperature"], dim=1)
         got = module(x)
@@ -73,23 +73,28 @@ def test_exported_classifier_equals_bundle_network_with_temperature(models: Path
     assert out["probability"] == pytest.approx(float(ref[0, 1]), abs=1e-5)
     assert out["label"] == ("PNEUMONIA" if out["probability"] >= info["threshold"] else "NORMAL")
     cam = out["cam"]
-    assert cam.shape == (224, 224) and 0.0 <= cam.min() and cam.max() == pytest.approx(1.0)
+    assert cam.shape == (info["image_size"],) * 2 and 0.0 <= cam.min() and cam.max() == pytest.approx(1.0)
 
 
 def test_gradcam_split_matches_monai_gradcam(models: Path) -> None:
-    """Our hook-free Grad-CAM on the TorchScript module equals MONAI's GradCAM on the eager network (up to
-    normalisation: both peak-normalised here)."""
+    """Our hook-free Grad-CAM on a TorchScript module equals MONAI's GradCAM on the eager network (up to
+    normalisation), for one shipped ensemble member; the whole ensemble's split gives a peak-normalised map."""
     from cxr_monai.explain import gradcam, gradcam_split
+    from cxr_monai.export import CalibratedClassifier
     from cxr_monai.utils import load_bundle_network
 
-    module, _ = load_deploy_model(models / "cxr_pneumonia" / "model.ts")
-    net = load_bundle_network(CLS_BUNDLE)
+    module, info = load_deploy_model(models / "cxr_pneumonia" / "model.ts")
+    ens = load_bundle_network(CLS_BUNDLE)
+    member = ens.members[0]
     image, _ = load_cxr(require_shared("dicom", "cr_chest_pa_mono2_jpeg.dcm"))
-    x = classifier_input(image)
-    ours = gradcam_split(module.cam_features, module.cam_head, x, 1)[0]
-    ref = gradcam(net, x, "layer4", class_idx=1)[0]  # min-max normalised
+    x = classifier_input(image, info["image_size"])
+    scripted = torch.jit.script(CalibratedClassifier(member, 1.0).eval())
+    ours = gradcam_split(scripted.cam_features, scripted.cam_head, x, 1)[0]
+    ref = gradcam(member, x, "layer4", class_idx=1)[0]  # min-max normalised
     ours_mm = (ours - ours.min()) / (ours.max() - ours.min())
     assert np.corrcoef(ours_mm.ravel(), ref.ravel())[0, 1] > 0.99
+    cam = gradcam_split(module.cam_features, module.cam_head, x, 1)[0]
+    assert cam.shape == x.shape[-2:] and cam.max() == pytest.approx(1.0)
 
 
 def test_super_resolve_tiled_matches_whole_image(models: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["patient_id", "patient_aware_split"]
+__all__ = ["patient_id", "patient_aware_split", "calibration_split"]
 
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
 _IM = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)-\d+", re.IGNORECASE)
@@ -65,3 +65,33 @@ def patient_aware_split(
     train = [item for i, item in enumerate(datalist) if i not in val_idx]
     val = [item for i, item in enumerate(datalist) if i in val_idx]
     return train, val
+
+
+def calibration_split(datalist: Sequence[dict], fraction: float = 0.12, seed: int = 1, key: str = "image"
+                      ) -> tuple[list[dict], list[dict]]:
+    """Split a calibration set off a training datalist: (train, calibration).
+
+    Items whose ``key`` is a file path are split patient-aware (:func:`patient_aware_split`); in-memory items
+    (MedMNIST arrays, no patient identity) by a label-stratified random draw. The calibration set fits the
+    temperature and is never trained on or used to choose a recipe or checkpoint.
+
+    Args:
+        datalist: the training items (``label`` required).
+        fraction: share of images for calibration, in (0, 1).
+        seed: shuffling seed.
+        key: the item key holding the image or its path.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    if all(isinstance(item[key], (str, Path)) for item in datalist):
+        return patient_aware_split(datalist, fraction, seed, key)
+    rng = np.random.default_rng(seed)
+    labels = np.array([int(item["label"]) for item in datalist])
+    cal_idx: set[int] = set()
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        rng.shuffle(idx)
+        cal_idx.update(int(i) for i in idx[: int(round(fraction * idx.size))])
+    train = [item for i, item in enumerate(datalist) if i not in cal_idx]
+    cal = [item for i, item in enumerate(datalist) if i in cal_idx]
+    return train, cal

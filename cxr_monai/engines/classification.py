@@ -14,16 +14,21 @@ import torch
 from torch import nn
 
 from cxr_monai.metrics.classification import (
+    bootstrap_ci,
     choose_threshold,
     classification_report,
+    equal_prior_threshold,
     expected_calibration_error,
     fit_temperature,
+    fit_temperature_bias,
     plot_confusion_matrix,
+    plot_reliability,
     plot_roc,
 )
 from cxr_monai.utils import bare_state_dict
 
-__all__ = ["ClassificationWriter", "calibrate_classifier", "item_name"]
+__all__ = ["ClassificationWriter", "ModelEMA", "calibrate_classifier", "calibrate_member", "build_ensemble",
+           "EQUAL_PRIOR_RULE", "item_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +67,10 @@ class ClassificationWriter:
         class_names: names by label index.
         with_labels: compute metrics against the items' labels.
         network: the classifier, needed for Grad-CAM.
-        gradcam_layer: dotted layer name for Grad-CAM (``None`` disables it).
+        gradcam_layer: dotted layer name for Grad-CAM, or ``"cam_features"`` for the network's own
+            ``cam_features``/``cam_head`` split (ensembles); ``None`` disables it.
         gradcam_max: at most this many overlays (``None``: all).
+        n_boot: bootstrap resamples for the 95 % intervals in ``metrics.json`` (``ci95``; 0: none).
         image_key, label_key, pred_key: item keys.
     """
 
@@ -76,6 +83,7 @@ class ClassificationWriter:
         network: nn.Module | None = None,
         gradcam_layer: str | None = None,
         gradcam_max: int | None = None,
+        n_boot: int = 1000,
         image_key: str = "image",
         label_key: str = "label",
         pred_key: str = "pred",
@@ -89,6 +97,7 @@ class ClassificationWriter:
         self.network = network
         self.gradcam_layer = gradcam_layer
         self.gradcam_max = gradcam_max
+        self.n_boot = int(n_boot)
         self.image_key, self.label_key, self.pred_key = image_key, label_key, pred_key
         self.rows: list[dict] = []
 
@@ -118,7 +127,7 @@ class ClassificationWriter:
         self.rows += new_rows
 
     def _save_gradcam(self, images: list[torch.Tensor], rows: list[dict]) -> None:
-        from cxr_monai.explain import gradcam, save_overlay
+        from cxr_monai.explain import gradcam, gradcam_split, save_overlay
 
         budget = len(rows) if self.gradcam_max is None else max(0, self.gradcam_max - len(self.rows))
         if budget == 0:
@@ -132,7 +141,11 @@ class ClassificationWriter:
         cams = [None] * len(predicted)
         for c in sorted(set(predicted)):
             idx = [i for i, p in enumerate(predicted) if p == c]
-            for i, cam in zip(idx, gradcam(self.network, images[idx], self.gradcam_layer, class_idx=c, normalize="max")):
+            if self.gradcam_layer == "cam_features":  # the network's own split (ResNet18SA, ClassifierEnsemble)
+                maps = gradcam_split(self.network.cam_features, self.network.cam_head, images[idx], c)
+            else:
+                maps = gradcam(self.network, images[idx], self.gradcam_layer, class_idx=c, normalize="max")
+            for i, cam in zip(idx, maps):
                 cams[i] = cam
         self.network.train(was_training)
         for k, (row, img, cam) in enumerate(zip(rows, images, cams)):
@@ -157,9 +170,12 @@ class ClassificationWriter:
             probs = [r["probability"] for r in labelled]
             labels = [self.class_names.index(r["true_label"]) for r in labelled]
             report = classification_report(probs, labels, self.threshold)
+            if self.n_boot and len(set(labels)) > 1:
+                report["ci95"] = bootstrap_ci(probs, labels, self.threshold, n_boot=self.n_boot)
             (self.output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
             if len(set(labels)) > 1:
                 plot_roc(probs, labels, self.output_dir / "roc.png", self.threshold)
+                plot_reliability(probs, labels, self.output_dir / "reliability.png", self.class_names)
             plot_confusion_matrix(report["confusion_matrix"], self.output_dir / "confusion_matrix.png", self.class_names)
             logger.info("metrics: %s", {k: v for k, v in report.items() if k != "confusion_matrix"})
 
@@ -210,4 +226,162 @@ def calibrate_classifier(
     (output_dir / "calibration.json").write_text(json.dumps(result, indent=2))
     logger.info("calibration: T=%.3f threshold=%.3f ECE %.4f -> %.4f", temperature, threshold,
                 result["ece_uncalibrated"], result["ece_calibrated"])
+    return result
+
+
+EQUAL_PRIOR_RULE = ("equal class priors: PNEUMONIA when the calibrated probability, corrected from the "
+                    "calibration split's prevalence to 50/50, is >= 0.5 (threshold = that prevalence)")
+
+
+class ModelEMA:
+    """Exponential moving average of a network's weights, updated after every training iteration.
+
+    ``module`` is a plain copy of the network (of the module inside a DDP wrapper), in eval mode, that the
+    validation and the final export use, so the shipped weights do not depend on which epoch happened to
+    validate best. Floating parameters follow ``ema <- d * ema + (1 - d) * w`` with the warm-up
+    ``d = min(decay, (1 + n) / (10 + n))`` at iteration ``n``; buffers (batch-norm statistics) are copied.
+    Has ``state_dict``/``load_state_dict`` for ``CheckpointSaver``/``CheckpointLoader`` (resume).
+
+    Args:
+        network: the network being trained (may be DDP-wrapped).
+        decay: the EMA decay in [0, 1).
+    """
+
+    def __init__(self, network: nn.Module, decay: float = 0.998) -> None:
+        import copy
+
+        from cxr_monai.engines.distributed import unwrap
+
+        if not 0.0 <= float(decay) < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.network = network
+        self.decay = float(decay)
+        self.module = copy.deepcopy(unwrap(network)).eval()
+        for q in self.module.parameters():
+            q.requires_grad_(False)
+        self.updates = 0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        from cxr_monai.engines.gan import update_ema
+
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        update_ema(self.module, self.network, d)
+        self.updates += 1
+
+    def __call__(self, engine=None) -> None:
+        self.update()
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
+def _prevalence(labels: torch.Tensor) -> float:
+    y = labels.numpy().astype(np.float64)
+    if y.size == 0 or y.min() == y.max():
+        raise ValueError("the calibration split needs images of both classes")
+    return float(y.mean())
+
+
+def calibrate_member(network: nn.Module, calib_loader, val_loader, output_dir: str | Path,
+                     device: str | torch.device = "cpu", extra: dict | None = None) -> dict:
+    """After training (final EMA weights, no checkpoint selection): fit temperature and positive-class bias on
+    the calibration split, fix the threshold by the equal-prior rule (:data:`EQUAL_PRIOR_RULE`), and report
+    on the validation split, which the calibration never saw. Writes ``model.pt`` (bare state dict of
+    ``network``) and ``calibration.json`` to ``output_dir``; returns the calibration dict.
+    """
+    output_dir = Path(output_dir)
+    network.to(device)
+    z_cal, y_cal = _collect_logits(network, calib_loader, device)
+    temperature, bias = fit_temperature_bias(z_cal, y_cal.numpy())
+    prior = _prevalence(y_cal)
+    threshold = equal_prior_threshold(prior)
+
+    def calibrated(z: torch.Tensor) -> np.ndarray:
+        return torch.softmax(z / temperature + torch.tensor([0.0, bias]), 1)[:, 1].numpy()
+
+    z_val, y_val = _collect_logits(network, val_loader, device)
+    yv = y_val.numpy()
+    result = {
+        "temperature": temperature,
+        "bias": bias,
+        "threshold": threshold,
+        "threshold_rule": EQUAL_PRIOR_RULE,
+        "calibration_prior": prior,
+        "ece_uncalibrated": expected_calibration_error(torch.softmax(z_val, 1)[:, 1].numpy(), yv),
+        "ece_calibrated": expected_calibration_error(calibrated(z_val), yv),
+        "validation": classification_report(calibrated(z_val), yv, threshold),
+        "calibration_split": classification_report(calibrated(z_cal), y_cal.numpy(), threshold),
+        **(extra or {}),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.cpu() for k, v in network.state_dict().items()}, output_dir / "model.pt")
+    (output_dir / "calibration.json").write_text(json.dumps(result, indent=2))
+    logger.info("member calibration: T=%.3f b=%.3f threshold=%.3f val AUC %.4f", temperature, bias, threshold,
+                result["validation"]["auc"])
+    return result
+
+
+def build_ensemble(member_dirs: Sequence[str | Path], network_def, calib_loader, val_loader,
+                   output_dir: str | Path, device: str | torch.device = "cpu", weights_name: str = "model.pt",
+                   calibration_name: str = "calibration.json", n_boot: int = 1000, extra: dict | None = None) -> dict:
+    """Assemble trained members (each a folder with ``model.pt`` and the ``calibration.json`` of
+    :func:`calibrate_member`) into one :class:`~cxr_monai.networks.ClassifierEnsemble` that averages their
+    calibrated probabilities; write its state dict as ``weights_name`` and ``calibration_name`` (temperature 1:
+    the members' calibrations are inside; threshold by the equal-prior rule on the calibration split;
+    validation report with bootstrap 95 % intervals).
+
+    Args:
+        member_dirs: the members' training output folders.
+        network_def: an untrained ``ClassifierEnsemble`` with as many members (its state is overwritten).
+        calib_loader: the calibration split the members were calibrated on (for its prevalence).
+        val_loader: the validation split (report only).
+        output_dir: where to write (the bundle's ``models/``).
+    """
+    from cxr_monai.utils import read_json
+
+    output_dir = Path(output_dir)
+    member_dirs = [Path(d) for d in member_dirs]
+    if len(member_dirs) != len(network_def.members):
+        raise ValueError(f"network_def has {len(network_def.members)} members, got {len(member_dirs)} folders")
+    members = []
+    for d, net in zip(member_dirs, network_def.members):
+        cal = read_json(d / "calibration.json")
+        net.load_state_dict(bare_state_dict(torch.load(d / "model.pt", map_location="cpu", weights_only=True)))
+        members.append({"dir": str(d), "temperature": float(cal["temperature"]), "bias": float(cal.get("bias", 0.0)),
+                        "validation_auc": cal["validation"]["auc"]})
+    with torch.no_grad():
+        network_def.temperatures.copy_(torch.tensor([m["temperature"] for m in members]))
+        network_def.biases.copy_(torch.tensor([m["bias"] for m in members]))
+    network_def.to(device)
+    z_cal, y_cal = _collect_logits(network_def, calib_loader, device)
+    prior = _prevalence(y_cal)
+    threshold = equal_prior_threshold(prior)
+    z_val, y_val = _collect_logits(network_def, val_loader, device)
+    p_val, yv = torch.softmax(z_val, 1)[:, 1].numpy(), y_val.numpy()
+    result = {
+        "temperature": 1.0,
+        "threshold": threshold,
+        "threshold_rule": EQUAL_PRIOR_RULE,
+        "calibration_prior": prior,
+        "members": members,
+        "ece_calibrated": expected_calibration_error(p_val, yv),
+        "validation": classification_report(p_val, yv, threshold),
+        "validation_ci95": bootstrap_ci(p_val, yv, threshold, n_boot=n_boot),
+        "calibration_split": classification_report(torch.softmax(z_cal, 1)[:, 1].numpy(), y_cal.numpy(), threshold),
+        **(extra or {}),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.cpu() for k, v in network_def.state_dict().items()}, output_dir / weights_name)
+    (output_dir / calibration_name).write_text(json.dumps(result, indent=2))
+    logger.info("ensemble of %d: threshold=%.3f val AUC %.4f", len(members), threshold, result["validation"]["auc"])
     return result

@@ -19,7 +19,10 @@ __all__ = [
     "classification_report",
     "expected_calibration_error",
     "fit_temperature",
+    "fit_temperature_bias",
     "plot_roc",
+    "reliability_bins",
+    "plot_reliability",
     "plot_confusion_matrix",
     "prior_shift",
     "prior_shift_threshold",
@@ -89,6 +92,36 @@ def fit_temperature(logits: torch.Tensor | np.ndarray, labels: Sequence[int], ma
     return float(log_t.exp().item())
 
 
+def fit_temperature_bias(logits: torch.Tensor | np.ndarray, labels: Sequence[int], max_iter: int = 200
+                         ) -> tuple[float, float]:
+    """Temperature ``T > 0`` and positive-class bias ``b`` minimising the NLL of ``softmax(z / T + [0, b])``
+    (two-class logits ``z``; Platt scaling of the logit difference).
+
+    The bias lets the calibration undo a prior the training imposed (a class-balanced sampler trains the
+    logits for equal priors; fitted on data with the natural class mix, ``b`` moves them back).
+
+    Returns:
+        ``(T, b)``.
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    if z.ndim != 2 or z.shape[1] != 2:
+        raise ValueError(f"need two-class logits (N, 2), got shape {tuple(z.shape)}")
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t, bias], lr=0.1, max_iter=max_iter)
+    onehot = torch.tensor([0.0, 1.0], dtype=torch.float64)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp() + bias * onehot, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp().item()), float(bias.item())
+
+
 def classification_report(probs: Sequence[float], labels: Sequence[int], threshold: float = 0.5) -> dict:
     """Accuracy, precision, recall (sensitivity), F1, specificity, AUC, confusion matrix, threshold, n.
 
@@ -133,6 +166,59 @@ def plot_roc(probs: Sequence[float], labels: Sequence[int], path: str | Path, th
         ax.plot(1 - r["specificity"], r["recall"], "ro", label=f"threshold {threshold:.3f}")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def reliability_bins(probs: Sequence[float], labels: Sequence[int], class_index: int = 1, n_bins: int = 10) -> dict:
+    """Reliability of the probability of one class: per equal-width bin of that class's predicted probability
+    (``p`` for PNEUMONIA, ``1 - p`` for NORMAL), the mean predicted probability, the observed frequency of the
+    class and the count (empty bins left out).
+
+    Args:
+        probs: PNEUMONIA probabilities.
+        labels: true labels (0 NORMAL, 1 PNEUMONIA).
+        class_index: 1 for PNEUMONIA, 0 for NORMAL.
+        n_bins: bins over [0, 1].
+    """
+    p, y = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    if class_index not in (0, 1):
+        raise ValueError(f"class_index must be 0 or 1, got {class_index}")
+    q = p if class_index == 1 else 1.0 - p
+    hit = (y == class_index).astype(np.float64)
+    idx = np.minimum((q * n_bins).astype(np.int64), n_bins - 1)
+    out = {"confidence": [], "frequency": [], "count": [], "n_bins": int(n_bins), "class_index": int(class_index)}
+    for b in range(n_bins):
+        m = idx == b
+        if m.any():
+            out["confidence"].append(float(q[m].mean()))
+            out["frequency"].append(float(hit[m].mean()))
+            out["count"].append(int(m.sum()))
+    return out
+
+
+def plot_reliability(probs: Sequence[float], labels: Sequence[int], path: str | Path,
+                     class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"), n_bins: int = 10,
+                     title: str = "Reliability (per class)") -> Path:
+    """Save per-class reliability diagrams (one panel per class: observed frequency vs predicted probability,
+    marker area by bin count, the diagonal is perfect calibration) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), dpi=120)
+    for c, ax in enumerate(axes):
+        r = reliability_bins(probs, labels, c, n_bins)
+        counts = np.asarray(r["count"], dtype=np.float64)
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.plot(r["confidence"], r["frequency"], "-", color="tab:blue", lw=1)
+        ax.scatter(r["confidence"], r["frequency"], s=20 + 200 * counts / max(counts.max(), 1), color="tab:blue")
+        ax.set(xlabel=f"predicted p({class_names[c]})", ylabel=f"observed frequency of {class_names[c]}",
+               xlim=(0, 1), ylim=(0, 1), title=class_names[c])
+    fig.suptitle(f"{title}, n = {len(np.asarray(labels))}")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

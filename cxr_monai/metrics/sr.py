@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cxr_monai.transforms.backprojection import back_project
 from cxr_monai.transforms.degradation import bicubic_upsample, simulate_low_resolution
 
 __all__ = [
@@ -116,27 +117,13 @@ def consistency_psnr(
 def back_projection(
     sr: torch.Tensor, lr: torch.Tensor, sigma: float = 1.0, scale: int = 4, iterations: int = 10, step: float = 1.0
 ) -> torch.Tensor:
-    """Iterative back-projection: ``sr += step * bicubic_up(lr - degrade(sr))``, clamped to [0, 1].
+    """Iterative back-projection: ``sr += step * bicubic_up(lr - degrade(sr))``, clamped to [0, 1]
+    (:func:`cxr_monai.transforms.back_project`, the one implementation; kept here for the metrics API).
 
     Pulls the SR output towards consistency with its LR input (removes unsupported low-frequency drift; leaves
     high frequencies above the degradation's cut-off untouched).
-
-    Args:
-        sr: SR image(s) in [0, 1].
-        lr: LR input(s).
-        sigma: blur sigma of the degradation model.
-        scale: SR factor.
-        iterations: number of back-projection steps (0 returns ``sr``).
-        step: step size.
     """
-    if iterations < 0 or step <= 0:
-        raise ValueError("iterations must be >= 0 and step > 0.")
-    out = sr.float()
-    for _ in range(iterations):
-        residual = lr.float() - degrade(out, sigma, scale)
-        out = (out + step * F.interpolate(_as4d(residual)[0], scale_factor=scale, mode="bicubic",
-                                          align_corners=False).view_as(out)).clamp(0.0, 1.0)
-    return out
+    return back_project(sr, lr, sigma, scale, iterations, step)
 
 
 def sr_image_metrics(

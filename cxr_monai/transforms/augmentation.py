@@ -28,6 +28,11 @@ from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import (
     MapTransform,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandomizableTransform,
+    RandScaleCropd,
+    Resized,
     RandAdjustContrast,
     RandAdjustContrastd,
     RandAffine,
@@ -52,8 +57,12 @@ __all__ = [
     "RandCXRAffined",
     "RandCXRAffineD",
     "RandCXRAffineDict",
+    "RandBorderd",
+    "RandBorderD",
+    "RandBorderDict",
     "cxr_augmentation",
     "cxr_augmentation_array",
+    "cxr_strong_augmentation",
 ]
 
 _ALLOWED_PADDING = ("border", "reflection")
@@ -340,3 +349,97 @@ def cxr_augmentation_array(
 
 ClampIntensityD = ClampIntensityDict = ClampIntensityd
 RandCXRAffineD = RandCXRAffineDict = RandCXRAffined
+
+
+class RandBorderd(RandomizableTransform, MapTransform):
+    """Random black frame (collimation / shuttered border): with probability ``prob``, each side of the image
+    independently gets a band of zeros ``U(0, max_fraction)`` of the image size wide.
+
+    Real sites differ in how tightly they collimate and whether the stored image keeps the shutter; a
+    classifier that never saw a black border reads one as evidence (see the stress suite).
+
+    Args:
+        keys: image keys (the same frame is drawn for all of them).
+        prob: probability of adding a frame.
+        max_fraction: largest band per side, as a fraction of that axis, in [0, 0.5).
+        allow_missing_keys: don't raise an exception if a key is missing.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.3, max_fraction: float = 0.15,
+                 allow_missing_keys: bool = False) -> None:
+        if not 0.0 <= float(max_fraction) < 0.5:
+            raise ValueError(f"max_fraction must be in [0, 0.5), got {max_fraction}.")
+        if not 0.0 <= float(prob) <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], got {prob}.")
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.max_fraction = float(max_fraction)
+        self._bands = (0.0, 0.0, 0.0, 0.0)
+
+    def randomize(self, data: object = None) -> None:
+        super().randomize(None)
+        self._bands = tuple(float(v) for v in self.R.uniform(0.0, self.max_fraction, size=4))
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Return a copy of ``data`` with the frame drawn on the images (unchanged when not fired)."""
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        top, bottom, left, right = self._bands
+        for key in self.key_iterator(d):
+            img = d[key]
+            out = img.clone() if isinstance(img, torch.Tensor) else img.copy()
+            h, w = out.shape[-2], out.shape[-1]
+            out[..., : int(round(top * h)), :] = 0
+            out[..., h - int(round(bottom * h)):, :] = 0
+            out[..., :, : int(round(left * w))] = 0
+            out[..., :, w - int(round(right * w)):] = 0
+            d[key] = out
+        return d
+
+
+RandBorderD = RandBorderDict = RandBorderd
+
+
+def cxr_strong_augmentation(keys: KeysCollection = ("image",), spatial_size: int = 224,
+                            min_crop_scale: float = 0.75) -> list[MapTransform]:
+    """The acquisition-shift augmentation preset for the classifier (recipe ``"strong"``).
+
+    On top of the geometry of :func:`cxr_augmentation` it draws, per image: a random resized crop (each axis
+    ``U(min_crop_scale, 1)`` of the image, so the aspect ratio changes too, resized back to ``spatial_size``),
+    rotation 10 degrees / zoom 0.1 / shift 0.05 (p 0.5), Gaussian blur sigma 0.3-1.5 px (p 0.25), Gaussian
+    noise with std up to 0.03 (p 0.25), gamma 0.6-1.7 (p 0.5), a black frame up to 15 % per side (p 0.3,
+    :class:`RandBorderd`), then clamps to [0, 1]. :func:`~cxr_monai.transforms.classifier_train_transforms`
+    follows it with the 1st-99th percentile normalisation of the preprocessing again, so the network sees
+    shifted images the way inference would after the same shift.
+
+    These are the same families of shift the stress suite measures (``cxr_monai.transforms.stress``), drawn
+    at random strengths: the suite then measures how much of a seen family the model absorbs, not robustness
+    to an unseen one.
+
+    Args:
+        keys: image keys.
+        spatial_size: the network input side (the crop is resized back to it).
+        min_crop_scale: smallest crop side, as a fraction of the image side, in (0, 1].
+    """
+    if not 0.0 < float(min_crop_scale) <= 1.0:
+        raise ValueError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}.")
+    keys = list(ensure_tuple(keys))
+    s = int(spatial_size)
+    chain: list[MapTransform] = []
+    if min_crop_scale < 1.0:
+        chain += [RandScaleCropd(keys, roi_scale=float(min_crop_scale), max_roi_scale=1.0, random_size=True),
+                  Resized(keys, spatial_size=(s, s), mode="bilinear", anti_aliasing=True)]
+    chain += [
+        RandCXRAffined(keys, prob=0.5, rotate_deg=10.0, zoom=0.1, shift=0.05),
+        RandGaussianSmoothd(keys, sigma_x=(0.3, 1.5), sigma_y=(0.3, 1.5), prob=0.25),
+        RandGaussianNoised(keys, prob=0.25, mean=0.0, std=0.03),
+        ClampIntensityd(keys, 0.0, 1.0),
+        RandAdjustContrastd(keys, prob=0.5, gamma=(0.6, 1.7)),
+        RandBorderd(keys, prob=0.3, max_fraction=0.15),
+        ClampIntensityd(keys, 0.0, 1.0),
+    ]
+    return chain

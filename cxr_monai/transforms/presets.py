@@ -15,6 +15,8 @@ from monai.data import MetaTensor
 from monai.transforms import EnsureTyped, MapTransform, Resized, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
+from cxr_monai.transforms.augmentation import cxr_augmentation, cxr_strong_augmentation
+
 __all__ = [
     "PercentileNormalize",
     "PercentileNormalized",
@@ -127,15 +129,30 @@ def classifier_preprocessing(keys: Sequence[str] = ("image",), spatial_size: int
     ]
 
 
-def classifier_train_transforms(keys: Sequence[str] = ("image",), spatial_size: int = 224, augment: bool = True,
+def classifier_train_transforms(keys: Sequence[str] = ("image",), spatial_size: int = 224, augment: bool | str = True,
                                 flip: bool = False, label_key: str = "label") -> list:
-    """:func:`classifier_preprocessing` followed by the CXR augmentation preset (rotation 10 degrees,
-    zoom 0.1, shift 0.1, intensity jitter; horizontal flip optional: the heart is on the left)."""
-    from cxr_monai.transforms.augmentation import cxr_augmentation
+    """:func:`classifier_preprocessing` followed by an augmentation preset and the label cast.
 
+    Args:
+        keys: image keys.
+        spatial_size: network input side.
+        augment: ``True`` / ``"mild"``: the CXR preset of :func:`~cxr_monai.transforms.cxr_augmentation`
+            (rotation 10 degrees, zoom 0.1, shift 0.1, intensity jitter); ``"strong"``: the acquisition-shift
+            preset :func:`~cxr_monai.transforms.cxr_strong_augmentation` followed by the percentile normalisation
+            again (tried, not shipped: see the model card); ``False`` / ``"none"``: no augmentation.
+        flip: add a horizontal flip to the mild preset (off: the heart is on the left).
+        label_key: the label key, cast to ``torch.long``.
+    """
+
+    presets = {True: "mild", False: "none", "mild": "mild", "strong": "strong", "none": "none"}
+    if augment not in presets:
+        raise ValueError(f"augment must be one of {sorted(map(str, presets))}, got {augment!r}")
     xs = classifier_preprocessing(keys, spatial_size)
-    if augment:
+    if presets[augment] == "mild":
         xs += list(cxr_augmentation(keys=list(keys), flip=flip))
+    elif presets[augment] == "strong":
+        xs += cxr_strong_augmentation(list(keys), spatial_size)
+        xs.append(PercentileNormalized(list(keys), lower=1.0, upper=99.0))  # as inference after a shift
     xs.append(EnsureTyped(label_key, dtype=torch.long, track_meta=False))
     return xs
 

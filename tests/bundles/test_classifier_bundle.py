@@ -32,7 +32,7 @@ def trained(tmp_path_factory, phantom_dataset) -> dict:
     """Train 1 epoch on phantoms, then resume to a 2nd epoch; returns the paths involved."""
     out = tmp_path_factory.mktemp("train")
     common = dict(dataset_dir=str(phantom_dataset), output_dir=str(out), image_size=64, batch_size=4,
-                  val_fraction=0.34, num_workers=0)
+                  val_fraction=0.34, calib_fraction=0.25, num_workers=0)
     _workflow("train.json", "train", max_epochs=1, **common)
     first = sorted(out.glob("checkpoint_epoch=*.pt"))
     _workflow("train.json", "train", max_epochs=2, **common)  # resumes from epoch 1
@@ -45,35 +45,53 @@ def test_train_writes_checkpoints_calibration_and_resumes(trained):
     assert (out / "checkpoint_epoch=2.pt").is_file()
     state = torch.load(out / "checkpoint_epoch=2.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]  # continued, not restarted
+    assert state["ema"]["updates"] == state["trainer"]["iteration"]  # the EMA resumed with the trainer
     cal = json.loads((out / "calibration.json").read_text())
-    assert cal["temperature"] > 0 and 0 < cal["threshold"] < 1 and cal["validation"]["n"] > 0
-    assert (out / "model.pt").is_file() and (out / "best_key_metric.pt").is_file()
+    assert cal["temperature"] > 0 and cal["validation"]["n"] == 6 and cal["calibration_split"]["n"] == 2
+    # equal-prior rule: the threshold is the calibration split's PNEUMONIA prevalence, not a tuned number
+    assert cal["threshold"] == pytest.approx(cal["calibration_prior"]) == pytest.approx(0.5)
+    # the shipped weights are the final EMA weights (no epoch selection on validation)
+    ema = {k: v for k, v in state["ema"]["module"].items()}
+    member = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(member[k], ema[k]) for k in member)
+    assert not (out / "best_key_metric.pt").exists()
 
 
-def test_evaluate_and_inference_on_trained_weights(trained, tmp_path, monkeypatch):
-    models = tmp_path / "bundle_models"
-    models.mkdir()
-    (models / "model.pt").write_bytes((trained["out"] / "model.pt").read_bytes())
-    (models / "calibration.json").write_bytes((trained["out"] / "calibration.json").read_bytes())
-    # evaluate.json reads <bundle_root>/models: point a throwaway bundle root at the trained weights
-    root = tmp_path / "bundle"
-    root.mkdir()
-    (root / "models").symlink_to(models)
+def test_ensemble_evaluate_and_inference_on_trained_weights(trained, tmp_path, monkeypatch):
+    # two "members": the trained one twice (ensemble.json only needs their folders)
+    models = tmp_path / "models"
+    common = dict(dataset_dir=str(trained["data"]), image_size=64, val_fraction=0.34, calib_fraction=0.25)
+    wf = _workflow(["train.json", "ensemble.json"], None, models_dir=str(models), n_boot=50,
+                   member_dirs=[str(trained["out"]), str(trained["out"])], **common)
+    cal = json.loads((models / "calibration.json").read_text())
+    member = json.loads((trained["out"] / "calibration.json").read_text())
+    assert cal["temperature"] == 1.0 and cal["threshold"] == pytest.approx(member["threshold"])
+    assert [m["bias"] for m in cal["members"]] == [member["bias"]] * 2
+    # two copies of one member average to that member
+    assert cal["validation"]["auc"] == pytest.approx(member["validation"]["auc"])
+    ci = cal["validation_ci95"]["auc"]
+    assert ci["low"] <= cal["validation"]["auc"] <= ci["high"]
+    with pytest.raises(RuntimeError, match="member_dirs"):  # MONAI wraps the ValueError naming the argument
+        _workflow(["train.json", "ensemble.json"], None, models_dir=str(tmp_path / "none"), **common)
     ev = tmp_path / "eval"
-    _workflow("evaluate.json", "eval", bundle_root=str(root), dataset_dir=str(trained["data"]), output_dir=str(ev),
-              image_size=64)
+    _workflow("evaluate.json", "eval", models_dir=str(models), dataset_dir=str(trained["data"]), output_dir=str(ev),
+              image_size=64, ensemble_members=2, n_boot=50)
     metrics = json.loads((ev / "metrics.json").read_text())
     for key in ("accuracy", "precision", "recall", "f1", "specificity", "auc", "confusion_matrix", "threshold", "n"):
         assert key in metrics
     assert metrics["n"] == 12 and sum(map(sum, metrics["confusion_matrix"])) == 12
     assert metrics["threshold"] == pytest.approx(json.loads((models / "calibration.json").read_text())["threshold"])
-    assert (ev / "roc.png").is_file() and (ev / "confusion_matrix.png").is_file()
+    assert (ev / "roc.png").is_file() and (ev / "confusion_matrix.png").is_file() and (ev / "reliability.png").is_file()
+    for name in ("accuracy", "auc", "sensitivity", "specificity", "ece"):
+        ci = metrics["ci95"][name]
+        assert ci["low"] <= ci["high"] and ci["method"]
+    assert metrics["ci95"]["accuracy"]["low"] <= metrics["accuracy"] <= metrics["ci95"]["accuracy"]["high"]
     assert len((ev / "predictions.csv").read_text().strip().splitlines()) == 13
 
     inf = tmp_path / "inf"
     one = sorted((trained["data"] / "PNEUMONIA").iterdir())[0]
-    _workflow("inference.json", "infer", bundle_root=str(root), dataset_dir=str(one.parent), output_dir=str(inf),
-              image_size=64)
+    _workflow("inference.json", "infer", models_dir=str(models), dataset_dir=str(one.parent), output_dir=str(inf),
+              image_size=64, ensemble_members=2)
     preds = json.loads((inf / "predictions.json").read_text())
     assert len(preds) == 6 and all(0.0 <= p["probability"] <= 1.0 for p in preds)
     assert all(p["label"] in ("NORMAL", "PNEUMONIA") for p in preds)
@@ -92,4 +110,22 @@ def test_monai_verify_net_in_out_and_ckpt_export(tmp_path):
                           str(BUNDLE / "models" / "model.pt"), "--meta_file", meta, "--config_file", cfg,
                           "--bundle_root", str(BUNDLE)], check=True)
     scripted = torch.jit.load(str(ts))
-    assert scripted(torch.rand(1, 1, 224, 224)).shape == (1, 2)
+    assert scripted(torch.rand(1, 1, 160, 160)).shape == (1, 2)
+
+
+def test_gpu_switches_default_off_on_cpu_and_channels_last_trains(phantom_dataset, tmp_path):
+    """The GPU switches of train.json follow the device (all off here); channels_last, switched on by hand,
+    still trains on the CPU."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    if not torch.cuda.is_available():
+        assert [parser.get_parsed_content(k) for k in ("amp", "channels_last", "compile", "pin_memory")] == [False] * 4
+    out = tmp_path / "cl"
+    wf = _workflow("train.json", "train", dataset_dir=str(phantom_dataset), output_dir=str(out), image_size=64,
+                   batch_size=4, val_fraction=0.34, calib_fraction=0.25, max_epochs=1, channels_last=True)
+    conv = wf.parser.get_parsed_content("network").layer1[0].conv1.weight  # (C, C, 3, 3): formats differ
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert (out / "model.pt").is_file()

@@ -1,0 +1,176 @@
+"""The robust-classifier recipe: ensemble module, calibration with a prior bias, the calibration split, the
+EMA weights and the acquisition-shift augmentation preset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose
+
+from cxr_monai.data import calibration_split, patient_id
+from cxr_monai.engines import ModelEMA
+from cxr_monai.export import CalibratedClassifier
+from cxr_monai.metrics.classification import equal_prior_threshold, fit_temperature_bias
+from cxr_monai.networks import ClassifierEnsemble, classifier_ensemble, resnet18_sa
+from cxr_monai.transforms import RandBorderd, classifier_train_transforms, cxr_strong_augmentation
+
+
+def _ensemble(k: int = 3, seed: int = 0) -> ClassifierEnsemble:
+    torch.manual_seed(seed)
+    ens = classifier_ensemble("slim", k).eval()
+    with torch.no_grad():
+        ens.temperatures.copy_(torch.linspace(0.6, 1.4, k))
+        ens.biases.copy_(torch.linspace(-0.5, 1.2, k))
+        for m in ens.members:  # untrained members start with zeroed residual branches: give them a signal
+            for p in m.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    return ens
+
+
+def test_ensemble_output_is_the_mean_of_the_members_calibrated_probabilities():
+    ens = _ensemble()
+    x = torch.rand(4, 1, 96, 96)
+    with torch.no_grad():
+        by_hand = []
+        for m, t, b in zip(ens.members, ens.temperatures, ens.biases):
+            z = m(x) / t
+            z[:, 1] += b
+            by_hand.append(torch.softmax(z, 1))
+        expected = torch.stack(by_hand).mean(0)
+        got = torch.softmax(ens(x), 1)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert not torch.allclose(by_hand[0], by_hand[1], atol=1e-3)  # the members do differ
+    torch.testing.assert_close(ens.member_probabilities(x).mean(0), expected, atol=1e-6, rtol=0)
+
+
+def test_ensemble_scripts_to_one_module_with_gradcam_split():
+    from cxr_monai.explain import gradcam_split
+
+    ens = _ensemble(k=2)
+    scripted = torch.jit.script(CalibratedClassifier(ens, 1.0).eval())
+    x = torch.rand(2, 1, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), torch.softmax(ens(x), 1), atol=1e-6, rtol=0)
+    feats = scripted.cam_features(x)
+    assert feats.shape[1] == sum(m.num_features for m in ens.members)
+    cam = gradcam_split(scripted.cam_features, scripted.cam_head, x, 1)
+    assert cam.shape == (2, 96, 96) and cam.min() >= 0 and cam.max() <= 1
+
+
+def test_ensemble_refuses_bad_calibrations():
+    nets = [resnet18_sa("slim"), resnet18_sa("slim")]
+    with pytest.raises(ValueError, match="one temperature and one bias per member"):
+        ClassifierEnsemble(nets, temperatures=[1.0])
+    with pytest.raises(ValueError, match="temperatures must be > 0"):
+        ClassifierEnsemble(nets, temperatures=[1.0, 0.0])
+    with pytest.raises(ValueError, match="at least one member"):
+        ClassifierEnsemble([])
+
+
+def test_fit_temperature_bias_recovers_a_known_calibration():
+    rng = np.random.default_rng(0)
+    n = 20000
+    d = rng.normal(0.0, 3.0, n)  # the model's logit difference
+    true_t, true_b = 1.7, 0.9
+    p = 1.0 / (1.0 + np.exp(-(d / true_t + true_b)))
+    y = (rng.random(n) < p).astype(int)
+    logits = np.stack([np.zeros(n), d], 1)
+    t, b = fit_temperature_bias(logits, y)
+    assert t == pytest.approx(true_t, rel=0.05) and b == pytest.approx(true_b, abs=0.06)
+    with pytest.raises(ValueError, match="two-class logits"):
+        fit_temperature_bias(np.zeros((5, 3)), [0, 1, 0, 1, 0])
+
+
+def test_equal_prior_threshold_is_the_calibration_prevalence():
+    assert equal_prior_threshold(0.743) == pytest.approx(0.743)
+    assert equal_prior_threshold(0.5) == pytest.approx(0.5)
+
+
+def test_calibration_split_is_patient_aware_and_stratified():
+    items = [{"image": f"/d/PNEUMONIA/person{i // 3}_bacteria_{i}.jpeg", "label": 1} for i in range(300)]
+    items += [{"image": f"/d/NORMAL/IM-{i // 2:04d}-{i:04d}.jpeg", "label": 0} for i in range(100)]
+    train, cal = calibration_split(items, 0.12, seed=1)
+    assert len(train) + len(cal) == len(items)
+    assert not {patient_id(d["image"]) for d in train} & {patient_id(d["image"]) for d in cal}
+    for label, total in ((1, 300), (0, 100)):
+        share = sum(d["label"] == label for d in cal) / total
+        assert 0.10 <= share <= 0.16, (label, share)
+    arrays = [{"image": np.zeros((1, 4, 4)), "label": int(i < 100)} for i in range(400)]
+    a_train, a_cal = calibration_split(arrays, 0.25, seed=0)
+    assert len(a_cal) == 100 and sum(d["label"] for d in a_cal) == 25
+    assert calibration_split(arrays, 0.25, seed=0)[1][0] is a_cal[0]  # seeded
+    with pytest.raises(ValueError, match="fraction"):
+        calibration_split(items, 1.0)
+
+
+def test_model_ema_follows_the_weights_and_round_trips():
+    net = torch.nn.Linear(3, 2)
+    ema = ModelEMA(net, decay=0.5)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        net.bias.fill_(1.0)
+    start = ema.module.weight.detach().clone()
+    for _ in range(30):
+        ema.update()
+    assert torch.allclose(ema.module.weight, net.weight, atol=1e-6)  # converged to the constant weights
+    assert not torch.allclose(start, net.weight)
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    other = ModelEMA(torch.nn.Linear(3, 2), decay=0.5)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 30 and torch.equal(other.module.weight, ema.module.weight)
+    with pytest.raises(ValueError, match="decay"):
+        ModelEMA(net, decay=1.0)
+
+
+def test_rand_border_draws_a_black_frame_within_the_bound():
+    img = torch.ones(1, 100, 80)
+    assert torch.equal(RandBorderd("image", prob=0.0)({"image": img})["image"], img)
+    t = RandBorderd("image", prob=1.0, max_fraction=0.2)
+    t.set_random_state(3)
+    for _ in range(10):
+        out = t({"image": img})["image"]
+        rows = (out[0] > 0).any(1).nonzero().flatten()
+        cols = (out[0] > 0).any(0).nonzero().flatten()
+        assert rows.min() <= 20 and 100 - 1 - rows.max() <= 20 and cols.min() <= 16 and 80 - 1 - cols.max() <= 16
+        assert float(out.min()) == 0.0 or torch.equal(out, img)
+        assert torch.all(out[0, rows.min():rows.max() + 1, cols.min():cols.max() + 1] == 1)  # frame only
+    with pytest.raises(ValueError, match="max_fraction"):
+        RandBorderd("image", max_fraction=0.5)
+
+
+def test_strong_preset_keeps_the_network_input_contract():
+    rng = np.random.default_rng(0)
+    img = torch.as_tensor(rng.random((1, 120, 120)), dtype=torch.float32)
+    chain = Compose(cxr_strong_augmentation(["image"], 64)).set_random_state(seed=0)
+    outs = [torch.as_tensor(chain({"image": img.clone()})["image"]) for _ in range(8)]
+    for out in outs:
+        assert out.shape == (1, 64, 64) and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert not torch.allclose(outs[0], outs[1])  # random per draw
+    names = [type(t).__name__ for t in classifier_train_transforms(["image"], 64, augment="strong")]
+    assert "RandBorderd" in names and "RandScaleCropd" in names and names[-2] == "PercentileNormalized"
+    with pytest.raises(ValueError, match="augment must be one of"):
+        classifier_train_transforms(["image"], 64, augment="heavy")
+
+
+def test_reliability_bins_per_class():
+    from cxr_monai.metrics.classification import plot_reliability, reliability_bins
+
+    rng = np.random.default_rng(0)
+    p = rng.random(5000)
+    y = (rng.random(5000) < p).astype(int)  # calibrated by construction
+    pos = reliability_bins(p, y, 1, 10)
+    neg = reliability_bins(p, y, 0, 10)
+    assert sum(pos["count"]) == sum(neg["count"]) == 5000
+    assert np.max(np.abs(np.subtract(pos["confidence"], pos["frequency"]))) < 0.05
+    assert np.max(np.abs(np.subtract(neg["confidence"], neg["frequency"]))) < 0.05
+    over = reliability_bins(np.clip(p * 1.5, 0, 1), y, 1, 10)  # over-confident PNEUMONIA
+    assert np.mean(np.subtract(over["confidence"], over["frequency"])) > 0.1
+    assert neg["confidence"][0] < 0.1 and pos["confidence"][-1] > 0.9
+
+
+def test_plot_reliability_writes_png(tmp_path):
+    from cxr_monai.metrics.classification import plot_reliability
+
+    out = plot_reliability([0.1, 0.8, 0.6, 0.3], [0, 1, 1, 0], tmp_path / "rel.png")
+    assert out.stat().st_size > 1000
