@@ -80,7 +80,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
     shifts = list(next(iter(results.values()))["per_shift"])
     width = 0.8 / len(results)
-    fig, ax = plt.subplots(figsize=(11, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(14, 4.2), dpi=120)
     for i, (name, r) in enumerate(results.items()):
         vals = [r["per_shift"][s]["worst_balanced_accuracy"] for s in shifts]
         ax.bar(np.arange(len(shifts)) + (i - (len(results) - 1) / 2) * width, vals, width, label=name)
@@ -88,7 +88,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
     ax.set(ylabel="worst balanced accuracy", ylim=(0.4, 1.0),
            title="Stress suite: worst-strength balanced accuracy per shift (validation split)")
     ax.axhline(0.5, color="k", lw=0.6, ls=":")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

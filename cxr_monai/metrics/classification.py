@@ -203,7 +203,7 @@ def plot_reliability(probs: Sequence[float], labels: Sequence[int], path: str | 
                      class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"), n_bins: int = 10,
                      title: str = "Reliability (per class)") -> Path:
     """Save per-class reliability diagrams (one panel per class: observed frequency vs predicted probability,
-    marker area by bin count, the diagonal is perfect calibration) as a PNG."""
+    marker area by and label with the bin count, the diagonal is perfect calibration) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,6 +216,8 @@ def plot_reliability(probs: Sequence[float], labels: Sequence[int], path: str | 
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.plot(r["confidence"], r["frequency"], "-", color="tab:blue", lw=1)
         ax.scatter(r["confidence"], r["frequency"], s=20 + 200 * counts / max(counts.max(), 1), color="tab:blue")
+        for x, y, n in zip(r["confidence"], r["frequency"], r["count"]):  # sparse middle bins are noisy: say so
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.3")
         ax.set(xlabel=f"predicted p({class_names[c]})", ylabel=f"observed frequency of {class_names[c]}",
                xlim=(0, 1), ylim=(0, 1), title=class_names[c])
     fig.suptitle(f"{title}, n = {len(np.asarray(labels))}")
