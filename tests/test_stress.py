@@ -393,6 +393,8 @@ def test_stress_config_runs_with_evaluate_json_on_phantoms(tmp_path):
     calibration = json.loads((BUNDLE / "models" / "calibration.json").read_text())
     assert report["n"] == 4 and list(report["shifts"]) == ["gamma", "noise", "jpeg"]
     assert report["thresholds"]["shipped"] == pytest.approx(calibration["threshold"])
-    assert report["thresholds"]["equal_prior"] == pytest.approx(3875 / 5216)
+    assert list(report["thresholds"]) == ["shipped"]  # the shipped threshold IS the equal-prior rule now
+    assert report["threshold_rule"] == calibration["threshold_rule"] and "equal class priors" in report["threshold_rule"]
+    assert calibration["threshold"] == pytest.approx(calibration["calibration_prior"])
     assert report["temperature"] == pytest.approx(calibration["temperature"])
     assert report["weights"] == "model.pt" and (out / "stress.png").is_file() and (out / "stress.md").is_file()
