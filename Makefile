@@ -14,7 +14,7 @@ DSTAMP := $(DEPLOY_VENV)/.installed
 CLS_BUNDLE := bundles/cxr_pneumonia_classifier
 SR_BUNDLE := bundles/cxr_sr_csaegan
 
-.PHONY: venv deploy-venv test test-core test-deploy demo bundle-demo deploy-models map bench clean tools
+.PHONY: venv deploy-venv test test-core test-deploy test-floors demo bundle-demo deploy-models map bench clean tools
 
 venv: $(STAMP)
 
@@ -48,6 +48,14 @@ tools:
 	else echo "install the Debian packages $(APT_PKGS) (needs root and apt-get)" >&2; exit 1; fi
 
 test: test-core test-deploy test-label
+
+# The core suite against the lowest versions pyproject.toml allows (.ci/floors.txt); not part of `make test`.
+test-floors: tools
+	test -x .venv-floors/bin/python || $(PYTHON) -m venv .venv-floors
+	.venv-floors/bin/python -m pip install --quiet --upgrade pip
+	.venv-floors/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	.venv-floors/bin/python -m pip install --quiet -e '.[dev]' -c .ci/floors.txt
+	.venv-floors/bin/python -m pytest -q --ignore=tests/deploy --ignore=tests/label
 
 test-core: venv tools
 	$(PY) -m pytest -q --ignore=tests/deploy --ignore=tests/label
