@@ -36,7 +36,7 @@ def load_reference_network(
         bundle_root: folder of the ``cxr_pneumonia_classifier`` bundle.
         weights_name: weights file under ``models/``.
         config: the config under ``configs/`` whose ``network_def`` matches the weights.
-        overrides: config overrides, e.g. ``{"network_preset": "mnist"}`` for another preset's weights.
+        overrides: config overrides of ``config`` (e.g. another ``network_def`` for other weights).
         allow_untrained: when the weights are missing, return a randomly initialised ResNet18SA-lite (seeded
             with ``seed`` through ``torch.manual_seed``) instead of raising; only for tests.
         seed: seed of that fallback.

@@ -1,5 +1,6 @@
-"""Ignite handlers and steps of the classifier bundle: prediction/metrics writer with Grad-CAM,
-and post-training calibration (temperature + decision threshold chosen on validation)."""
+"""Ignite handlers and steps of the classifier bundle: prediction/metrics writer with Grad-CAM, EMA weights,
+post-training calibration of a member on the calibration split (temperature + prior bias, equal-prior
+threshold) and assembly of members into the shipped ensemble."""
 
 from __future__ import annotations
 
@@ -15,11 +16,9 @@ from torch import nn
 
 from cxr_monai.metrics.classification import (
     bootstrap_ci,
-    choose_threshold,
     classification_report,
     equal_prior_threshold,
     expected_calibration_error,
-    fit_temperature,
     fit_temperature_bias,
     plot_confusion_matrix,
     plot_reliability,
@@ -27,7 +26,7 @@ from cxr_monai.metrics.classification import (
 )
 from cxr_monai.utils import bare_state_dict
 
-__all__ = ["ClassificationWriter", "ModelEMA", "calibrate_classifier", "calibrate_member", "build_ensemble",
+__all__ = ["ClassificationWriter", "ModelEMA", "calibrate_member", "build_ensemble",
            "EQUAL_PRIOR_RULE", "item_name"]
 
 logger = logging.getLogger(__name__)
@@ -188,45 +187,6 @@ def _collect_logits(network: nn.Module, loader, device, image_key: str = "image"
         logits.append(network(batch[image_key].to(device)).float().cpu())
         labels.append(torch.as_tensor(batch[label_key]).reshape(-1))
     return torch.cat(logits), torch.cat(labels)
-
-
-def calibrate_classifier(
-    network: nn.Module,
-    checkpoint: str | Path,
-    val_loader,
-    output_dir: str | Path,
-    device: str | torch.device = "cpu",
-    extra: dict | None = None,
-) -> dict:
-    """After training: load the best checkpoint, fit a temperature on the validation split, choose the
-    decision threshold there (Youden's J on calibrated probabilities), and write ``model.pt`` (bare state
-    dict) and ``calibration.json`` (temperature, threshold, ECE before/after, validation report) to
-    ``output_dir``. Returns the calibration dict.
-    """
-    output_dir = Path(output_dir)
-    network.load_state_dict(bare_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)))
-    network.to(device)
-    logits, labels = _collect_logits(network, val_loader, device)
-    y = labels.numpy()
-    raw = torch.softmax(logits, 1)[:, 1].numpy()
-    temperature = fit_temperature(logits, y)
-    cal = torch.softmax(logits / temperature, 1)[:, 1].numpy()
-    threshold = choose_threshold(cal, y)
-    result = {
-        "temperature": temperature,
-        "threshold": threshold,
-        "ece_uncalibrated": expected_calibration_error(raw, y),
-        "ece_calibrated": expected_calibration_error(cal, y),
-        "validation": classification_report(cal, y, threshold),
-        "validation_at_0.5_uncalibrated": classification_report(raw, y, 0.5),
-        **(extra or {}),
-    }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.cpu() for k, v in network.state_dict().items()}, output_dir / "model.pt")
-    (output_dir / "calibration.json").write_text(json.dumps(result, indent=2))
-    logger.info("calibration: T=%.3f threshold=%.3f ECE %.4f -> %.4f", temperature, threshold,
-                result["ece_uncalibrated"], result["ece_calibrated"])
-    return result
 
 
 EQUAL_PRIOR_RULE = ("equal class priors: PNEUMONIA when the calibrated probability, corrected from the "
