@@ -1,14 +1,15 @@
 """Every bundle passes MONAI's own checks (ConfigWorkflow initialize + check_properties with no overrides beyond
-bundle_root, verify_net_in_out, ckpt_export), and its shipped weights pass quality floors on fixed real images
+bundle_root, verify_net_in_out, ckpt_export, verify_metadata), and its shipped weights pass quality floors on fixed real images
 that permuted (broken) weights fail."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 from tests.bundles import weight_checks as W
 from tests.conftest import SHARED_DATA
@@ -46,6 +47,32 @@ def test_inference_without_input_fails_at_run_time_naming_the_argument() -> None
     wf.initialize()
     with pytest.raises(Exception, match="dataset_dir"):
         wf.run()
+
+
+SCHEMA = Path(__file__).with_name("bundle_metadata_schema.json")
+
+
+@pytest.mark.parametrize("bundle", ["cxr_pneumonia_classifier", "cxr_sr_csaegan", "cxr_synth_sgan"])
+def test_verify_metadata(bundle: str) -> None:
+    """MONAI's own verify_metadata, with the project's offline schema (written from the MONAI Bundle
+    Specification) as the local copy of the schema file: no download is attempted when the file exists."""
+    verify_metadata(meta_file=str(BUNDLES / bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
+
+
+@pytest.mark.parametrize("breakage,match", [
+    (lambda d: d.pop("network_data_format"), "network_data_format"),
+    (lambda d: d["network_data_format"]["outputs"]["pred"].pop("dtype"), "dtype"),
+    (lambda d: d["network_data_format"]["inputs"]["image"].update(value_range=[0]), r"\[0\] is not valid"),
+    (lambda d: d.update(version="2"), "'2' does not match"),
+    (lambda d: d.pop("required_packages_version"), "is not valid under any of the given schemas"),
+])
+def test_verify_metadata_rejects_broken_metadata(breakage, match: str, tmp_path: Path) -> None:
+    meta = json.loads((BUNDLES / "cxr_sr_csaegan" / "configs" / "metadata.json").read_text())
+    breakage(meta)
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=match):
+        verify_metadata(meta_file=str(bad), filepath=str(SCHEMA))
 
 
 @pytest.mark.parametrize("bundle", ["cxr_pneumonia_classifier", "cxr_sr_csaegan", "cxr_synth_sgan"])
