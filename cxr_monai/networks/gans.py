@@ -33,6 +33,7 @@ __all__ = [
     "SAGANGeneratorBlock",
     "SAGANDiscriminatorBlock",
     "SAGANGenerator",
+    "SAGANGeneratorPackedInput",
     "SAGANDiscriminator",
     "DCGANGenerator",
     "DCGANDiscriminator",
@@ -274,6 +275,22 @@ class SAGANGenerator(nn.Module):
                 h = self.attention(h)
         h = self.conv_out(F.relu(self.bn_out(h)))
         return 0.5 * (torch.tanh(h) + 1.0)
+
+
+class SAGANGeneratorPackedInput(SAGANGenerator):
+    """:class:`SAGANGenerator` with a single input tensor, for exporters that feed a network one dummy input
+    (MONAI's ``python -m monai.bundle onnx_export``).
+
+    ``x`` is (N, latent_dim + 1): the latent ``z`` in the first ``latent_dim`` columns and the class index as an
+    integer-valued float (0.0, 1.0, ...) in the last one; ``forward(x)`` equals
+    ``SAGANGenerator.forward(x[:, :latent_dim], x[:, latent_dim].round().long())``. Same arguments and the same
+    state dict as :class:`SAGANGenerator`, so the bundle's ``models/model.pt`` loads into it unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if x.ndim != 2 or x.shape[1] != self.latent_dim + 1:
+            raise ValueError(f"expected (N, {self.latent_dim + 1}) = latent + class index, got {tuple(x.shape)}")
+        return super().forward(x[:, : self.latent_dim], x[:, self.latent_dim].round().long())
 
 
 class SAGANDiscriminator(nn.Module):
