@@ -114,18 +114,22 @@ def test_monai_verify_net_in_out_and_ckpt_export(tmp_path):
 
 
 def test_gpu_switches_default_off_on_cpu_and_channels_last_trains(phantom_dataset, tmp_path):
-    """The GPU switches of train.json follow the device (all off here); channels_last, switched on by hand,
-    still trains on the CPU."""
+    """The GPU switches of train.json follow the device (amp, compile, pin_memory off here); channels_last is the
+    default on the CPU too (faster oneDNN convolutions) and trains; --channels_last False gives NCHW."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
     parser["bundle_root"] = str(BUNDLE)
     if not torch.cuda.is_available():
-        assert [parser.get_parsed_content(k) for k in ("amp", "channels_last", "compile", "pin_memory")] == [False] * 4
+        assert [parser.get_parsed_content(k) for k in ("amp", "compile", "pin_memory")] == [False] * 3
+    assert parser.get_parsed_content("channels_last") is True
+    parser["channels_last"] = False
+    conv = parser.get_parsed_content("network").layer1[0].conv1.weight
+    assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)
     out = tmp_path / "cl"
     wf = _workflow("train.json", "train", dataset_dir=str(phantom_dataset), output_dir=str(out), image_size=64,
-                   batch_size=4, val_fraction=0.34, calib_fraction=0.25, max_epochs=1, channels_last=True)
+                   batch_size=4, val_fraction=0.34, calib_fraction=0.25, max_epochs=1)
     conv = wf.parser.get_parsed_content("network").layer1[0].conv1.weight  # (C, C, 3, 3): formats differ
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert (out / "model.pt").is_file()
