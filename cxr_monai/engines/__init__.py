@@ -2,3 +2,4 @@
 
 from .classification import *  # noqa: F401,F403
 from . import distributed  # noqa: F401  (multi_gpu_train.json: cxr_monai.engines.distributed.*)
+from .ema import make_ema, update_ema  # noqa: F401  (one EMA definition for the three bundles)

@@ -208,17 +208,13 @@ class ModelEMA:
     """
 
     def __init__(self, network: nn.Module, decay: float = 0.998) -> None:
-        import copy
-
-        from cxr_monai.engines.distributed import unwrap
+        from cxr_monai.engines.ema import make_ema
 
         if not 0.0 <= float(decay) < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.network = network
         self.decay = float(decay)
-        self.module = copy.deepcopy(unwrap(network)).eval()
-        for q in self.module.parameters():
-            q.requires_grad_(False)
+        self.module = make_ema(network)
         self.updates = 0
 
     def attach(self, engine) -> None:
@@ -228,7 +224,7 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        from cxr_monai.engines.gan import update_ema
+        from cxr_monai.engines.ema import update_ema
 
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         update_ema(self.module, self.network, d)

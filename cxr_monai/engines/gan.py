@@ -12,7 +12,6 @@ of every epoch, so progress can be judged on the same latent vectors across epoc
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from cxr_monai.engines.ema import make_ema, update_ema
 from cxr_monai.losses.adversarial import hinge_d_loss, hinge_g_loss
 
 __all__ = [
@@ -70,18 +70,6 @@ def bce_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * model`` for floating parameters; buffers (batch-norm statistics,
-    spectral-norm vectors) are copied."""
-    from cxr_monai.engines.distributed import unwrap
-
-    model = unwrap(model)
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1.0 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
-
-
 class ConditionalGANTrainer(Trainer):
     """Adversarial training of a class-conditional generator ``G(z, y)`` against ``D(x, y)``.
 
@@ -163,7 +151,7 @@ class ConditionalGANTrainer(Trainer):
         from cxr_monai.engines.distributed import unwrap
 
         # the EMA copy is a plain network even when G is DDP-wrapped (its state_dict has no "module." prefix)
-        self.ema_network = ema_network if ema_network is not None else copy.deepcopy(unwrap(g_network))
+        self.ema_network = ema_network if ema_network is not None else make_ema(g_network)
         if ema_network is not None:
             self.ema_network.load_state_dict(unwrap(g_network).state_dict())
         self.ema_network.eval().requires_grad_(False)

@@ -18,7 +18,6 @@ trainer (:func:`make_ema`). The hallucination-guard post-processing is the trans
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import json
 import math
@@ -35,6 +34,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 from torch.optim.optimizer import Optimizer
 
+from cxr_monai.engines.ema import make_ema, update_ema
 from cxr_monai.losses.adversarial import hinge_d_loss, hinge_g_loss, relativistic_d_loss, relativistic_g_loss
 from cxr_monai.metrics.sr import bicubic_up, sr_image_metrics
 
@@ -82,14 +82,6 @@ class PrepareSRBatch(PrepareBatch):
         return lr, hr
 
 
-def make_ema(network: nn.Module) -> nn.Module:
-    """A frozen deep copy of ``network`` to hold its exponential moving average."""
-    ema = copy.deepcopy(network)
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    return ema.eval()
-
-
 def _autocast_kwargs(amp_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
     """``torch.autocast`` keyword arguments with ``dtype`` resolved to bfloat16 or float16 (default bfloat16)."""
     kwargs = dict(amp_kwargs or {})
@@ -100,14 +92,6 @@ def _autocast_kwargs(amp_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"amp dtype must be bfloat16 or float16, got {kwargs.get('dtype')!r}.")
     kwargs["dtype"] = dtype
     return kwargs
-
-
-@torch.no_grad()
-def _ema_update(ema: nn.Module, network: nn.Module, decay: float) -> None:
-    for pe, p in zip(ema.parameters(), network.parameters()):
-        pe.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
-    for be, b in zip(ema.buffers(), network.buffers()):
-        be.copy_(b)
 
 
 class SRTrainer(Trainer):
@@ -334,7 +318,7 @@ class SRTrainer(Trainer):
         if engine.scaler is not None:
             engine.scaler.update()
         if engine.ema_network is not None:
-            _ema_update(engine.ema_network, engine.g_network, engine.ema_decay)
+            update_ema(engine.ema_network, engine.g_network, engine.ema_decay)
         engine.state.output = out
         return out
 
