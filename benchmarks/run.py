@@ -127,7 +127,7 @@ LITE_RUNTIMES = ("eager", "eager+channels_last", "torchscript", "torchscript+cha
 
 
 def bench_sr(args, gemm: float, tmp: Path) -> list[dict]:
-    from cxr_monai.networks import csaegan_full, csaegan_lite, rrdbnet
+    from cxr_monai.networks import csaegan_full, rrdbnet
     from cxr_monai.utils import load_bundle_network
 
     x = torch.rand(1, 1, 256, 256)

@@ -63,6 +63,7 @@ class CXREnhanceClassifyApp(Application):
         from cxr_monai import __version__ as cxr_version
         from cxr_monai.export import CLASSIFIER_NAME, SR_NAME, DeployModelError, find_model_file, load_deploy_model
         from cxr_monai.inference import select_device
+        from cxr_monai.utils import configure_threads
 
         # holoscan keeps the program name in argv when it read sys.argv, drops it when given a list
         argv = list(self.argv)
@@ -79,7 +80,8 @@ class CXREnhanceClassifyApp(Application):
         except DeployModelError as err:
             raise AppSetupError(str(err)) from err
         device = str(select_device(self.device_name))
-        logger.info("device: %s (torch %s, %d threads)", device, torch.__version__, torch.get_num_threads())
+        threads = configure_threads()  # the container's CPU quota, not the host's cores (or CXR_NUM_THREADS)
+        logger.info("device: %s (torch %s, %d threads)", device, torch.__version__, threads)
         run_info = {
             "app": self.name, "app_version": self.version, "cxr_monai_version": cxr_version,
             "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),

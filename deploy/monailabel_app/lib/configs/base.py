@@ -11,6 +11,7 @@ from monailabel.interfaces.config import TaskConfig
 
 from cxr_monai.export import find_model_file, load_deploy_model
 from cxr_monai.inference import DEFAULT_SR_MAX_SIDE, select_device
+from cxr_monai.utils import configure_threads
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,12 @@ class CXRTaskConfig(TaskConfig):
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs) -> None:
         super().init(name, model_dir, conf, planner, **kwargs)
         self.device = select_device(conf.get("device") or None)
+        threads = configure_threads()  # the container's CPU quota, not the host's cores (or CXR_NUM_THREADS)
         self.sr_max_side = int(conf.get("sr_max_side", DEFAULT_SR_MAX_SIDE))
         self.path = str(find_model_file(model_dir, self.model_name))
         self.model, self.model_info = load_deploy_model(self.path, self.device, kind=self.model_kind)
         logger.info(f"{name}: {self.path} ({self.model_info.get('model_name')} {self.model_info.get('version')}) "
-                    f"on {self.device}")
+                    f"on {self.device}, {threads} threads")
 
     def trainer(self):
         return None
