@@ -126,7 +126,7 @@ def runtimes(net: torch.nn.Module, x: torch.Tensor, tmp: Path, names: tuple[str,
 LITE_RUNTIMES = ("eager", "eager+channels_last", "torchscript", "torchscript+channels_last", "onnxruntime")
 
 
-def bench_sr(args, gemm: float, tmp: Path) -> list[dict]:
+def bench_sr(args, tmp: Path) -> list[dict]:
     from cxr_monai.networks import csaegan_full, rrdbnet
     from cxr_monai.utils import load_bundle_network
 
@@ -464,7 +464,7 @@ def main() -> None:
             result["classifier"], result["classifier_models"], result["classifier_ratio_b32"] = \
                 bench_classifier(args, tmp)
         if "inference" in sections:
-            result["sr"] = bench_sr(args, result["gemm_gflop_per_s"], tmp)
+            result["sr"] = bench_sr(args, tmp)
         if "train" in sections:
             from benchmarks.train_speed import bench_train
 

@@ -108,8 +108,7 @@ def cpu_budget(cgroup_root: str | Path = "/sys/fs/cgroup") -> int:
     affinity mask and its cgroup CPU quota (rounded up; at least 1).
 
     PyTorch sizes its thread pool from the cores it can see, not from a container's CPU quota: a MAP limited to
-    2 CPUs on a 64-core node would run 64 OpenMP threads that spin against each other (seen here: 2 torch threads
-    while the other core was busy cost the classifier about 10x its usual CPU time per image).
+    2 CPUs on a 64-core node would run 64 OpenMP threads that spin against each other.
     """
     env = os.environ.get("CXR_NUM_THREADS", "").strip()
     if env:
