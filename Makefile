@@ -4,6 +4,7 @@ VENV ?= .venv
 DEPLOY_VENV ?= .venv-deploy
 TORCH_SPEC ?= torch==2.13.0
 INPUT ?=
+SITE ?=
 OUTPUT ?= demo_output
 MODELS ?= .deploy_models
 MAP_OUT ?= map_build
@@ -64,9 +65,10 @@ test-core: venv tools
 test-deploy: deploy-venv tools
 	ulimit -s 32768 && $(DPY) -m pytest -q tests/deploy
 
-# Export both bundles into the SDK's named-model layout: MODELS/cxr_pneumonia/model.ts, MODELS/cxr_sr/model.ts
+# Export both bundles into the SDK's named-model layout: MODELS/cxr_pneumonia/model.ts, MODELS/cxr_sr/model.ts.
+# SITE=dir (a configs/commission.json output folder) embeds that site's calibration in the classifier.
 deploy-models: venv
-	$(PY) -m cxr_monai deploy_models --classifier_bundle $(CLS_BUNDLE) --sr_bundle $(SR_BUNDLE) --out_dir "$(MODELS)"
+	$(PY) -m cxr_monai deploy_models --classifier_bundle $(CLS_BUNDLE) --sr_bundle $(SR_BUNDLE) --out_dir "$(MODELS)" $(if $(SITE),--site_dir "$(SITE)")
 
 # The deploy app on the phantom study (default) or on INPUT=dir_of_dicom.
 demo: deploy-venv deploy-models

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -53,19 +54,26 @@ class DeployModelError(RuntimeError):
 
 class CalibratedClassifier(nn.Module):
     """A classifier (:class:`~cxr_monai.networks.ResNet18SA` or :class:`~cxr_monai.networks.ClassifierEnsemble`)
-    with its temperature built in, for deployment.
+    with its temperature and an optional site recalibration built in, for deployment.
 
     Args:
         net: the trained classifier, with ``cam_features(x)`` and ``cam_head(f)`` (logits).
         temperature: calibration temperature (> 0); probabilities are ``softmax(logits / T)``.
+        site_a, site_b: a site's recalibration of the log-odds ``L -> site_a * L + site_b``
+            (:mod:`cxr_monai.commissioning`); the logits become ``site_a * logits / T + [0, site_b]``. The default
+            (1, 0) is the identity, exactly.
     """
 
-    def __init__(self, net: nn.Module, temperature: float = 1.0) -> None:
+    def __init__(self, net: nn.Module, temperature: float = 1.0, site_a: float = 1.0, site_b: float = 0.0) -> None:
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if not (math.isfinite(site_a) and math.isfinite(site_b)):
+            raise ValueError(f"site_a, site_b must be finite, got {site_a!r}, {site_b!r}")
         super().__init__()
         self.net = net
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.register_buffer("site_a", torch.tensor(float(site_a)))
+        self.register_buffer("site_b", torch.tensor(float(site_b)))
 
     @torch.jit.export
     def cam_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,8 +82,11 @@ class CalibratedClassifier(nn.Module):
 
     @torch.jit.export
     def cam_head(self, f: torch.Tensor) -> torch.Tensor:
-        """Calibrated logits (N, 2) from :meth:`cam_features`."""
-        return self.net.cam_head(f) / self.temperature
+        """Calibrated logits (N, 2) from :meth:`cam_features` (the site recalibration applied)."""
+        z = self.site_a * (self.net.cam_head(f) / self.temperature)
+        shift = torch.zeros_like(z[:1])
+        shift[:, -1] = self.site_b
+        return z + shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.cam_head(self.cam_features(x)), dim=1)
@@ -109,14 +120,20 @@ def _save_atomic(module: torch.jit.ScriptModule, meta: Mapping[str, Any], path: 
     return path
 
 
-def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLike) -> Path:
+def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLike,
+                      site_dir: str | os.PathLike | None = None) -> Path:
     """Export the pneumonia classifier bundle as one TorchScript file with calibration embedded.
 
     Args:
         bundle_root: the ``cxr_pneumonia_classifier`` bundle folder (``models/model.pt`` and
             ``models/calibration.json`` are read).
         out_file: the ``.ts`` file to write (atomically).
+        site_dir: a site's commissioning folder (``site_calibration.json`` of ``configs/commission.json``): its
+            recalibration and threshold replace the default ones (the weights' sha256 must match, else
+            :class:`cxr_monai.commissioning.ModelMismatchError`). The embedded ``calibration`` record says which
+            is in force (``source`` ``"default"`` or ``"site"``, ``id``, ``date``).
     """
+    from cxr_monai.commissioning import THRESHOLD_RULE, calibration_in_force, load_site_calibration
     from cxr_monai.utils import load_bundle_network, read_json
 
     root = Path(bundle_root)
@@ -125,8 +142,12 @@ def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLik
     if not cal_file.is_file():
         raise DeployModelError(f"{cal_file}: calibration file missing")
     cal = read_json(cal_file)
+    site = load_site_calibration(site_dir, weights=root / "models" / "model.pt") if site_dir is not None else None
     net = load_bundle_network(root)
-    module = torch.jit.script(CalibratedClassifier(net, float(cal["temperature"])).eval())
+    module = torch.jit.script(CalibratedClassifier(net, float(cal["temperature"]), site.a if site else 1.0,
+                                                   site.b if site else 0.0).eval())
+    calibration = calibration_in_force(site, float(cal["threshold"]), float(cal["temperature"]))
+    calibration.pop("file", None)  # a path on the exporting machine means nothing where the model runs
     info = {
         "format_version": FORMAT_VERSION,
         "kind": "classifier",
@@ -136,11 +157,14 @@ def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLik
         "class_names": ["NORMAL", "PNEUMONIA"],
         "positive_class": 1,
         "temperature": float(cal["temperature"]),
-        "threshold": float(cal["threshold"]),
-        "threshold_rule": cal.get("threshold_rule", "Youden point on the patient-aware validation split"),
+        "threshold": site.threshold if site else float(cal["threshold"]),
+        "threshold_rule": (THRESHOLD_RULE if site else
+                           cal.get("threshold_rule", "Youden point on the patient-aware validation split")),
+        "calibration": calibration,
         "image_size": int(cal.get("image_size", 224)),
         "preprocessing": "cxr_monai.transforms.classifier_preprocessing",
-        "output": "calibrated probabilities (N, 2): softmax(logits / temperature)",
+        "output": ("calibrated probabilities (N, 2): softmax(site_a * logits / temperature + [0, site_b]); "
+                   "site_a = 1, site_b = 0 unless a site calibration is in force (calibration.source)"),
         "gradcam": {"features": "cam_features", "head": "cam_head"},
         "weights_sha256": _sha256(root / "models" / "model.pt"),
         "monai_version": meta.get("monai_version"),
@@ -185,12 +209,13 @@ def export_sr(bundle_root: str | os.PathLike, out_file: str | os.PathLike, tile_
 
 
 def export_deploy_models(classifier_bundle: str | os.PathLike, sr_bundle: str | os.PathLike,
-                         out_dir: str | os.PathLike) -> dict[str, Path]:
+                         out_dir: str | os.PathLike, site_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     """Write ``out_dir/cxr_pneumonia/model.ts`` and ``out_dir/cxr_sr/model.ts`` (the SDK's named-model
-    layout: one file per model folder). Returns ``{name: path}``."""
+    layout: one file per model folder). Returns ``{name: path}``. ``site_dir``: embed that site's calibration
+    in the classifier (:func:`export_classifier`)."""
     out = Path(out_dir)
     written = {
-        CLASSIFIER_NAME: export_classifier(classifier_bundle, out / CLASSIFIER_NAME / "model.ts"),
+        CLASSIFIER_NAME: export_classifier(classifier_bundle, out / CLASSIFIER_NAME / "model.ts", site_dir),
         SR_NAME: export_sr(sr_bundle, out / SR_NAME / "model.ts"),
     }
     for name, path in written.items():

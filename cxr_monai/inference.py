@@ -19,6 +19,7 @@ from monai.transforms import Compose
 
 __all__ = [
     "DEFAULT_SR_MAX_SIDE",
+    "DEFAULT_CALIBRATION",
     "select_device",
     "channels_last_default",
     "inference_layout",
@@ -31,6 +32,9 @@ __all__ = [
 
 DEFAULT_SR_MAX_SIDE = 1024
 """Images whose longest side is above this many pixels are already high resolution: no SR."""
+
+DEFAULT_CALIBRATION: dict[str, Any] = {"source": "default", "id": "default", "date": None}
+"""The calibration record of a classifier file exported before site calibrations existed."""
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -145,7 +149,9 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
             ``cam_class``: its name), see :func:`cxr_monai.explain.gradcam_split`.
 
     Returns:
-        ``{"probability": p(PNEUMONIA), "label", "threshold", "probabilities": [p0, p1]}`` (+ cam).
+        ``{"probability": p(PNEUMONIA), "label", "threshold", "probabilities": [p0, p1], "calibration"}`` (+ cam);
+        ``calibration`` is the calibration in force (the model's embedded record: ``source`` ``"default"`` or
+        ``"site"``, ``id``, ``date``, ...; :data:`DEFAULT_CALIBRATION` for a model exported without one).
     """
     device = torch.device(device)
     x = classifier_input(image, int(info.get("image_size", 224))).to(device)
@@ -157,7 +163,8 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
     p = float(probs[1])
     label_idx = int(p >= threshold)
     out: dict[str, Any] = {"probability": p, "label": names[label_idx], "label_index": label_idx,
-                           "threshold": threshold, "probabilities": [float(v) for v in probs]}
+                           "threshold": threshold, "probabilities": [float(v) for v in probs],
+                           "calibration": dict(info.get("calibration") or DEFAULT_CALIBRATION)}
     if with_cam:
         from cxr_monai.explain import gradcam_split
 
