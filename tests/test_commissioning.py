@@ -210,3 +210,18 @@ def test_commission_bundle_on_the_site_sample(tmp_path: Path) -> None:
     # the written file is what the bundle and the deploy export load
     site = C.load_site_calibration(out, weights=BUNDLE / "models" / "model.pt")
     assert site.a == cal["a"] and site.site_id == "hospital_x"
+    # inference.json --site_dir applies it (a * L + b, site threshold) and says so; the default run says default
+    image = sorted((data / "NORMAL").iterdir())[0]
+    rows = {}
+    for name, extra in (("default", {}), ("site", {"site_dir": str(out)})):
+        wf = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "inference.json"),
+                            meta_file=str(BUNDLE / "configs" / "metadata.json"), workflow_type="infer",
+                            bundle_root=str(BUNDLE), dataset_dir=str(image), output_dir=str(tmp_path / name),
+                            gradcam_layer=None, use_scope_gate=False, **extra)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        rows[name] = json.loads((tmp_path / name / "predictions.json").read_text())[0]
+    assert rows["default"]["calibration"] == "default" and rows["site"]["calibration"] == "site:hospital_x:2026-03-04"
+    p = rows["default"]["probability"]
+    assert rows["site"]["probability"] == pytest.approx(float(site.probabilities([np.log(p / (1 - p))])[0]), abs=1e-5)

@@ -53,6 +53,13 @@ def item_name(item: dict, key: str = "image", index: int = 0) -> str:
     return str(name) if name else f"item_{index}"
 
 
+def _calibration_label(calibration: dict) -> str:
+    """``default`` or ``site:<id>:<date>``: the calibration in force, as one CSV cell."""
+    if calibration.get("source") != "site":
+        return "default"
+    return f"site:{calibration.get('id')}:{calibration.get('date')}"
+
+
 class ClassificationWriter:
     """Collect per-image PNEUMONIA probabilities during an evaluator run and write the results.
 
@@ -71,6 +78,9 @@ class ClassificationWriter:
         gradcam_max: at most this many overlays (``None``: all).
         n_boot: bootstrap resamples for the 95 % intervals in ``metrics.json`` (``ci95``; 0: none).
         image_key, label_key, pred_key: item keys.
+        calibration: the calibration in force (:func:`cxr_monai.commissioning.calibration_in_force`: ``source``
+            ``"default"`` or ``"site"``, ``id``, ``date``, ...); when given, every row gets a ``calibration`` column
+            (``default`` or ``site:<id>:<date>``) and ``metrics.json`` the record as ``calibration``.
     """
 
     def __init__(
@@ -86,6 +96,7 @@ class ClassificationWriter:
         image_key: str = "image",
         label_key: str = "label",
         pred_key: str = "pred",
+        calibration: dict | None = None,
     ) -> None:
         if gradcam_layer is not None and network is None:
             raise ValueError("Grad-CAM needs the network")
@@ -98,6 +109,7 @@ class ClassificationWriter:
         self.gradcam_max = gradcam_max
         self.n_boot = int(n_boot)
         self.image_key, self.label_key, self.pred_key = image_key, label_key, pred_key
+        self.calibration = dict(calibration) if calibration else None
         self.rows: list[dict] = []
 
     def attach(self, engine) -> None:
@@ -120,6 +132,8 @@ class ClassificationWriter:
                    "label": self.class_names[int(prob >= self.threshold)]}
             if self.with_labels and self.label_key in item:
                 row["true_label"] = self.class_names[int(torch.as_tensor(item[self.label_key]).reshape(-1)[0])]
+            if self.calibration is not None:
+                row["calibration"] = _calibration_label(self.calibration)
             new_rows.append(row)
         if self.gradcam_layer is not None:
             self._save_gradcam([item[self.image_key] for item in outputs], new_rows)
@@ -158,7 +172,7 @@ class ClassificationWriter:
 
     def completed(self, engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        fields = sorted({k for r in self.rows for k in r}, key=["file", "probability", "label", "true_label", "gradcam", "gradcam_class"].index)
+        fields = sorted({k for r in self.rows for k in r}, key=["file", "probability", "label", "true_label", "gradcam", "gradcam_class", "calibration"].index)
         with open(self.output_dir / "predictions.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
@@ -171,6 +185,8 @@ class ClassificationWriter:
             report = classification_report(probs, labels, self.threshold)
             if self.n_boot and len(set(labels)) > 1:
                 report["ci95"] = bootstrap_ci(probs, labels, self.threshold, n_boot=self.n_boot)
+            if self.calibration is not None:
+                report["calibration"] = self.calibration
             (self.output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
             if len(set(labels)) > 1:
                 plot_roc(probs, labels, self.output_dir / "roc.png", self.threshold)
