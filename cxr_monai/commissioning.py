@@ -75,6 +75,7 @@ __all__ = [
     "write_site_calibration",
     "load_site_calibration",
     "calibration_in_force",
+    "describe_calibration",
     "site_logits",
     "default_scope_check",
     "CommissioningCollector",
@@ -658,6 +659,17 @@ def calibration_in_force(site: SiteCalibration | None, default_threshold: float 
     if default_temperature is not None:
         out["temperature"] = float(default_temperature)
     return out
+
+
+def describe_calibration(calibration: Mapping[str, Any] | None) -> str:
+    """One sentence naming the calibration in force (for the DICOM SR and other human-read outputs)."""
+    cal = dict(calibration or {"source": "default"})
+    thr = cal.get("threshold")
+    thr_s = f", threshold {float(thr):.4f}" if thr is not None else ""
+    if cal.get("source") != "site":
+        return f"Calibration in force: default (shipped with the model{thr_s})."
+    return (f"Calibration in force: site calibration '{cal.get('id')}' commissioned {cal.get('date')} "
+            f"(log-odds x {float(cal.get('a', 1.0)):.4f} + {float(cal.get('b', 0.0)):.4f}{thr_s}).")
 
 
 def site_logits(z: torch.Tensor, site: SiteCalibration | None) -> torch.Tensor:

@@ -53,6 +53,7 @@ PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 PNEUMONIA_PROBABILITY = Code("PNEU-P", _SCHEME, "Pneumonia probability (calibrated)")
 PNEUMONIA_PROBABILITY_NO_SR = Code("PNEU-P-NOSR", _SCHEME, "Pneumonia probability on the unenhanced image")
 DECISION_THRESHOLD = Code("PNEU-T", _SCHEME, "Pneumonia decision threshold")
+CALIBRATION_TEXT = Code("PNEU-CAL", _SCHEME, "Calibration in force")
 SR_APPLIED = Code("SR-APPLIED", _SCHEME, "AI super-resolution applied before classification")
 CHEST_XRAY = Code("399208008", "SCT", "Plain chest X-ray")
 NOT_FOR_DIAGNOSIS = "NOT FOR PRIMARY DIAGNOSIS"
@@ -200,7 +201,8 @@ def pneumonia_report(source: Dataset, result: Mapping[str, Any], model_info: Map
 
     Args:
         source: the classified source SOP instance.
-        result: :func:`cxr_monai.inference.classify` output (``probability``, ``label``, ``threshold``).
+        result: :func:`cxr_monai.inference.classify` output (``probability``, ``label``, ``threshold``;
+            ``calibration``, the calibration in force, is stated as a text item).
         model_info: the classifier's embedded metadata (``model_name``, ``version``).
         sr_applied: whether the classifier read the super-resolved image.
         series_uid: the output series (one per study).
@@ -241,6 +243,11 @@ def pneumonia_report(source: Dataset, result: Mapping[str, Any], model_info: Map
         qualitative_evaluations=evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
+    from cxr_monai.commissioning import describe_calibration
+
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=CALIBRATION_TEXT, value=describe_calibration(result.get("calibration"))[:1024],
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=CHEST_XRAY,

@@ -225,3 +225,31 @@ def test_commission_bundle_on_the_site_sample(tmp_path: Path) -> None:
     assert rows["default"]["calibration"] == "default" and rows["site"]["calibration"] == "site:hospital_x:2026-03-04"
     p = rows["default"]["probability"]
     assert rows["site"]["probability"] == pytest.approx(float(site.probabilities([np.log(p / (1 - p))])[0]), abs=1e-5)
+
+
+@pytest.mark.parametrize("source", ["default", "site"])
+def test_sr_report_states_the_calibration_in_force(tmp_path: Path, source: str) -> None:
+    import pydicom
+
+    from cxr_monai import dicom_out as D
+    from cxr_monai.data.phantom import write_phantom_dicom
+
+    ds = pydicom.dcmread(write_phantom_dicom(tmp_path / "p.dcm", size=128))
+    site = C.SiteCalibration(0.62, -1.85, 0.594, "hospital_x", "2026-03-04", "ab" * 32)
+    cal = site.summary() if source == "site" else C.calibration_in_force(None, 0.7434)
+    result = {"probability": 0.7, "label": "PNEUMONIA", "threshold": cal["threshold"], "calibration": cal}
+    report = D.pneumonia_report(ds, result, {"model_name": "m", "version": "1"}, sr_applied=False,
+                                series_uid=D.new_uid(), series_number=9002)
+    report = pydicom.dcmread(D.write_dataset(report, tmp_path / "sr.dcm"))
+
+    def texts(items) -> list[tuple[str, str]]:
+        out = []
+        for item in items:
+            if getattr(item, "ValueType", "") == "TEXT":
+                out.append((item.ConceptNameCodeSequence[0].CodeMeaning, str(item.TextValue)))
+            out += texts(getattr(item, "ContentSequence", []))
+        return out
+
+    found = dict(texts(report.ContentSequence))
+    assert found["Calibration in force"] == C.describe_calibration(cal)
+    assert ("site calibration 'hospital_x' commissioned 2026-03-04" in found["Calibration in force"]) == (source == "site")

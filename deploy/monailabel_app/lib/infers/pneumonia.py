@@ -95,6 +95,7 @@ class CXRPneumoniaInfer(InferTask):
             "version": self.model_info.get("version"),
             "temperature": float(self.model_info.get("temperature", 1.0)),
             "weights_sha256": self.model_info.get("weights_sha256"),
+            "calibration": out["calibration"],  # default or the site's (id, date): cxr_monai.commissioning
             "enhanced": read is not image,
             "note": note,
             "gradcam": {"class": out["cam_class"], "image": "RGB PNG overlay on the input, same size",
