@@ -562,7 +562,8 @@ def _plot(report: Mapping[str, Any], path: Path) -> Path:
     site_p, site_y = cv["probs"].ravel(), np.tile(y, cv["probs"].shape[0])
     default_p = _sigmoid(x)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
-    for p, yy, name in ((default_p, y, "default"), (site_p, site_y, "site (out-of-fold)")):
+    pooled = f"site, out-of-fold ({cv['probs'].shape[0]} repeats pooled)"
+    for p, yy, name in ((default_p, y, "default"), (site_p, site_y, pooled)):
         rb = reliability_bins(p, yy, 1, 10)
         ax1.plot(rb["confidence"], rb["frequency"], "o-", label=f"{name}, ECE {expected_calibration_error(p, yy):.3f}")
         fpr, tpr, _ = roc_curve(p, yy)

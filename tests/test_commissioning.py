@@ -252,4 +252,5 @@ def test_sr_report_states_the_calibration_in_force(tmp_path: Path, source: str) 
 
     found = dict(texts(report.ContentSequence))
     assert found["Calibration in force"] == C.describe_calibration(cal)
-    assert ("site calibration 'hospital_x' commissioned 2026-03-04" in found["Calibration in force"]) == (source == "site")
+    named = "site calibration 'hospital_x' commissioned 2026-03-04" in found["Calibration in force"]
+    assert named == (source == "site")
