@@ -254,3 +254,34 @@ def test_sr_report_states_the_calibration_in_force(tmp_path: Path, source: str) 
     assert found["Calibration in force"] == C.describe_calibration(cal)
     named = "site calibration 'hospital_x' commissioned 2026-03-04" in found["Calibration in force"]
     assert named == (source == "site")
+
+
+def test_collector_uses_the_scope_check_it_is_given() -> None:
+    """The scope function is a parameter: a stand-in gate refusing some images keeps them out of the fit."""
+    from types import SimpleNamespace
+
+    from monai.data import MetaTensor
+
+    from cxr_monai.scope import ScopeDecision
+
+    calls = []
+
+    def stand_in(x: torch.Tensor, metas) -> list:
+        calls.append((tuple(x.shape), len(metas)))
+        return [ScopeDecision(True) if m["adult"] == 0 else ScopeDecision(False, "header: adult") for m in metas]
+
+    col = C.CommissioningCollector(scope_check=stand_in, temperature=2.0)
+    x, y = _scores(60, 0.7, -0.3, seed=8)
+    for start in range(0, 60, 16):
+        batch = [{"pred": torch.tensor([0.0, float(2.0 * x[i])]), "label": torch.tensor(int(y[i])),
+                  "image": MetaTensor(torch.zeros(1, 8, 8), meta={"filename_or_obj": f"img{i}.png",
+                                                                   "adult": i % 10 == 0})}
+                 for i in range(start, min(start + 16, 60))]
+        col.iteration_completed(SimpleNamespace(state=SimpleNamespace(output=batch)))
+    assert calls[0] == ((16, 1, 8, 8), 16) and len(col.labels) == 60
+    np.testing.assert_allclose(col.logodds, x, rtol=1e-6, atol=1e-5)  # (z1 - z0) / T
+    assert sum(not s for s in col.in_scope) == 6 and col.reasons[0] == "header: adult"
+    rep = C.commission(col.logodds, col.labels, MODEL, "s", in_scope=col.in_scope, scope_reasons=col.reasons,
+                       files=col.files, n_repeats=2, n_boot=20, min_per_class=5)
+    assert rep["sample"]["n_out_of_scope"] == 6 and rep["sample"]["out_of_scope"][0]["file"] == "img0.png"
+    assert rep["expected"]["n"] == 54
