@@ -513,6 +513,10 @@ def commission(
     g = None if groups is None else np.asarray(groups).astype(str)[keep]
     xk, yk = x[keep], y[keep]
     a, b, threshold, prevalence = fit_site_calibration(xk, yk, ridge)
+    if not a > 0:
+        raise CommissioningError(
+            f"the fitted slope a = {a:.3f} is not positive: on this sample the model's scores do not rank PNEUMONIA "
+            "above NORMAL, so no recalibration can make it usable here (check the labels and the images)")
     cv = cross_validate(xk, yk, g, n_folds, n_repeats, seed, ridge)
     expected = cv_bootstrap(cv["probs"], cv["decisions"], yk, n_boot, seed)
     expected["method"] = (f"repeated cross-validation inside the sample: {n_folds} folds stratified by class and "

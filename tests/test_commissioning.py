@@ -71,6 +71,12 @@ def test_refuses_a_mostly_out_of_scope_sample() -> None:
         C.commission(x, y, MODEL, "site", in_scope=in_scope, n_repeats=2, n_boot=20)
 
 
+def test_refuses_a_sample_the_model_ranks_backwards() -> None:
+    x, y = _scores(200, -1.0, 0.0, seed=9)  # swapped labels: the model's log-odds point the wrong way
+    with pytest.raises(C.CommissioningError, match="not positive"):
+        C.commission(x, y, MODEL, "site", n_repeats=2, n_boot=20)
+
+
 def test_refuses_a_calibration_for_other_weights(tmp_path: Path) -> None:
     x, y = _scores(120, 0.7, -0.5, seed=4)
     weights = tmp_path / "model.pt"
