@@ -23,6 +23,12 @@ from cxr_monai.transforms import PercentileNormalize
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Two code paths computing the same features agree to float32 precision (1e-5 relative; features are O(1),
+    so 1e-6 absolute covers values near 0), not bit for bit: kernels differ across CPUs and batch sizes."""
+    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def net() -> nn.Module:
     torch.manual_seed(123)
@@ -50,9 +56,10 @@ def test_pooled_mode_equals_the_networks_own_features(net: nn.Module, images: to
         unified = ClassifierFeatureWrapper(net, output="pooled", input_size=size, normalise=True)(images)
         legacy = ClassifierFeatures(net, input_size=size)(images)
         assert unified.shape == (3, 256)
-        assert torch.equal(unified, expected) and torch.equal(legacy, expected)
-    # no resize and no normalisation: exactly net.features
-    assert torch.equal(ClassifierFeatureWrapper(net)(images), net.features(images))
+        close(unified, expected)
+        close(legacy, expected)
+    # no resize and no normalisation: net.features
+    close(ClassifierFeatureWrapper(net)(images), net.features(images))
     # the normalised input really is what the network saw: each image spans [0, 1]
     prepared = ClassifierFeatures(net, input_size=64).prepare(images)
     assert prepared.shape == (3, 1, 64, 64)
@@ -67,9 +74,12 @@ def test_maps_mode_equals_the_networks_own_feature_maps(net: nn.Module, images: 
     legacy = ClassifierFeatureExtractor(net, layers=(1, 2, 3))(images)
     assert len(unified) == len(legacy) == 3
     for i, (u, lg) in enumerate(zip(unified, legacy), start=1):
-        assert torch.equal(u, expected[i]) and torch.equal(lg, expected[i])
+        close(u, expected[i])
+        close(lg, expected[i])
     every = ClassifierFeatureWrapper(net, output="maps")(images)  # layers=None: all five maps
-    assert len(every) == 5 and all(torch.equal(a, b) for a, b in zip(every, expected))
+    assert len(every) == 5
+    for a, b in zip(every, expected):
+        close(a, b)
 
 
 def test_freeze_keeps_eval_mode_and_gradients_reach_the_input() -> None:
@@ -130,13 +140,15 @@ def test_one_loader_behind_both_entry_points(tmp_path: Path, net: nn.Module, ima
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), net.state_dict().values()))
     maps = loss_extractor(bundle)
     assert isinstance(maps, ClassifierFeatureExtractor)
-    assert all(torch.equal(a, b) for a, b in zip(maps(images), net.feature_maps(images)[1:4]))
+    for a, b in zip(maps(images), net.feature_maps(images)[1:4]):
+        close(a, b)
     pooled = metric_extractor(bundle, input_size=64)
     assert isinstance(pooled, ClassifierFeatures) and pooled.freeze
     pooled.train()
     assert not pooled.network.training
     expected = _expected_pooled(net, images, 64).double()
-    assert torch.equal(extract_features(images, pooled, batch_size=2), expected)
+    # batches of 2 against one batch of 3: oneDNN may pick other kernels per batch size (not bit-exact)
+    close(extract_features(images, pooled, batch_size=2), expected)
 
 
 def test_loader_refuses_missing_weights_unless_told(tmp_path: Path) -> None:
@@ -158,9 +170,7 @@ def test_loader_refuses_missing_weights_unless_told(tmp_path: Path) -> None:
 
 @torch.no_grad()
 def test_shipped_reference_network_loads(project_root: Path) -> None:
-    bundle = project_root / "bundles" / "cxr_pneumonia_classifier"
-    if not (bundle / "models" / "feature_extractor.pt").is_file():
-        pytest.skip("the classifier bundle's models/feature_extractor.pt is absent")
+    bundle = project_root / "bundles" / "cxr_pneumonia_classifier"  # ships models/feature_extractor.pt
     cfg = json.loads((bundle / "configs" / "feature_extractor.json").read_text())
     ext = metric_extractor(bundle, input_size=int(cfg["image_size"]))
     feats = ext(torch.rand(2, 1, 100, 100))

@@ -23,20 +23,10 @@ from cxr_monai.data.phantom import (
     write_phantom_dataset,
     write_phantom_dicom,
 )
+from cxr_monai.io import load_cxr
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
-
-
-def load_cxr_or_skip():
-    """``cxr_monai.io.load_cxr``, or skip when the io module is not there (it is written concurrently)."""
-    try:
-        from cxr_monai.io import load_cxr
-    except ModuleNotFoundError as err:
-        if err.name != "cxr_monai.io":
-            raise
-        pytest.skip("cxr_monai.io is not available yet")
-    return load_cxr
 
 
 # ------------------------------------------------------------------------------------------- image contract
@@ -243,7 +233,6 @@ def test_dicom_passes_dciodvfy(tmp_path, modality):
 
 @pytest.mark.parametrize("modality", ["CR", "DX"])
 def test_dicom_round_trip_through_load_cxr(tmp_path, modality):
-    load_cxr = load_cxr_or_skip()
     hw = (160, 144)
     path = write_phantom_dicom(tmp_path / "p.dcm", size=hw, seed=6, consolidation=True, modality=modality)
     image, meta = load_cxr(path)

@@ -101,8 +101,7 @@ def test_real_cxr_bicubic_baseline(shared_data: Path) -> None:
     from cxr_monai.io import load_cxr
 
     files = sorted((shared_data / "kermany_hr" / "NORMAL").glob("*.jpeg"))
-    if not files:
-        pytest.skip("kermany_hr not available")
+    assert files, "kermany_hr/NORMAL holds no JPEG: the shared data moved?"
     img, _ = load_cxr(files[0])
     h, w = img.shape[1:]
     hr = torch.from_numpy(np.ascontiguousarray(img[:, h // 2 - 128 : h // 2 + 128, w // 2 - 128 : w // 2 + 128]))

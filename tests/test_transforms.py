@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from monai.transforms import Compose, GaussianSmooth
 from PIL import Image
 from scipy import ndimage
 
+from cxr_monai.data.phantom import make_phantom
 from cxr_monai.transforms import (
     BicubicUpsample,
     BicubicUpsampled,
@@ -31,8 +31,7 @@ from cxr_monai.transforms import (
     low_dose_noise,
     simulate_low_resolution,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.conftest import SHARED_DATA
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -496,8 +495,7 @@ def test_paired_degradation_metatensor_and_compose_seed() -> None:
 
 
 def test_degradation_on_phantom_matches_reference() -> None:
-    phantom = pytest.importorskip("cxr_monai.data.phantom")
-    img, _ = phantom.make_phantom(size=256, seed=3)
+    img, _ = make_phantom(size=256, seed=3)
     pair = PairedDegradationd(sigma=1.0, scale=4, patch_size=128).set_random_state(0)({"hr": img})
     assert pair["hr"].shape == (1, 128, 128) and pair["lr"].shape == (1, 32, 32)
     np.testing.assert_allclose(pair["lr"], reference_degrade(np.asarray(pair["hr"]), 1.0, 4, "pil"), atol=2e-6)
