@@ -32,6 +32,8 @@ from torch import nn
 __all__ = [
     "CLASSIFIER_NAME",
     "SR_NAME",
+    "SCOPE_NAME",
+    "export_scope_gate",
     "META_FILE",
     "CalibratedClassifier",
     "DeployModelError",
@@ -44,6 +46,9 @@ __all__ = [
 
 CLASSIFIER_NAME = "cxr_pneumonia"
 SR_NAME = "cxr_sr"
+SCOPE_NAME = "cxr_scope"
+SCOPE_FILE = "scope_gate.ts"
+"""The intended-population gate in the classifier bundle's ``models/`` (written by ``configs/scope_train.json``)."""
 META_FILE = "cxr_monai.json"
 FORMAT_VERSION = 1
 
@@ -113,6 +118,7 @@ def _save_atomic(module: torch.jit.ScriptModule, meta: Mapping[str, Any], path: 
     os.close(fd)
     try:
         torch.jit.save(module, tmp, _extra_files={META_FILE: json.dumps(dict(meta), indent=1)})
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600: a container running as another user must read it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -208,6 +214,22 @@ def export_sr(bundle_root: str | os.PathLike, out_file: str | os.PathLike, tile_
     return _save_atomic(module, info, Path(out_file))
 
 
+def export_scope_gate(bundle_root: str | os.PathLike, out_file: str | os.PathLike) -> Path:
+    """Copy the classifier bundle's intended-population gate (``models/scope_gate.ts``, TorchScript with its
+    thresholds embedded) into the deploy layout, adding the bundle's name, version and the gate's hash."""
+    from cxr_monai.scope import load_scope_gate, save_scope_gate
+
+    root = Path(bundle_root)
+    src = root / "models" / SCOPE_FILE
+    if not src.is_file():
+        raise DeployModelError(f"{src}: scope gate missing (train it with configs/scope_train.json)")
+    gate = load_scope_gate(src)
+    meta = _bundle_meta(root)
+    info = {**gate.info, "format_version": FORMAT_VERSION, "bundle": meta.get("name", "cxr_pneumonia_classifier"),
+            "bundle_version": meta["version"], "weights_sha256": _sha256(src)}
+    return save_scope_gate(gate.module, info, out_file)
+
+
 def export_deploy_models(classifier_bundle: str | os.PathLike, sr_bundle: str | os.PathLike,
                          out_dir: str | os.PathLike, site_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     """Write ``out_dir/cxr_pneumonia/model.ts`` and ``out_dir/cxr_sr/model.ts`` (the SDK's named-model
@@ -217,6 +239,7 @@ def export_deploy_models(classifier_bundle: str | os.PathLike, sr_bundle: str | 
     written = {
         CLASSIFIER_NAME: export_classifier(classifier_bundle, out / CLASSIFIER_NAME / "model.ts", site_dir),
         SR_NAME: export_sr(sr_bundle, out / SR_NAME / "model.ts"),
+        SCOPE_NAME: export_scope_gate(classifier_bundle, out / SCOPE_NAME / "model.ts"),
     }
     for name, path in written.items():
         extra = [p for p in path.parent.iterdir() if p != path]
@@ -246,7 +269,7 @@ def load_deploy_model(path: str | os.PathLike, device: str | torch.device = "cpu
     Args:
         path: the ``model.ts`` file.
         device: where to map the module.
-        kind: expected ``"classifier"`` or ``"super_resolution"`` (checked when given).
+        kind: expected ``"classifier"``, ``"super_resolution"`` or ``"scope_gate"`` (checked when given).
 
     Raises:
         DeployModelError: the file is missing, not TorchScript, has no ``cxr_monai.json``, or is of

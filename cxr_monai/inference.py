@@ -28,6 +28,7 @@ __all__ = [
     "super_resolve",
     "classifier_input",
     "classify",
+    "check_scope",
 ]
 
 DEFAULT_SR_MAX_SIDE = 1024
@@ -172,3 +173,17 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
         out["cam_class"] = names[label_idx]
         out["network_input"] = x[0, 0].cpu().numpy()
     return out
+
+
+def check_scope(gate: Any, image: np.ndarray | torch.Tensor, meta: Mapping[str, Any] | None = None,
+                image_size: int = 160):
+    """The intended-population decision (:class:`cxr_monai.scope.ScopeDecision`) of one image: the header
+    rules on ``meta`` and the image check on the classifier's network input of ``image``.
+
+    Args:
+        gate: :class:`cxr_monai.scope.ScopeGate` (:func:`cxr_monai.scope.load_scope_gate`).
+        image: ``(1, H, W)`` in ``[0, 1]``: the image as read, before any super-resolution.
+        meta: its metadata from :func:`cxr_monai.io.load_cxr` (``None``: no headers, image check only).
+        image_size: the classifier's input side (the model's embedded ``image_size``).
+    """
+    return gate.check(classifier_input(image, int(image_size)), [meta])[0]

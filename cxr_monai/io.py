@@ -44,7 +44,8 @@ source: ``MONOCHROME1``/``MONOCHROME2``/``RGB``...), ``modality``, ``body_part``
 ``study_uid``, ``series_uid``, ``sop_uid``, ``sop_class_uid`` (``None`` for non-DICOM),
 ``original_shape`` (``(H, W)``), ``format`` (``dicom``/``png``/``jpeg``/``tiff``/``nifti``), ``intensity``
 (the rule applied: ``voi_lut``/``window``/``minmax``/``divide_255``/``divide_65535``/``unit_range``),
-``inverted``, ``transfer_syntax`` (DICOM) and ``dicom_tags`` (a dict of patient/study attributes
+``inverted``, ``transfer_syntax`` (DICOM), ``colourfulness`` (mean chroma of a colour PNG/JPEG/TIFF in
+[0, 1], 0 for grey sources; read by the intended-population gate) and ``dicom_tags`` (a dict of patient/study attributes
 as strings, ``""`` when absent, always the same keys), used by :func:`write_derived_dicom` to keep
 derived images in the study.
 """
@@ -217,6 +218,7 @@ def _base_meta(path: Path, fmt: str) -> dict[str, Any]:
         "intensity": None,
         "inverted": False,
         "transfer_syntax": None,
+        "colourfulness": 0.0,
         "dicom_tags": {k: "" for k in _DICOM_TAG_KEYWORDS},
     }
 
@@ -444,6 +446,7 @@ def _read_pil(path: Path, kind: str, max_pixels: int) -> tuple[np.ndarray, dict[
             raise CXRInputError(path, f"cannot decode {fmt.upper()} data ({type(err).__name__}: {err})") from err
         mode = img.mode
         photometric = "MONOCHROME2"
+        colourfulness = 0.0
         if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
             arr, bits, rule = np.asarray(img).astype(np.float64) / 65535.0, 16, "divide_65535"
         elif mode == "I":
@@ -468,6 +471,8 @@ def _read_pil(path: Path, kind: str, max_pixels: int) -> tuple[np.ndarray, dict[
             rgb = np.asarray(img.convert("RGB"), dtype=np.float64)
             arr, bits, rule = rgb @ _BT601 / 255.0, 8, "divide_255"
             photometric = "RGB"
+            # mean chroma (max - min channel, in [0, 1]): ~0 for a radiograph stored as RGB, > 0.05 for a photograph
+            colourfulness = float((rgb.max(axis=2) - rgb.min(axis=2)).mean() / 255.0)
         else:
             raise CXRInputError(path, f"unsupported {fmt.upper()} pixel mode {mode!r}")
     if arr.shape != (height, width):
@@ -475,7 +480,8 @@ def _read_pil(path: Path, kind: str, max_pixels: int) -> tuple[np.ndarray, dict[
     if not arr.max() > arr.min():
         raise CXRInputError(path, f"constant image (every pixel is {float(arr.min()):g}): nothing to see")
     meta = _base_meta(path, fmt)
-    meta.update(bits_stored=bits, photometric=photometric, original_shape=(height, width), intensity=rule)
+    meta.update(bits_stored=bits, photometric=photometric, original_shape=(height, width), intensity=rule,
+                colourfulness=colourfulness)
     return arr, meta
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,6 +82,10 @@ class ClassificationWriter:
         calibration: the calibration in force (:func:`cxr_monai.commissioning.calibration_in_force`: ``source``
             ``"default"`` or ``"site"``, ``id``, ``date``, ...); when given, every row gets a ``calibration`` column
             (``default`` or ``site:<id>:<date>``) and ``metrics.json`` the record as ``calibration``.
+        scope_gate: the intended-population gate (:class:`cxr_monai.scope.ScopeGate`); when given, every row
+            gets ``in_scope`` (1/0) and ``scope_reason`` (empty when in scope), an out-of-scope image is labelled
+            ``OUT_OF_SCOPE`` (its probability is still written) and gets no Grad-CAM, and ``metrics.json`` is
+            computed on in-scope images only, with ``n_out_of_scope`` added.
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class ClassificationWriter:
         image_key: str = "image",
         label_key: str = "label",
         pred_key: str = "pred",
+        scope_gate: Any | None = None,
         calibration: dict | None = None,
     ) -> None:
         if gradcam_layer is not None and network is None:
@@ -109,6 +115,7 @@ class ClassificationWriter:
         self.gradcam_max = gradcam_max
         self.n_boot = int(n_boot)
         self.image_key, self.label_key, self.pred_key = image_key, label_key, pred_key
+        self.scope_gate = scope_gate
         self.calibration = dict(calibration) if calibration else None
         self.rows: list[dict] = []
 
@@ -135,15 +142,25 @@ class ClassificationWriter:
             if self.calibration is not None:
                 row["calibration"] = _calibration_label(self.calibration)
             new_rows.append(row)
+        if self.scope_gate is not None:
+            from cxr_monai.scope import OUT_OF_SCOPE
+
+            images = [torch.as_tensor(item[self.image_key]) for item in outputs]
+            metas = [getattr(item[self.image_key], "meta", None) for item in outputs]
+            for row, decision in zip(new_rows, self.scope_gate.check(torch.stack(images), metas)):
+                row["in_scope"], row["scope_reason"] = int(decision.in_scope), decision.reason
+                if not decision.in_scope:
+                    row["label"] = OUT_OF_SCOPE
         if self.gradcam_layer is not None:
-            self._save_gradcam([item[self.image_key] for item in outputs], new_rows)
+            keep = [i for i, r in enumerate(new_rows) if r.get("in_scope", 1)]
+            self._save_gradcam([outputs[i][self.image_key] for i in keep], [new_rows[i] for i in keep])
         self.rows += new_rows
 
     def _save_gradcam(self, images: list[torch.Tensor], rows: list[dict]) -> None:
         from cxr_monai.explain import gradcam, gradcam_split, save_overlay
 
         budget = len(rows) if self.gradcam_max is None else max(0, self.gradcam_max - len(self.rows))
-        if budget == 0:
+        if budget == 0 or not rows:
             return
         device = next(self.network.parameters()).device
         images = torch.stack([torch.as_tensor(x) for x in images[:budget]]).to(device)
@@ -172,19 +189,23 @@ class ClassificationWriter:
 
     def completed(self, engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        fields = sorted({k for r in self.rows for k in r}, key=["file", "probability", "label", "true_label", "gradcam", "gradcam_class", "calibration"].index)
+        order = ["file", "probability", "label", "in_scope", "scope_reason", "true_label", "gradcam", "gradcam_class", "calibration"]
+        fields = sorted({k for r in self.rows for k in r}, key=order.index)
         with open(self.output_dir / "predictions.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(self.rows)
         (self.output_dir / "predictions.json").write_text(json.dumps(self.rows, indent=1))
-        labelled = [r for r in self.rows if "true_label" in r]
+        labelled = [r for r in self.rows if "true_label" in r and r.get("in_scope", 1)]
+        n_out = sum(1 for r in self.rows if not r.get("in_scope", 1))
         if self.with_labels and labelled:
             probs = [r["probability"] for r in labelled]
             labels = [self.class_names.index(r["true_label"]) for r in labelled]
             report = classification_report(probs, labels, self.threshold)
             if self.n_boot and len(set(labels)) > 1:
                 report["ci95"] = bootstrap_ci(probs, labels, self.threshold, n_boot=self.n_boot)
+            if self.scope_gate is not None:
+                report["n_out_of_scope"] = n_out
             if self.calibration is not None:
                 report["calibration"] = self.calibration
             (self.output_dir / "metrics.json").write_text(json.dumps(report, indent=2))

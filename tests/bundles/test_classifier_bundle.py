@@ -75,7 +75,7 @@ def test_ensemble_evaluate_and_inference_on_trained_weights(trained, tmp_path, m
         _workflow(["train.json", "ensemble.json"], None, models_dir=str(tmp_path / "none"), **common)
     ev = tmp_path / "eval"
     _workflow("evaluate.json", "eval", models_dir=str(models), dataset_dir=str(trained["data"]), output_dir=str(ev),
-              image_size=64, ensemble_members=2, n_boot=50)
+              image_size=64, ensemble_members=2, n_boot=50, use_scope_gate=False)
     metrics = json.loads((ev / "metrics.json").read_text())
     for key in ("accuracy", "precision", "recall", "f1", "specificity", "auc", "confusion_matrix", "threshold", "n"):
         assert key in metrics
@@ -91,7 +91,7 @@ def test_ensemble_evaluate_and_inference_on_trained_weights(trained, tmp_path, m
     inf = tmp_path / "inf"
     one = sorted((trained["data"] / "PNEUMONIA").iterdir())[0]
     _workflow("inference.json", "infer", models_dir=str(models), dataset_dir=str(one.parent), output_dir=str(inf),
-              image_size=64, ensemble_members=2)
+              image_size=64, ensemble_members=2, use_scope_gate=False)
     preds = json.loads((inf / "predictions.json").read_text())
     assert len(preds) == 6 and all(0.0 <= p["probability"] <= 1.0 for p in preds)
     assert all(p["label"] in ("NORMAL", "PNEUMONIA") for p in preds)
@@ -133,3 +133,40 @@ def test_gpu_switches_default_off_on_cpu_and_channels_last_trains(phantom_datase
     conv = wf.parser.get_parsed_content("network").layer1[0].conv1.weight  # (C, C, 3, 3): formats differ
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert (out / "model.pt").is_file()
+
+
+def test_shipped_inference_and_evaluate_apply_the_scope_gate(tmp_path):
+    """The shipped ensemble with its gate: a Kermany child is assessed; noise, a generated document and the
+    shared adult film are labelled OUT_OF_SCOPE with a reason (probability still written, no Grad-CAM), and
+    metrics.json counts only in-scope images and reports n_out_of_scope."""
+    import numpy as np
+
+    from cxr_monai.data import make_negative
+    from cxr_monai.io import save_png
+    from tests.conftest import SHARED_DATA
+
+    data = tmp_path / "data"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (data / cls).mkdir(parents=True)
+        for f in sorted((SHARED_DATA / "kermany224" / "train" / cls).glob("*.jpeg"))[:2]:
+            (data / cls / f.name).write_bytes(f.read_bytes())
+    rng = np.random.default_rng(5)
+    save_png(data / "NORMAL" / "noise.png", make_negative("uniform_noise", rng, 224))
+    save_png(data / "PNEUMONIA" / "document.png", make_negative("document", rng, 224))
+    adult = sorted((SHARED_DATA / "adult_normal_nih").glob("*.png"))[0]
+    (data / "NORMAL" / adult.name).write_bytes(adult.read_bytes())
+    ev = tmp_path / "eval"
+    _workflow("evaluate.json", "eval", dataset_dir=str(data), output_dir=str(ev), n_boot=20, gradcam_layer="cam_features")
+    rows = {Path(r["file"]).name: r for r in json.loads((ev / "predictions.json").read_text())}
+    assert len(rows) == 7
+    out = {n for n, r in rows.items() if r["in_scope"] == 0}
+    assert out == {"noise.png", "document.png", adult.name}
+    for n in out:
+        assert rows[n]["label"] == "OUT_OF_SCOPE" and rows[n]["scope_reason"].startswith("image check:")
+        assert 0.0 <= rows[n]["probability"] <= 1.0 and "gradcam" not in rows[n]
+    for n in set(rows) - out:
+        assert rows[n]["label"] in ("NORMAL", "PNEUMONIA") and rows[n]["scope_reason"] == "" and rows[n]["gradcam"]
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["n"] == 4 and metrics["n_out_of_scope"] == 3
+    header = (ev / "predictions.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["file", "probability", "label", "in_scope", "scope_reason"]

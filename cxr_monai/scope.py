@@ -1,0 +1,248 @@
+"""The intended-population gate: one scope check for the pneumonia classifier, used by the bundle's
+inference/evaluation/commissioning, the MONAI Deploy app and the MONAI Label app.
+
+Intended use (:data:`INTENDED_USE`): frontal (PA/AP) chest radiographs of children, the population of the
+training data (Kermany cohort, Guangzhou Women and Children's Medical Center, ages about 1-5 years).
+Everything else is out of scope: adults, non-chest radiographs, lateral views, CT/MR/ultrasound slices,
+photographs, documents, noise.
+
+The check has two parts, applied in this order; the first that refuses gives the reason:
+
+1. **Header rules** (:func:`header_scope_reason`), when there are headers: a colour source image, a
+   DICOM modality other than CR/DX, a stated body part that is not the chest or a lateral view
+   (:func:`cxr_monai.io.skip_reason`, what every chest model refuses), a patient
+   older than :data:`MAX_AGE_YEARS` (PatientAge, else PatientBirthDate against StudyDate). Absent tags
+   refuse nothing.
+2. **Image check** (:class:`ScopeGate`), which needs no tags: a small CNN
+   (:class:`~cxr_monai.networks.ScopeNet`) trained on in-population Kermany radiographs against adult
+   radiographs and generated non-radiographs reads the classifier's own network input; the image is out
+   of scope when its out-of-scope probability or the Mahalanobis distance of its features from the
+   in-population training images is above a threshold calibrated on the in-population validation split
+   (together at most 2 % refused there).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "INTENDED_USE",
+    "MAX_AGE_YEARS",
+    "IN_SCOPE_MODALITIES",
+    "MAX_COLOURFULNESS",
+    "OUT_OF_SCOPE",
+    "SCOPE_KIND",
+    "ScopeDecision",
+    "ScopeGate",
+    "patient_age_years",
+    "header_scope_reason",
+    "save_scope_gate",
+    "load_scope_gate",
+    "decisions_summary",
+]
+
+INTENDED_USE = ("Intended use: frontal (PA/AP) chest radiographs of children (the training population: "
+                "Kermany paediatric cohort, ages about 1-5 years). Adults, non-chest and lateral radiographs, "
+                "CT/MR/ultrasound slices, photographs and documents are out of scope and are not assessed.")
+"""The sentence every output that carries a finding repeats."""
+
+MAX_AGE_YEARS = 10.0
+"""Patients older than this (in years, from the header) are out of scope. The training cohort is 1-5 years;
+the margin up to 10 years is not validated (no such images here) and is stated in the model card."""
+
+IN_SCOPE_MODALITIES = ("CR", "DX")
+"""DICOM modalities of projection radiography the classifier reads; an absent modality (PNG, JPEG) passes."""
+
+MAX_COLOURFULNESS = 0.04
+"""A colour source whose mean chroma (``meta['colourfulness']``, max - min channel in [0, 1]) is above this is
+not a radiograph (a radiograph saved as RGB has ~0)."""
+
+OUT_OF_SCOPE = "OUT_OF_SCOPE"
+"""The label written instead of NORMAL/PNEUMONIA for an image outside the intended population."""
+
+SCOPE_KIND = "scope_gate"
+
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+@dataclass(frozen=True)
+class ScopeDecision:
+    """Whether one image is in the intended population, and why not.
+
+    Attributes:
+        in_scope: the classifier may assess the image.
+        reason: a sentence naming the rule that refused it (``""`` when in scope).
+        probability: the image check's out-of-scope probability (``None`` when it did not run).
+        distance: the image check's feature distance (``None`` when it did not run).
+    """
+
+    in_scope: bool
+    reason: str = ""
+    probability: float | None = None
+    distance: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _tag(tags: Mapping[str, Any], key: str) -> str:
+    value = tags.get(key, "") if tags else ""
+    if isinstance(value, (list, tuple)):
+        raise ValueError(f"dicom_tags[{key!r}] is a {type(value).__name__}: decollate batched metadata first")
+    return str(value or "").strip()
+
+
+def _da(value: str) -> _dt.date | None:
+    try:
+        return _dt.datetime.strptime(value[:8], "%Y%m%d").date() if len(value) >= 8 else None
+    except ValueError:
+        return None
+
+
+def patient_age_years(tags: Mapping[str, Any] | None) -> float | None:
+    """Patient age in years from DICOM tags: PatientAge (``nnnD/W/M/Y``) when valid, else PatientBirthDate
+    against StudyDate; ``None`` when neither is usable (absent, malformed, birth after the study)."""
+    tags = tags or {}
+    m = _AGE.match(_tag(tags, "PatientAge"))
+    if m:
+        return int(m.group(1)) * _AGE_UNIT_YEARS[m.group(2).upper()]
+    birth, study = _da(_tag(tags, "PatientBirthDate")), _da(_tag(tags, "StudyDate"))
+    if birth is None or study is None or study < birth:
+        return None
+    return (study - birth).days / 365.25
+
+
+def header_scope_reason(meta: Mapping[str, Any] | None, max_age_years: float = MAX_AGE_YEARS) -> str | None:
+    """Why the headers put an image outside the intended population, or ``None`` when they do not.
+
+    Args:
+        meta: metadata of one image (:func:`cxr_monai.io.load_cxr`, or a decollated MetaTensor's meta).
+        max_age_years: patients older than this are out of scope.
+    """
+    if not meta:
+        return None
+    from cxr_monai.io import skip_reason
+
+    colour = meta.get("colourfulness")
+    if isinstance(colour, (int, float)) and not isinstance(colour, bool) and colour > MAX_COLOURFULNESS:
+        return f"colour image (mean chroma {colour:.3f} > {MAX_COLOURFULNESS}): not a radiograph"
+    modality = str(meta.get("modality") or "").strip().upper()
+    if modality and modality not in IN_SCOPE_MODALITIES:
+        return f"modality {modality!r} is not projection radiography (CR/DX)"
+    reason = skip_reason(meta)  # not a frontal chest radiograph: body part, non-projection modality, lateral view
+    if reason:
+        return reason
+    age = patient_age_years(meta.get("dicom_tags") or {})
+    if age is not None and age > max_age_years:
+        return (f"patient age {age:.1f} years is above {max_age_years:g}: the classifier was trained on children "
+                "(about 1-5 years)")
+    return None
+
+
+class ScopeGate:
+    """The image check with its thresholds, around a TorchScript :class:`~cxr_monai.networks.ScopeGateModule`.
+
+    Args:
+        module: ``forward(x) -> (N, 2)`` (out-of-scope probability, feature distance).
+        info: the embedded metadata; needs ``thresholds`` (``probability``, ``distance``) and ``image_size``.
+        device: where ``module`` lives.
+    """
+
+    def __init__(self, module: torch.nn.Module, info: Mapping[str, Any], device: str | torch.device = "cpu") -> None:
+        th = info.get("thresholds") or {}
+        if "probability" not in th or "distance" not in th:
+            raise ValueError("scope gate info lacks thresholds.probability / thresholds.distance")
+        self.module = module.eval()
+        self.info = dict(info)
+        self.device = torch.device(device)
+        self.probability_threshold = float(th["probability"])
+        self.distance_threshold = float(th["distance"])
+        self.image_size = int(info.get("image_size", 160))
+        self.max_age_years = float(info.get("max_age_years", MAX_AGE_YEARS))
+
+    def _fit_size(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"x must be the classifier input (N, 1, S, S), got {tuple(x.shape)}")
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                                align_corners=False, antialias=True)
+        return x
+
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2) out-of-scope probability and feature distance of a batch of classifier inputs."""
+        x = torch.as_tensor(x).float()
+        return self.module(self._fit_size(x).to(self.device)).float().cpu()
+
+    def decide(self, probability: float, distance: float) -> ScopeDecision:
+        """The image check's decision from its two scores."""
+        if probability > self.probability_threshold:
+            return ScopeDecision(False, f"image check: not like a paediatric frontal chest radiograph "
+                                        f"(out-of-scope probability {probability:.3f} > "
+                                        f"{self.probability_threshold:.3f})", probability, distance)
+        if distance > self.distance_threshold:
+            return ScopeDecision(False, f"image check: unlike the training radiographs (feature distance "
+                                        f"{distance:.1f} > {self.distance_threshold:.1f})", probability, distance)
+        return ScopeDecision(True, "", probability, distance)
+
+    def check(self, x: torch.Tensor, metas: Sequence[Mapping[str, Any] | None] | None = None) -> list[ScopeDecision]:
+        """The scope decision of each image of a batch.
+
+        Args:
+            x: the classifier's network input (N, 1, S, S) (:func:`cxr_monai.transforms.classifier_preprocessing`).
+            metas: per-image metadata for the header rules (``None`` entries or ``None``: no headers).
+        """
+        metas = list(metas) if metas is not None else [None] * int(x.shape[0])
+        if len(metas) != int(x.shape[0]):
+            raise ValueError(f"{len(metas)} metas for {int(x.shape[0])} images")
+        s = self.scores(x)
+        out = []
+        for meta, (p, d) in zip(metas, s.tolist()):
+            reason = header_scope_reason(meta, self.max_age_years)
+            if reason:
+                out.append(ScopeDecision(False, f"header: {reason}", p, d))
+            else:
+                out.append(self.decide(p, d))
+        return out
+
+
+def save_scope_gate(module: torch.nn.Module, info: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Script ``module`` and write it with ``info`` embedded (kind ``scope_gate``), atomically."""
+    from cxr_monai.export import _save_atomic
+
+    info = {**dict(info), "kind": SCOPE_KIND}
+    for key in ("thresholds", "image_size"):
+        if key not in info:
+            raise ValueError(f"scope gate info needs {key!r}")
+    return _save_atomic(torch.jit.script(module.eval()), info, Path(path))
+
+
+def load_scope_gate(path: str | os.PathLike, device: str | torch.device = "cpu") -> ScopeGate:
+    """Read a gate written by :func:`save_scope_gate` (the bundle's ``models/scope_gate.ts`` or the deploy
+    copy ``cxr_scope/model.ts``)."""
+    from cxr_monai.export import load_deploy_model
+
+    module, info = load_deploy_model(path, device, kind=SCOPE_KIND)
+    return ScopeGate(module, info, device)
+
+
+def decisions_summary(decisions: Sequence[ScopeDecision]) -> dict[str, Any]:
+    """Counts for a report: ``n``, ``n_out_of_scope``, ``fraction_out_of_scope``, reasons by rule."""
+    n = len(decisions)
+    out = [d for d in decisions if not d.in_scope]
+    rules: dict[str, int] = {}
+    for d in out:
+        key = d.reason.split(":")[0] + (": " + d.reason.split(":")[1].split("(")[0].strip() if ":" in d.reason else "")
+        rules[key] = rules.get(key, 0) + 1
+    return {"n": n, "n_out_of_scope": len(out), "fraction_out_of_scope": (len(out) / n) if n else math.nan,
+            "reasons": rules}
