@@ -770,6 +770,8 @@ def run_commissioning(collector: CommissioningCollector, output_dir: str | os.Pa
                         class_names=class_names, date=date, default_threshold=default_threshold,
                         default_temperature=collector.temperature, scope_check=scope_check,
                         dataset_dir=dataset_dir, **kwargs)
+    if Path(scope_check).is_file():  # the gate's identity: the in-scope set depends on it
+        report["sample"]["scope_gate_sha256"] = sha256_file(scope_check)
     path = write_site_calibration(report, output_dir)
     e = report["expected"]
     logger.info("site %s: a=%.3f b=%.3f threshold=%.3f; expected (CV) %s", site_id, report["calibration"]["a"],
