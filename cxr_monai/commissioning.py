@@ -674,7 +674,7 @@ def describe_calibration(calibration: Mapping[str, Any] | None) -> str:
     if cal.get("source") != "site":
         return f"Calibration in force: default (shipped with the model{thr_s})."
     return (f"Calibration in force: site calibration '{cal.get('id')}' commissioned {cal.get('date')} "
-            f"(log-odds x {float(cal.get('a', 1.0)):.4f} + {float(cal.get('b', 0.0)):.4f}{thr_s}).")
+            f"(log-odds -> {float(cal.get('a', 1.0)):.4f} x log-odds {float(cal.get('b', 0.0)):+.4f}{thr_s}).")
 
 
 def site_logits(z: torch.Tensor, site: SiteCalibration | None) -> torch.Tensor:
