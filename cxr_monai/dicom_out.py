@@ -53,9 +53,14 @@ PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 PNEUMONIA_PROBABILITY = Code("PNEU-P", _SCHEME, "Pneumonia probability (calibrated)")
 PNEUMONIA_PROBABILITY_NO_SR = Code("PNEU-P-NOSR", _SCHEME, "Pneumonia probability on the unenhanced image")
 DECISION_THRESHOLD = Code("PNEU-T", _SCHEME, "Pneumonia decision threshold")
-CALIBRATION_TEXT = Code("PNEU-CAL", _SCHEME, "Calibration in force")
 SR_APPLIED = Code("SR-APPLIED", _SCHEME, "AI super-resolution applied before classification")
 CHEST_XRAY = Code("399208008", "SCT", "Plain chest X-ray")
+SCOPE_CHECK = Code("SCOPE", _SCHEME, "Intended-population check")
+IN_SCOPE = Code("IN-SCOPE", _SCHEME, "Within the intended population: assessed")
+OUT_OF_SCOPE_NOT_ASSESSED = Code("OUT-OF-SCOPE", _SCHEME, "Outside the intended population: not assessed")
+SCOPE_REASON = Code("SCOPE-REASON", _SCHEME, "Reason not assessed")
+INTENDED_USE_TEXT = Code("INTENDED-USE", _SCHEME, "Intended use")
+CALIBRATION_TEXT = Code("PNEU-CAL", _SCHEME, "Calibration in force")
 NOT_FOR_DIAGNOSIS = "NOT FOR PRIMARY DIAGNOSIS"
 
 
@@ -195,9 +200,14 @@ def overlay_sc(source: Dataset, rgb: np.ndarray, model_info: Mapping[str, Any], 
 
 def pneumonia_report(source: Dataset, result: Mapping[str, Any], model_info: Mapping[str, Any], *,
                      sr_applied: bool, series_uid: str, series_number: int, instance_number: int = 1,
-                     evidence: Sequence[Dataset] = (), probability_unenhanced: float | None = None
-                     ) -> hd.sr.ComprehensiveSR:
+                     evidence: Sequence[Dataset] = (), probability_unenhanced: float | None = None,
+                     scope_reason: str | None = None) -> hd.sr.ComprehensiveSR:
     """The finding as a Comprehensive SR (TID 1500 Measurement Report), UNVERIFIED.
+
+    Every report carries the intended-population check (coded) and the intended-use sentence
+    (:data:`cxr_monai.scope.INTENDED_USE`). An image outside the intended population (``scope_reason``
+    given) gets no finding and no probability: the check's value is "not assessed" and the reason is
+    stated as text.
 
     Args:
         source: the classified source SOP instance.
@@ -210,19 +220,30 @@ def pneumonia_report(source: Dataset, result: Mapping[str, Any], model_info: Map
         instance_number: InstanceNumber within the series.
         evidence: further objects the report refers to (e.g. the enhanced SC), besides ``source``.
         probability_unenhanced: the probability on the image before SR (when SR was applied).
+        scope_reason: why the image is out of the intended population (``None``: in scope, assessed).
     """
+    from cxr_monai.scope import INTENDED_USE
+
     source = header_copy(source)
     name = str(model_info.get("model_name", "cxr_pneumonia_classifier"))
     version = str(model_info.get("version", "unknown"))
+    params = [f"sr_applied={'yes' if sr_applied else 'no'}"]
+    if scope_reason is None:
+        params.insert(0, f"threshold={float(result['threshold']):.6g}")
     algorithm = hd.sr.AlgorithmIdentification(name=name, version=version, manufacturer=MANUFACTURER,
-                                              parameters=[f"threshold={float(result['threshold']):.6g}",
-                                                          f"sr_applied={'yes' if sr_applied else 'no'}"])
+                                              parameters=params)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=new_uid(), name=name, manufacturer_name=MANUFACTURER, model_name=f"{name} {version}"),
     )
     unit = codes.UCUM.NoUnits
+    if scope_reason is not None:
+        return _report(source, evidence, algorithm, observer, [], [
+            hd.sr.QualitativeEvaluation(name=SCOPE_CHECK, value=OUT_OF_SCOPE_NOT_ASSESSED),
+            hd.sr.QualitativeEvaluation(name=SR_APPLIED, value=codes.SCT.Yes if sr_applied else codes.SCT.No),
+        ], [(SCOPE_REASON, str(scope_reason)), (INTENDED_USE_TEXT, INTENDED_USE)], series_uid, series_number,
+            instance_number)
     measurements = [
         hd.sr.Measurement(name=PNEUMONIA_PROBABILITY, value=float(result["probability"]), unit=unit,
                           algorithm_id=algorithm),
@@ -235,19 +256,29 @@ def pneumonia_report(source: Dataset, result: Mapping[str, Any], model_info: Map
     evaluations = [
         hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=PNEUMONIA if positive else codes.SCT.Normal),
         hd.sr.QualitativeEvaluation(name=SR_APPLIED, value=codes.SCT.Yes if sr_applied else codes.SCT.No),
+        hd.sr.QualitativeEvaluation(name=SCOPE_CHECK, value=IN_SCOPE),
     ]
+    from cxr_monai.commissioning import describe_calibration
+
+    texts = [(INTENDED_USE_TEXT, INTENDED_USE), (CALIBRATION_TEXT, describe_calibration(result.get("calibration")))]
+    return _report(source, evidence, algorithm, observer, measurements, evaluations, texts, series_uid,
+                   series_number, instance_number)
+
+
+def _report(source: Dataset, evidence: Sequence[Dataset], algorithm, observer, measurements: list,
+            evaluations: list, texts: Sequence[tuple[Code, str]], series_uid: str, series_number: int,
+            instance_number: int) -> hd.sr.ComprehensiveSR:
+    """The TID 1500 report of one image: one measurement group (+ text items), UNVERIFIED."""
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier="pneumonia classification"),
         algorithm_id=algorithm,
-        measurements=measurements,
+        measurements=measurements or None,
         qualitative_evaluations=evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
-    from cxr_monai.commissioning import describe_calibration
-
-    group[0].ContentSequence.append(hd.sr.TextContentItem(
-        name=CALIBRATION_TEXT, value=describe_calibration(result.get("calibration"))[:1024],
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    for name, value in texts:
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=name, value=value[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=CHEST_XRAY,
@@ -265,7 +296,7 @@ def pneumonia_report(source: Dataset, result: Mapping[str, Any], model_info: Map
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=f"AI pneumonia finding - {NOT_FOR_DIAGNOSIS}",
+        series_description=f"AI pneumonia finding - {NOT_FOR_DIAGNOSIS}",  # one per series, whatever the scope
     )
 
 

@@ -21,13 +21,16 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from cxr_monai.utils import META_FILE, DeployModelError
+from cxr_monai.utils import load_torchscript_with_meta as load_deploy_model
+from cxr_monai.utils import save_torchscript_with_meta as _save_atomic
 
 __all__ = [
     "CLASSIFIER_NAME",
@@ -49,12 +52,7 @@ SR_NAME = "cxr_sr"
 SCOPE_NAME = "cxr_scope"
 SCOPE_FILE = "scope_gate.ts"
 """The intended-population gate in the classifier bundle's ``models/`` (written by ``configs/scope_train.json``)."""
-META_FILE = "cxr_monai.json"
 FORMAT_VERSION = 1
-
-
-class DeployModelError(RuntimeError):
-    """A deployable model file or folder that is missing or lacks its embedded metadata."""
 
 
 class CalibratedClassifier(nn.Module):
@@ -110,20 +108,6 @@ def _bundle_meta(bundle_root: Path) -> dict[str, Any]:
     if not meta_file.is_file():
         raise DeployModelError(f"{bundle_root}: not a bundle (no configs/metadata.json)")
     return json.loads(meta_file.read_text())
-
-
-def _save_atomic(module: torch.jit.ScriptModule, meta: Mapping[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.jit.save(module, tmp, _extra_files={META_FILE: json.dumps(dict(meta), indent=1)})
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600: a container running as another user must read it
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLike,
@@ -262,30 +246,3 @@ def find_model_file(models_dir: str | os.PathLike, name: str) -> Path:
     return files[0]
 
 
-def load_deploy_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-                      kind: str | None = None) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """Load a file written by :func:`export_deploy_models` with its embedded metadata.
-
-    Args:
-        path: the ``model.ts`` file.
-        device: where to map the module.
-        kind: expected ``"classifier"``, ``"super_resolution"`` or ``"scope_gate"`` (checked when given).
-
-    Raises:
-        DeployModelError: the file is missing, not TorchScript, has no ``cxr_monai.json``, or is of
-            another kind.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DeployModelError(f"{path}: model file not found")
-    extra = {META_FILE: ""}
-    try:
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError/ValueError on bad archives
-        raise DeployModelError(f"{path}: not a TorchScript archive ({type(err).__name__}: {err})") from err
-    if not extra[META_FILE]:
-        raise DeployModelError(f"{path}: no embedded {META_FILE}; export it with `make deploy-models`")
-    info = json.loads(extra[META_FILE])
-    if kind is not None and info.get("kind") != kind:
-        raise DeployModelError(f"{path}: is a {info.get('kind')!r} model, expected {kind!r}")
-    return module.eval(), info

@@ -27,7 +27,7 @@ __all__ = ["SERIES_NUMBERS", "write_study_results"]
 logger = logging.getLogger("cxr_monai.results")
 
 SERIES_NUMBERS = {"enhanced": 9001, "report": 9002, "gradcam": 9003}
-_PUBLIC = ("file", "study_uid", "series_uid", "sop_uid", "modality", "status", "reason", "shape", "sr",
+_PUBLIC = ("file", "study_uid", "series_uid", "sop_uid", "modality", "status", "reason", "shape", "scope", "sr",
            "classification", "gradcam", "seconds", "outputs")
 
 
@@ -63,8 +63,9 @@ def write_study_results(records: Sequence[dict[str, Any]], output_folder: str | 
         return series_uids[key], counters[key]
 
     for rec in records:
-        if rec.get("status") != "ok":
+        if rec.get("status") not in ("ok", "out_of_scope") or "dataset" not in rec:
             continue
+        in_scope = rec["status"] == "ok"
         start = time.perf_counter()
         ds, study = rec["dataset"], rec["study_uid"]
         folder = out / study
@@ -78,12 +79,16 @@ def write_study_results(records: Sequence[dict[str, Any]], output_folder: str | 
                                          series_uid=uid, series_number=SERIES_NUMBERS["enhanced"], instance_number=n)
                 outputs["enhanced"] = str(D.write_dataset(sc, folder / "enhanced" / f"{sc.SOPInstanceUID}.dcm"))
                 evidence.append(sc)
-            cls = rec["classification"]
-            info = {"model_name": cls["model"], "version": cls["version"]}
+            # an out-of-scope image gets a report that says it was not assessed and why (no finding)
+            cls = rec["classification"] if in_scope else {}
+            info = {"model_name": rec["scope"].get("classifier", "cxr_pneumonia_classifier"),
+                    "version": rec["scope"].get("classifier_version", "unknown")} if not in_scope else \
+                {"model_name": cls["model"], "version": cls["version"]}
             uid, n = series(study, "report")
             report = D.pneumonia_report(ds, cls, info, sr_applied="enhanced" in rec, series_uid=uid,
                                         series_number=SERIES_NUMBERS["report"], instance_number=n, evidence=evidence,
-                                        probability_unenhanced=cls.get("probability_unenhanced"))
+                                        probability_unenhanced=cls.get("probability_unenhanced"),
+                                        scope_reason=None if in_scope else rec["reason"])
             outputs["report"] = str(D.write_dataset(report, folder / "report" / f"{report.SOPInstanceUID}.dcm"))
             if "overlay" in rec:
                 uid, n = series(study, "gradcam")
@@ -103,9 +108,12 @@ def write_study_results(records: Sequence[dict[str, Any]], output_folder: str | 
     images += [{"file": f.get("file"), "sop_uid": f.get("sop_uid"), "status": "failed", "reason": f.get("reason")}
                for f in rejected_files if f.get("status") == "failed"]
     rejected_files = [f for f in rejected_files if f.get("status") != "failed"]
-    counts = {s: sum(1 for r in images if r["status"] == s) for s in ("ok", "skipped", "failed")}
+    counts = {s: sum(1 for r in images if r["status"] == s) for s in ("ok", "out_of_scope", "skipped", "failed")}
+    from cxr_monai.scope import INTENDED_USE
+
     summary = {
         "run": dict(run_info or {}),
+        "intended_use": INTENDED_USE,
         "counts": {**counts, "series_not_selected": len(extra_skipped), "files_rejected": len(rejected_files)},
         "images": images,
         "series_not_selected": [dict(s) for s in extra_skipped],

@@ -218,21 +218,21 @@ class ScopeGate:
 
 def save_scope_gate(module: torch.nn.Module, info: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Script ``module`` and write it with ``info`` embedded (kind ``scope_gate``), atomically."""
-    from cxr_monai.export import _save_atomic
+    from cxr_monai.utils import save_torchscript_with_meta
 
     info = {**dict(info), "kind": SCOPE_KIND}
     for key in ("thresholds", "image_size"):
         if key not in info:
             raise ValueError(f"scope gate info needs {key!r}")
-    return _save_atomic(torch.jit.script(module.eval()), info, Path(path))
+    return save_torchscript_with_meta(torch.jit.script(module.eval()), info, Path(path))
 
 
 def load_scope_gate(path: str | os.PathLike, device: str | torch.device = "cpu") -> ScopeGate:
     """Read a gate written by :func:`save_scope_gate` (the bundle's ``models/scope_gate.ts`` or the deploy
     copy ``cxr_scope/model.ts``)."""
-    from cxr_monai.export import load_deploy_model
+    from cxr_monai.utils import load_torchscript_with_meta
 
-    module, info = load_deploy_model(path, device, kind=SCOPE_KIND)
+    module, info = load_torchscript_with_meta(path, device, kind=SCOPE_KIND)
     return ScopeGate(module, info, device)
 
 

@@ -12,7 +12,62 @@ import torch
 from torch import nn
 
 __all__ = ["latest_checkpoint", "load_bundle_network", "read_json", "bare_state_dict", "require_arg", "cpu_budget",
-           "configure_threads"]
+           "configure_threads", "META_FILE", "DeployModelError", "save_torchscript_with_meta",
+           "load_torchscript_with_meta"]
+
+META_FILE = "cxr_monai.json"
+"""Name of the metadata embedded in every deployable TorchScript file (``torch.jit.save(..., _extra_files=...)``)."""
+
+
+class DeployModelError(RuntimeError):
+    """A deployable model file or folder that is missing or lacks its embedded metadata."""
+
+
+def save_torchscript_with_meta(module: torch.jit.ScriptModule, meta: dict, path: str | os.PathLike) -> Path:
+    """Write ``module`` with ``meta`` embedded as :data:`META_FILE`, atomically (temporary name, then rename;
+    readable by every user, so that a container running as another user can load it)."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.jit.save(module, tmp, _extra_files={META_FILE: json.dumps(dict(meta), indent=1)})
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_torchscript_with_meta(path: str | os.PathLike, device: str | torch.device = "cpu",
+                               kind: str | None = None) -> tuple[torch.jit.ScriptModule, dict]:
+    """Load a file written by :func:`save_torchscript_with_meta` with its embedded metadata.
+
+    Args:
+        path: the ``.ts`` file.
+        device: where to map the module.
+        kind: expected ``"classifier"``, ``"super_resolution"`` or ``"scope_gate"`` (checked when given).
+
+    Raises:
+        DeployModelError: the file is missing, not TorchScript, has no :data:`META_FILE`, or is of another kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DeployModelError(f"{path}: model file not found")
+    extra = {META_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError/ValueError on bad archives
+        raise DeployModelError(f"{path}: not a TorchScript archive ({type(err).__name__}: {err})") from err
+    if not extra[META_FILE]:
+        raise DeployModelError(f"{path}: no embedded {META_FILE}; export it with `make deploy-models`")
+    info = json.loads(extra[META_FILE])
+    if kind is not None and info.get("kind") != kind:
+        raise DeployModelError(f"{path}: is a {info.get('kind')!r} model, expected {kind!r}")
+    return module.eval(), info
 
 
 def latest_checkpoint(folder: str | Path, pattern: str = "*checkpoint_epoch=*.pt") -> str | None:

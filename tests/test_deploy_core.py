@@ -32,8 +32,8 @@ def models(tmp_path_factory) -> Path:
 
 
 def test_named_model_layout_and_embedded_metadata(models: Path) -> None:
-    assert sorted(p.name for p in models.iterdir()) == ["cxr_pneumonia", "cxr_sr"]
-    for name in ("cxr_pneumonia", "cxr_sr"):
+    assert sorted(p.name for p in models.iterdir()) == ["cxr_pneumonia", "cxr_scope", "cxr_sr"]
+    for name in ("cxr_pneumonia", "cxr_scope", "cxr_sr"):
         assert [p.name for p in (models / name).iterdir()] == ["model.ts"]  # the SDK wants exactly one file
     _, info = load_deploy_model(find_model_file(models, "cxr_pneumonia"), kind="classifier")
     cal = json.loads((CLS_BUNDLE / "models" / "calibration.json").read_text())
@@ -42,6 +42,10 @@ def test_named_model_layout_and_embedded_metadata(models: Path) -> None:
     assert info["version"] == meta["version"] and len(info["weights_sha256"]) == 64
     _, sinfo = load_deploy_model(models / "cxr_sr" / "model.ts", kind="super_resolution")
     assert sinfo["scale"] == 4 and sinfo["tile_size"] > 0
+    _, ginfo = load_deploy_model(models / "cxr_scope" / "model.ts", kind="scope_gate")
+    shipped = json.loads((CLS_BUNDLE / "docs" / "results" / "scope_gate.json").read_text())["gate"]["thresholds"]
+    assert ginfo["thresholds"] == shipped and ginfo["bundle_version"] == meta["version"]
+    assert oct((models / "cxr_scope" / "model.ts").stat().st_mode & 0o777) == "0o644"  # readable by a container user
 
 
 def test_load_deploy_model_refuses_wrong_files(models: Path, tmp_path: Path) -> None:

@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the app did not write results", file=sys.stderr)
         return 2
     counts = summary["counts"]
-    print(f"cxr_enhance_classify: {counts['ok']} processed, {counts['skipped']} skipped, {counts['failed']} failed, "
-          f"{counts['series_not_selected']} series not selected, {counts['files_rejected']} files rejected; "
+    print(f"cxr_enhance_classify: {counts['ok']} processed, {counts['out_of_scope']} out of scope (not assessed), "
+          f"{counts['skipped']} skipped, {counts['failed']} failed, {counts['series_not_selected']} series not selected, "
+          f"{counts['files_rejected']} files rejected; "
           f"results in {summary['run']['output']}/results.json")
     return 1 if opts.strict and counts["failed"] else 0
 

@@ -22,10 +22,12 @@ from monai.deploy.operators import DICOMSeriesSelectorOperator
 
 try:  # run as a package (python -m / tests) or as a folder (python deploy/cxr_enhance_classify)
     from .operators import (CheckedDICOMDataLoaderOperator, CXRImageLoaderOperator, GradCAMOperator,
-                            PneumoniaClassifierOperator, ResultsWriterOperator, SuperResolutionOperator)
+                            PneumoniaClassifierOperator, ResultsWriterOperator, ScopeGateOperator,
+                            SuperResolutionOperator)
 except ImportError:  # pragma: no cover
     from operators import (CheckedDICOMDataLoaderOperator, CXRImageLoaderOperator, GradCAMOperator,  # type: ignore
-                           PneumoniaClassifierOperator, ResultsWriterOperator, SuperResolutionOperator)
+                           PneumoniaClassifierOperator, ResultsWriterOperator, ScopeGateOperator,
+                           SuperResolutionOperator)
 
 __all__ = ["CXREnhanceClassifyApp", "SELECTION_RULES", "AppSetupError"]
 
@@ -61,7 +63,7 @@ class CXREnhanceClassifyApp(Application):
         import torch
 
         from cxr_monai import __version__ as cxr_version
-        from cxr_monai.export import CLASSIFIER_NAME, SR_NAME, DeployModelError, find_model_file, load_deploy_model
+        from cxr_monai.export import CLASSIFIER_NAME, SCOPE_NAME, SR_NAME, DeployModelError, find_model_file, load_deploy_model
         from cxr_monai.inference import select_device
         from cxr_monai.utils import configure_threads
 
@@ -76,7 +78,9 @@ class CXREnhanceClassifyApp(Application):
         try:
             sr_file = find_model_file(model_path, SR_NAME)
             cls_file = find_model_file(model_path, CLASSIFIER_NAME)
-            infos = {n: load_deploy_model(f)[1] for n, f in ((SR_NAME, sr_file), (CLASSIFIER_NAME, cls_file))}
+            scope_file = find_model_file(model_path, SCOPE_NAME)
+            infos = {n: load_deploy_model(f)[1] for n, f in ((SR_NAME, sr_file), (CLASSIFIER_NAME, cls_file),
+                                                             (SCOPE_NAME, scope_file))}
         except DeployModelError as err:
             raise AppSetupError(str(err)) from err
         device = str(select_device(self.device_name))
@@ -87,7 +91,7 @@ class CXREnhanceClassifyApp(Application):
             "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "host": platform.node(), "sr_max_side": self.sr_max_side,
             "models": {n: {k: i.get(k) for k in ("model_name", "version", "weights_sha256", "threshold",
-                                                 "temperature", "tile_size", "tile_overlap")
+                                                 "temperature", "tile_size", "tile_overlap", "thresholds")
                            if i.get(k) is not None} for n, i in infos.items()},
             "input": str(input_path), "output": str(output_path),
         }
@@ -95,6 +99,8 @@ class CXREnhanceClassifyApp(Application):
         loader = CheckedDICOMDataLoaderOperator(self, input_folder=input_path, name="dicom_loader")
         selector = DICOMSeriesSelectorOperator(self, rules=SELECTION_RULES, all_matched=True, name="series_selector")
         images = CXRImageLoaderOperator(self, name="cxr_image_loader")
+        scope = ScopeGateOperator(self, model_file=scope_file, device=device, classifier_info=infos[CLASSIFIER_NAME],
+                                  name="scope_gate")
         sr = SuperResolutionOperator(self, model_file=sr_file, device=device, sr_max_side=self.sr_max_side,
                                      name="super_resolution")
         cls = PneumoniaClassifierOperator(self, model_file=cls_file, device=device, name="pneumonia_classifier")
@@ -103,7 +109,8 @@ class CXREnhanceClassifyApp(Application):
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(selector, images, {("study_selected_series_list", "study_selected_series_list")})
-        self.add_flow(images, sr, {("records", "records")})
+        self.add_flow(images, scope, {("records", "records")})
+        self.add_flow(scope, sr, {("records", "records")})
         self.add_flow(sr, cls, {("records", "records")})
         self.add_flow(cls, cam, {("records", "records")})
         self.add_flow(cam, self.writer, {("records", "records")})

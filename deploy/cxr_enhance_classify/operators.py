@@ -33,10 +33,11 @@ def _fail(record: dict, step: str, err: BaseException) -> None:
     logger.error("%s failed at %s: %s", record.get("file") or record.get("sop_uid"), step, err)
 
 
-def _each_ok(records: list[dict], step: str, fn) -> None:
-    """``fn(record)`` for every record still ``ok``, timed; an exception fails that record only."""
+def _each_ok(records: list[dict], step: str, fn, statuses: tuple[str, ...] = ("ok",)) -> None:
+    """``fn(record)`` for every record whose status is in ``statuses`` (still ``ok`` by default), timed; an
+    exception fails that record only."""
     for rec in records:
-        if rec["status"] != "ok":
+        if rec["status"] not in statuses:
             continue
         start = time.perf_counter()
         try:
@@ -107,8 +108,7 @@ class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
 
 class CXRImageLoaderOperator(Operator):
     """Selected CR/DX series -> one record per SOP instance, decoded with :func:`cxr_monai.io.load_cxr`
-    (MONOCHROME1, VOI LUT/window, rescale: the project's one implementation) and checked with
-    :func:`cxr_monai.io.skip_reason` (body part chest/thorax or absent, frontal view)."""
+    (MONOCHROME1, VOI LUT/window, rescale: the project's one implementation)."""
 
     def __init__(self, fragment: Fragment, *args, **kwargs) -> None:
         super().__init__(fragment, *args, **kwargs)
@@ -118,7 +118,7 @@ class CXRImageLoaderOperator(Operator):
         spec.output(RECORDS)
 
     def compute(self, op_input, op_output, context) -> None:
-        from cxr_monai.io import CXRInputError, load_cxr, skip_reason
+        from cxr_monai.io import CXRInputError, load_cxr
 
         records: list[dict[str, Any]] = []
         for study_selected in op_input.receive("study_selected_series_list") or []:
@@ -137,16 +137,51 @@ class CXRImageLoaderOperator(Operator):
                     start = time.perf_counter()
                     try:
                         image, meta = load_cxr(ds)
-                        reason = skip_reason(meta)
-                        if reason:
-                            rec["status"], rec["reason"] = "skipped", reason
-                            logger.info("skipping %s: %s", rec["file"] or rec["sop_uid"], reason)
-                        else:
-                            rec.update(dataset=ds, image=image, shape=list(image.shape[1:]))
+                        rec.update(dataset=ds, image=image, meta=meta, shape=list(image.shape[1:]))
                     except CXRInputError as err:
                         _fail(rec, "load", err)
                     _timed(rec, "load", start)
                     records.append(rec)
+        op_output.emit(records, RECORDS)
+
+
+class ScopeGateOperator(Operator):
+    """The intended-population check (:func:`cxr_monai.inference.check_scope`: header rules + the image
+    check on the un-enhanced image): an image outside the population gets status ``out_of_scope`` with the
+    reason; it is still super-resolved (when SR applies) and gets a report saying it was not assessed, but no
+    classification and no Grad-CAM. Model ``cxr_scope`` from the app's models folder."""
+
+    def __init__(self, fragment: Fragment, *args, model_file: Path, device: str, classifier_info: dict,
+                 **kwargs) -> None:
+        self.model_file = Path(model_file)
+        self.device = device
+        self.classifier_info = dict(classifier_info)
+        self._gate = None
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input(RECORDS)
+        spec.output(RECORDS)
+
+    def compute(self, op_input, op_output, context) -> None:
+        from cxr_monai.inference import check_scope
+        from cxr_monai.scope import load_scope_gate
+
+        records = op_input.receive(RECORDS)
+        if self._gate is None:
+            self._gate = load_scope_gate(self.model_file, self.device)
+
+        def check(rec: dict) -> None:
+            decision = check_scope(self._gate, rec["image"], rec.get("meta"),
+                                   image_size=int(self.classifier_info.get("image_size", 160)))
+            rec["scope"] = {**decision.as_dict(), "gate": self._gate.info.get("name"),
+                            "classifier": self.classifier_info.get("model_name"),
+                            "classifier_version": self.classifier_info.get("version")}
+            if not decision.in_scope:
+                rec["status"], rec["reason"] = "out_of_scope", decision.reason
+                logger.info("%s out of scope: %s", rec["sop_uid"] or rec["file"], decision.reason)
+
+        _each_ok(records, "scope", check)
         op_output.emit(records, RECORDS)
 
 
@@ -185,7 +220,7 @@ class SuperResolutionOperator(Operator):
                 rec["enhanced"] = super_resolve(model, rec["image"], info, self.device)
                 rec["sr"]["output_shape"] = list(rec["enhanced"].shape[1:])
 
-        _each_ok(records, "super_resolution", enhance)
+        _each_ok(records, "super_resolution", enhance, statuses=("ok", "out_of_scope"))
         op_output.emit(records, RECORDS)
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -36,6 +37,25 @@ def models(tmp_path_factory) -> Path:
     return out
 
 
+def _kermany_cr(jpeg: Path, out: Path, age: str) -> Path:
+    """A Kermany JPEG as an uncompressed 12-bit CR (the phantom's header as template, new UIDs, PatientAge)."""
+    from PIL import Image
+
+    write_phantom_dicom(out, size=64, seed=1)
+    ds = pydicom.dcmread(out)
+    arr = (np.asarray(Image.open(jpeg).convert("L"), dtype=np.float64) / 255 * 4095).round().astype(np.uint16)
+    ds.Rows, ds.Columns = arr.shape
+    ds.PixelData = arr.tobytes()
+    ds.PatientAge = age
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    for tag in ("WindowCenter", "WindowWidth"):
+        if tag in ds:
+            delattr(ds, tag)
+    ds.save_as(out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory) -> Path:
     dicom = SHARED_DATA / "dicom"
@@ -46,6 +66,11 @@ def study_dir(tmp_path_factory) -> Path:
     write_phantom_dicom(d / "sub" / "phantom_2048.dcm", size=2048, seed=8, consolidation=False)
     for f in sorted(dicom.glob("*.dcm")):
         shutil.copy(f, d / f.name)
+    # an image of the intended population (a child of the Kermany cohort) as a CR, and the same pixels with an
+    # adult's PatientAge (out of scope by its header)
+    child = sorted((SHARED_DATA / "kermany224" / "train" / "NORMAL").glob("*.jpeg"))[0]
+    _kermany_cr(child, d / "kermany_child.dcm", "004Y")
+    _kermany_cr(child, d / "kermany_pixels_adult_age.dcm", "045Y")
     ds = pydicom.dcmread(dicom / "cr_chest_pa_mono2_jpeg.dcm")
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -79,10 +104,21 @@ def test_every_input_is_processed_skipped_or_failed_with_a_reason(in_process) ->
     images = _images(summary)
     assert json.loads((out / "results.json").read_text())["counts"] == summary["counts"]
     ok = {n for n, i in images.items() if i["status"] == "ok"}
-    assert ok == {"phantom_512.dcm", "phantom_2048.dcm", "cr_chest_pa_mono2_jpeg.dcm", "cr_chest_pa_mono1_jpeg.dcm",
-                  "dx_thorax_mono1_small.dcm"}
-    assert images["cr_extremity_mono1_j2k.dcm"]["status"] == "skipped"
-    assert "EXTREMITY" in images["cr_extremity_mono1_j2k.dcm"]["reason"]
+    assert ok == {"phantom_512.dcm", "phantom_2048.dcm", "kermany_child.dcm"}
+    # the intended-population gate: the shared CRs are adults (their pixels; PatientAge 62Y), the DX thorax too
+    # (its pixels), the extremity by its header, the child's pixels with an adult age by the age rule
+    out_of_scope = {n: i for n, i in images.items() if i["status"] == "out_of_scope"}
+    assert set(out_of_scope) == {"cr_chest_pa_mono2_jpeg.dcm", "cr_chest_pa_mono1_jpeg.dcm",
+                                 "dx_thorax_mono1_small.dcm", "cr_extremity_mono1_j2k.dcm",
+                                 "kermany_pixels_adult_age.dcm"}
+    assert "EXTREMITY" in out_of_scope["cr_extremity_mono1_j2k.dcm"]["reason"]
+    assert "age 45.0 years" in out_of_scope["kermany_pixels_adult_age.dcm"]["reason"]
+    assert out_of_scope["dx_thorax_mono1_small.dcm"]["reason"].startswith("image check:")
+    for name, img in out_of_scope.items():  # a report saying why, the enhanced image when SR applies, no finding
+        assert "classification" not in img and "gradcam" not in img["outputs"] and "report" in img["outputs"], name
+        assert img["scope"]["in_scope"] is False and img["scope"]["reason"] == img["reason"]
+    assert "enhanced" in out_of_scope["kermany_pixels_adult_age.dcm"]["outputs"]
+    assert summary["counts"]["out_of_scope"] == 5 and "children" in summary["intended_use"]
     assert images["truncated.dcm"]["status"] == "failed" and "truncated" in images["truncated.dcm"]["reason"]
     assert [Path(f["file"]).name for f in summary["files_rejected"]] == ["README.txt"]
     assert summary["run"]["device"] == "cpu" and summary["run"]["models"]["cxr_sr"]["version"]
@@ -117,7 +153,7 @@ def test_outputs_conform_and_reference_their_sources(in_process, study_dir: Path
                for f in study_dir.rglob("*.dcm") if f.name != "truncated.dcm"}
     per_study_series: dict[tuple[str, str], set] = {}
     for img in summary["images"]:
-        if img["status"] != "ok":
+        if img["status"] not in ("ok", "out_of_scope"):
             continue
         src = pydicom.dcmread(sources[img["sop_uid"]], stop_before_pixels=True)
         for kind in ("enhanced", "report", "gradcam"):
@@ -130,6 +166,18 @@ def test_outputs_conform_and_reference_their_sources(in_process, study_dir: Path
             if kind != "report":
                 assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
             assert not dciodvfy_errors(exe, Path(img["outputs"][kind])), (kind, img["file"])
+        report = _sr_content(pydicom.dcmread(img["outputs"]["report"]))
+        if img["status"] == "out_of_scope":  # coded "not assessed", the reason as text, no finding, no probability
+            assert ("Intended-population check", "OUT-OF-SCOPE") in report["codes"]
+            assert img["reason"] in report["texts"] and "Finding" not in {n for n, _ in report["codes"]}
+            assert not report["numbers"]
+        else:
+            assert ("Intended-population check", "IN-SCOPE") in report["codes"]
+            assert ("Finding", "233604007" if img["classification"]["label"] == "PNEUMONIA" else "17621005") \
+                in report["codes"]
+            assert report["numbers"]["Pneumonia probability (calibrated)"] == pytest.approx(
+                img["classification"]["probability"], abs=1e-6)
+        assert any("children" in t for t in report["texts"])
         if "enhanced" in img["outputs"]:
             sc = pydicom.dcmread(img["outputs"]["enhanced"], stop_before_pixels=True)
             assert (sc.Rows, sc.Columns) == (4 * src.Rows, 4 * src.Columns)
@@ -137,10 +185,29 @@ def test_outputs_conform_and_reference_their_sources(in_process, study_dir: Path
     assert not list(out.rglob("*.partial")) and not [p for p in out.rglob(".*") if p.is_file()]
 
 
+def _sr_content(ds) -> dict:
+    """Every coded value (concept meaning, code value), text value and numeric value in an SR's content tree."""
+    found = {"codes": set(), "texts": [], "numbers": {}}
+
+    def walk(items) -> None:
+        for item in items:
+            name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+            if item.ValueType == "CODE":
+                found["codes"].add((name, item.ConceptCodeSequence[0].CodeValue))
+            elif item.ValueType == "TEXT":
+                found["texts"].append(str(item.TextValue))
+            elif item.ValueType == "NUM":
+                found["numbers"][name] = float(item.MeasuredValueSequence[0].NumericValue)
+            walk(item.get("ContentSequence", []))
+
+    walk(ds.ContentSequence)
+    return found
+
+
 def test_orthanc_stores_every_object(in_process, study_dir: Path, tmp_path: Path) -> None:
     out, summary = in_process
     written = sorted(out.rglob("*.dcm"))
-    chest = [Path(i["file"]) for i in summary["images"] if i["status"] == "ok"]
+    chest = [Path(i["file"]) for i in summary["images"] if i["status"] in ("ok", "out_of_scope")]
     with orthanc_server(tmp_path / "orthanc") as pacs:
         statuses = c_store(written, pacs.dicom_port, pacs.aet)
         refused = {u: hex(s) for u, s in statuses.items() if s != 0}
@@ -185,7 +252,7 @@ def test_subprocess_strict_exit_status_and_memory(models: Path, study_dir: Path,
     assert proc.returncode == 1, proc.stderr[-3000:]  # the truncated file failed, and --strict says so
     assert "1 failed" in proc.stdout
     summary = json.loads((out / "results.json").read_text())
-    assert summary["counts"]["ok"] == 5 and summary["counts"]["failed"] == 1
+    assert summary["counts"]["ok"] == 3 and summary["counts"]["out_of_scope"] == 5 and summary["counts"]["failed"] == 1
     assert "below the recommended minimum" not in proc.stderr  # the launcher raised the stack limit
     if peak_kb > before:  # ru_maxrss of children: the largest child so far
         assert peak_kb / 1024**2 < 3.0, f"peak RSS {peak_kb / 1024**2:.2f} GB"
@@ -213,6 +280,7 @@ def test_map_manifests_without_docker(models: Path, tmp_path: Path) -> None:
     assert app["sdk"] == "monai-deploy" and app["sdkVersion"] == "4.0.0" and app["timeout"] == 600
     assert app["input"]["formats"] == ["file"] and app["environment"]["HOLOSCAN_MODEL_PATH"] == "/opt/holoscan/models"
     assert pkg["models"] == {"cxr_pneumonia": "/opt/holoscan/models/cxr_pneumonia",
+                             "cxr_scope": "/opt/holoscan/models/cxr_scope",
                              "cxr_sr": "/opt/holoscan/models/cxr_sr"}
     assert pkg["resources"]["cpu"] == 2 and pkg["resources"]["memory"] == "4Gi" and pkg["version"] == "0.1.0"
     if shutil.which("docker") is None or "not available" in proc.stdout:

@@ -36,8 +36,9 @@ from PIL import Image
 from cxr_monai.data.phantom import write_phantom_dicom
 from cxr_monai.explain import overlay_rgb
 from cxr_monai.export import export_deploy_models, find_model_file, load_deploy_model
-from cxr_monai.inference import classify, super_resolve
+from cxr_monai.inference import check_scope, classify, super_resolve
 from cxr_monai.io import load_cxr, save_png
+from cxr_monai.scope import load_scope_gate
 from tests.conftest import PROJECT_ROOT, SHARED_DATA
 from tests.dicom_checks import Orthanc, free_port, stop_process_group
 
@@ -197,14 +198,17 @@ def reference(models: Path):
     """The answers of this venv's cxr_monai for an image file: what the label server must reproduce."""
     cls = load_deploy_model(find_model_file(models, "cxr_pneumonia"), "cpu", kind="classifier")
     sr = load_deploy_model(find_model_file(models, "cxr_sr"), "cpu", kind="super_resolution")
+    gate = load_scope_gate(find_model_file(models, "cxr_scope"), "cpu")
     cache: dict[tuple[str, str], object] = {}
 
     def ref(path: Path, what: str = "classify"):
         key = (str(path), what)
         if key not in cache:
-            image, _ = load_cxr(path)
+            image, meta = load_cxr(path)
             if what == "classify":
-                cache[key] = (image, classify(cls[0], image, cls[1], "cpu", with_cam=True))
+                result = classify(cls[0], image, cls[1], "cpu", with_cam=True)
+                result["scope"] = check_scope(gate, image, meta, int(cls[1].get("image_size", 160)))
+                cache[key] = (image, result)
             else:
                 cache[key] = (image, super_resolve(sr[0], image, sr[1], "cpu"))
         return cache[key]
@@ -309,6 +313,11 @@ def _check_classification(answer: dict, ref_result: dict, info: dict) -> None:
     p = answer["probability"]
     assert 0.0 <= p <= 1.0
     assert abs(p - ref_result["probability"]) <= PROB_TOL, (p, ref_result["probability"])
+    scope = ref_result["scope"]  # the intended-population decision of this venv's gate on the same file
+    assert answer["in_scope"] == int(scope.in_scope) and answer["scope_reason"] == scope.reason
+    if not scope.in_scope:  # no label, no prediction, no Grad-CAM
+        assert answer["label"] is None and answer["prediction"] == [] and answer["gradcam"] is None
+        return
     assert answer["label"] == ref_result["label"]
     assert answer["threshold"] == pytest.approx(info["threshold"], abs=1e-12)
     assert answer["version"] == info["version"] and answer["model"] == info["model_name"]
@@ -350,6 +359,25 @@ def test_folder_classification_equals_cxr_monai(folder_server, inputs, reference
     answer = json.loads(body)
     _check_classification(answer, reference(inputs[image_id])[1], reference.info)
     assert answer["enhanced"] is False
+
+
+@needs_shared
+def test_folder_scope_keeps_a_child_and_refuses_an_adult(folder_server, inputs) -> None:
+    """A Kermany child is assessed (a label); the adult CR of the shared data gets in_scope 0 with the image
+    check's reason, no label, and its image output is the input itself (no Grad-CAM)."""
+    status, _, body = folder_server.infer("cxr_pneumonia", "kermany_jpeg")
+    child = json.loads(body)
+    assert status == 200 and child["in_scope"] == 1 and child["scope_reason"] == ""
+    assert child["label"] in ("NORMAL", "PNEUMONIA")
+    status, _, body = folder_server.infer("cxr_pneumonia", "cr_chest_mono2")
+    adult = json.loads(body)
+    assert status == 200 and adult["in_scope"] == 0 and adult["label"] is None
+    assert adult["scope_reason"].startswith("image check:") and "children" in adult["intended_use"]
+    status, ctype, body = folder_server.infer("cxr_pneumonia", "cr_chest_mono2", output="image")
+    image, _ = load_cxr(inputs["cr_chest_mono2"])
+    arr = png_array(body)
+    assert status == 200 and ctype == "image/png" and arr.ndim == 2 and arr.shape == image.shape[-2:]
+    assert np.abs(arr / 255.0 - image[0]).max() <= 1 / 255 + 1e-6
 
 
 def test_folder_gradcam_overlay_is_the_image_output(folder_server, inputs, reference) -> None:

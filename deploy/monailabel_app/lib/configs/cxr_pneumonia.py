@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from cxr_monai.export import CLASSIFIER_NAME, SR_NAME, find_model_file, load_deploy_model
+from cxr_monai.export import CLASSIFIER_NAME, SCOPE_NAME, SR_NAME, find_model_file, load_deploy_model
+from cxr_monai.scope import load_scope_gate
 
 from lib.configs.base import CXRTaskConfig
 from lib.infers import CXRPneumoniaInfer
@@ -15,5 +16,7 @@ class CXRPneumoniaConfig(CXRTaskConfig):
     def infer(self) -> CXRPneumoniaInfer:
         # the SR model too, for the `enhance` request parameter (classify the enhanced image, as the deploy app)
         sr = load_deploy_model(find_model_file(self.model_dir, SR_NAME), self.device, kind="super_resolution")
+        # the intended-population gate (the same file and check as the deploy app)
+        gate = load_scope_gate(find_model_file(self.model_dir, SCOPE_NAME), self.device)
         return CXRPneumoniaInfer(self.model, self.model_info, self.device, sr_model=sr, sr_max_side=self.sr_max_side,
-                                 model_file=self.path)
+                                 model_file=self.path, scope_gate=gate)

@@ -9,7 +9,7 @@ import torch
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from cxr_monai.explain import overlay_rgb
-from cxr_monai.inference import classify, sr_decision, super_resolve
+from cxr_monai.inference import check_scope, classify, sr_decision, super_resolve
 
 from .common import image_summary, load_request_image, result_file
 
@@ -37,12 +37,16 @@ class CXRPneumoniaInfer(InferTask):
         sr_model: optional ``(module, info)`` of the SR model, for ``enhance``.
         sr_max_side: longest side above which the image is not enhanced.
         model_file: the file the model came from (reported in ``/info/``).
+        scope_gate: the intended-population gate (:class:`cxr_monai.scope.ScopeGate`). The JSON always has
+            ``in_scope`` (1/0) and ``scope_reason``; an image outside the population gets no label (``label``
+            null, no Grad-CAM: the image output is the input itself), its probability is still reported.
     """
 
     def __init__(self, model: torch.nn.Module, info: dict[str, Any], device: torch.device,
                  sr_model: tuple[torch.nn.Module, dict[str, Any]] | None = None, sr_max_side: int = 1024,
-                 model_file: str = "") -> None:
+                 model_file: str = "", scope_gate: Any | None = None) -> None:
         self.model, self.model_info, self.device = model, dict(info), torch.device(device)
+        self.scope_gate = scope_gate
         self.sr_model, self.sr_max_side, self.model_file = sr_model, int(sr_max_side), str(model_file)
         names = list(info.get("class_names", ["NORMAL", "PNEUMONIA"]))
         super().__init__(
@@ -75,21 +79,32 @@ class CXRPneumoniaInfer(InferTask):
                 read = super_resolve(self.sr_model[0], image, self.sr_model[1], self.device)
             elif apply:
                 note = "enhance requested but no SR model is loaded; classified as stored"
-        out = classify(self.model, read, self.model_info, self.device, with_cam=True)
-        overlay = overlay_rgb(image, out["cam"])
-
         from PIL import Image
 
-        overlay_file = result_file("cxr_pneumonia_gradcam_")
-        Image.fromarray(overlay).save(overlay_file, format="PNG")
+        from cxr_monai.scope import INTENDED_USE
+
+        decision = (check_scope(self.scope_gate, image, meta, int(self.model_info.get("image_size", 160)))
+                    if self.scope_gate is not None else None)
+        in_scope = decision is None or decision.in_scope
+        out = classify(self.model, read, self.model_info, self.device, with_cam=in_scope)
         names = list(self.model_info.get("class_names", ["NORMAL", "PNEUMONIA"]))
+        if in_scope:
+            overlay_file = result_file("cxr_pneumonia_gradcam_")
+            Image.fromarray(overlay_rgb(image, out["cam"])).save(overlay_file, format="PNG")
+        else:  # no finding, no Grad-CAM: the input itself, 8-bit grey
+            overlay_file = result_file("cxr_pneumonia_out_of_scope_")
+            Image.fromarray((image[0] * 255 + 0.5).clip(0, 255).astype("uint8")).save(overlay_file, format="PNG")
         result = {
+            "in_scope": int(in_scope),
+            "scope_reason": "" if in_scope else decision.reason,
+            "intended_use": INTENDED_USE,
             "probability": out["probability"],
-            "label": out["label"],
+            "label": out["label"] if in_scope else None,
             "threshold": out["threshold"],
             "probabilities": dict(zip(names, out["probabilities"])),
             # MONAI Label's classification answer (BundleInferTask's writer), for clients that read that
-            "prediction": [{"idx": i, "label": n, "score": p} for i, (n, p) in enumerate(zip(names, out["probabilities"]))],
+            "prediction": [{"idx": i, "label": n, "score": p} for i, (n, p) in enumerate(zip(names, out["probabilities"]))]
+            if in_scope else [],
             "label_names": {n: i for i, n in enumerate(names)},
             "model": self.model_info.get("model_name"),
             "version": self.model_info.get("version"),
@@ -99,7 +114,7 @@ class CXRPneumoniaInfer(InferTask):
             "enhanced": read is not image,
             "note": note,
             "gradcam": {"class": out["cam_class"], "image": "RGB PNG overlay on the input, same size",
-                        "normalisation": "divided by the map's maximum"},
+                        "normalisation": "divided by the map's maximum"} if in_scope else None,
             "input": image_summary(image, meta),
             "latency": round(time.perf_counter() - start, 3),
         }
