@@ -23,6 +23,7 @@ CASES = [
     ("cxr_sr_csaegan", ["train_psnr.json", "train_gan.json"], "train"),
     ("cxr_synth_sgan", ["inference.json"], "infer"),
     ("cxr_synth_sgan", ["train.json"], "train"),
+    ("cxr_synth_sgan", ["train.json", "train_dcgan.json"], "train"),
 ]
 
 
@@ -35,8 +36,9 @@ def test_monai_property_checks(bundle: str, configs: list[str], workflow_type: s
     wf = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], meta_file=str(root / "configs" / "metadata.json"),
                         workflow_type=workflow_type, bundle_root=str(root))
     wf.initialize()
-    missing_optional = wf.check_properties()  # raises on a missing required property
-    assert isinstance(missing_optional, list)
+    # raises on a missing required property; returns the optional properties whose ids are wrong (e.g. an
+    # evaluator whose inferer is not @validate#inferer): the model-zoo's ci/verify_bundle.py fails a bundle on those
+    assert wf.check_properties() == []
     assert wf.bundle_root == str(root) and wf.device is not None and wf.network_def is not None
 
 
