@@ -184,7 +184,7 @@ def models(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models")
     given = os.environ.get("CXR_LABEL_MODELS")
     if given:
-        for name in ("cxr_pneumonia", "cxr_sr"):
+        for name in ("cxr_pneumonia", "cxr_sr", "cxr_scope"):
             (out / name).mkdir()
             shutil.copy(find_model_file(given, name), out / name / "model.ts")
     else:
