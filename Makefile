@@ -15,7 +15,7 @@ DSTAMP := $(DEPLOY_VENV)/.installed
 CLS_BUNDLE := bundles/cxr_pneumonia_classifier
 SR_BUNDLE := bundles/cxr_sr_csaegan
 
-.PHONY: venv deploy-venv test test-core test-deploy test-floors demo bundle-demo deploy-models map bench clean tools
+.PHONY: venv deploy-venv test test-core test-deploy test-floors demo bundle-demo deploy-models map map-tools map-run pacs bench clean tools
 
 venv: $(STAMP)
 
@@ -80,9 +80,44 @@ demo: deploy-venv deploy-models
 bundle-demo: venv
 	$(PY) -m cxr_monai demo $(if $(INPUT),--input "$(INPUT)") --output_dir "$(OUTPUT)/bundle_demo"
 
-# MAP: writes the manifests (MAP_OUT/app.json, pkg.json), then builds the image where Docker buildx exists.
-map: deploy-venv deploy-models
-	$(DPY) deploy/packaging/make_map.py --models "$(MODELS)" --out "$(MAP_OUT)"
+# MAP: the packager writes the manifests and its Dockerfile (MAP_OUT/app.json, pkg.json, Dockerfile.packager), then
+# podman builds the image offline (deploy/packaging/build_image.py: Debian base made by debootstrap, cached, or
+# MAP_BASE=image; wheelhouse cached in MAP_OUT/wheelhouse). Last line: "MAP image built: NAME:TAG".
+MAP_TAG ?= cxr-enhance-classify:0.1.0
+MAP_IMAGE ?= localhost/$(MAP_TAG)
+MAP_BASE ?=
+MAP_APT_PKGS := podman runc debootstrap
+map-tools:
+	@if command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && { command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ]; }; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MAP_APT_PKGS) >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MAP_APT_PKGS); }; \
+	else echo "install the Debian packages $(MAP_APT_PKGS) (needs root and apt-get)" >&2; exit 1; fi
+
+map: deploy-venv deploy-models map-tools
+	$(DPY) deploy/packaging/make_map.py --models "$(MODELS)" --out "$(MAP_OUT)" --tag "$(MAP_TAG)"
+	$(DPY) deploy/packaging/build_image.py --models "$(MODELS)" --map-dir "$(MAP_OUT)" --tag "$(MAP_TAG)" $(if $(MAP_BASE),--base "$(MAP_BASE)")
+
+# Run the MAP image like `monai-deploy run`: make map-run INPUT=dir OUTPUT=dir [CPUS=n] (input read-only, no network).
+CPUS ?=
+map-run: map-tools
+	@test -n "$(INPUT)" || { echo "usage: make map-run INPUT=dir OUTPUT=dir [CPUS=n]" >&2; exit 2; }
+	$(PYTHON) deploy/packaging/run_map.py --image "$(MAP_IMAGE)" --input "$(INPUT)" --output "$(OUTPUT)" $(if $(CPUS),--cpus "$(CPUS)")
+
+# PACS loop: Orthanc on 127.0.0.1 (AE ORTHANC, DICOMweb) whose Python plugin (deploy/pacs/ai_router.py) runs the app
+# (the MAP image when it exists, else .venv-deploy) on every stable study's CR/DX images and stores the results back.
+# make pacs PACS_DIR=dir HTTP_PORT=p DICOM_PORT=q [STABLE_AGE=s PACS_RUNNER=auto|map|venv PACS_TIMEOUT=s]; stop: kill $$(cat dir/orthanc.pid)
+PACS_DIR ?= pacs_data
+HTTP_PORT ?= 8042
+DICOM_PORT ?= 4242
+STABLE_AGE ?= 5
+PACS_RUNNER ?= auto
+PACS_TIMEOUT ?= 600
+pacs: tools
+	@[ -f /usr/share/orthanc/plugins/libOrthancPython.so ] || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc-python; } \
+		|| { echo "install the Debian package orthanc-python (needs root and apt-get)" >&2; exit 1; }
+	$(PYTHON) deploy/pacs/run_pacs.py --dir "$(PACS_DIR)" --http-port $(HTTP_PORT) --dicom-port $(DICOM_PORT) \
+		--stable-age $(STABLE_AGE) --runner $(PACS_RUNNER) --timeout $(PACS_TIMEOUT) --image "$(MAP_IMAGE)" --models "$(MODELS)"
 
 # One benchmark run on this machine (SR and classifier runtimes side by side, GEMM reference): benchmarks/results/
 BENCH_OUT ?= benchmarks/results

@@ -5,8 +5,9 @@
 Offline, the packager's ``--source`` is this folder's ``holoscan-artifacts.json`` (top-level key = the
 installed holoscan version). The packager writes the MAP manifests (``app.json``, ``pkg.json``) into a
 temporary folder and then builds the image with Docker buildx; this script keeps the manifests
-(``OUT/app.json``, ``OUT/pkg.json``, from the packager's own debug output) and, on a machine without a
-Docker engine with buildx, stops there and says so (exit status 0). Any other packaging error exits 1.
+(``OUT/app.json``, ``OUT/pkg.json``) and its rendered Dockerfile (``OUT/Dockerfile.packager``), all from the
+packager's own debug output, and, on a machine without a Docker engine with buildx, stops there and says so
+(exit status 0); ``build_image.py`` then builds the image with podman. Any other packaging error exits 1.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 APP = HERE.parent / "cxr_enhance_classify"
 _BLOCK = re.compile(r"=+ Begin (app|pkg)\.json =+\n(.*?)\n=+ End \1\.json =+", re.S)
+_DOCKERFILE = re.compile(r"=+ Begin Dockerfile =+\n(.*?)\n=+ End Dockerfile =+", re.S)
 
 
 def docker_buildx_available() -> bool:
@@ -64,12 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the packager wrote no manifests (see {out / 'package.log'})", file=sys.stderr)
         return 1
     print(f"manifests: {out / 'app.json'}, {out / 'pkg.json'}")
+    dockerfile = _DOCKERFILE.search(log)
+    if dockerfile:  # the packager's rendered Dockerfile: build_image.py builds an adapted copy with podman
+        (out / "Dockerfile.packager").write_text(dockerfile.group(1) + "\n")
+        print(f"packager's Dockerfile: {out / 'Dockerfile.packager'}")
     if proc.returncode == 0:
         print(f"MAP image built: {args.tag}")
         return 0
     if not docker_buildx_available():
-        print("Docker with buildx is not available on this machine: stopped after writing the MAP manifests. "
-              "Run `make map` on a machine with Docker buildx to build the image.")
+        print("Docker with buildx is not available on this machine: the packager stopped after writing the MAP "
+              "manifests and its Dockerfile (`make map` builds the image with podman: deploy/packaging/build_image.py).")
         return 0
     print(f"error: packaging failed (see {out / 'package.log'})", file=sys.stderr)
     return 1

@@ -1,0 +1,119 @@
+"""Run the MAP image the way ``monai-deploy run`` does, with podman (``make map-run INPUT=dir OUTPUT=dir``).
+
+    python deploy/packaging/run_map.py --image localhost/cxr-enhance-classify:0.1.0 --input IN --output OUT [--cpus N]
+
+What ``monai-deploy run`` (holoscan-cli 3.11, ``common/dockerutils.docker_run``) does, by hand: the input folder
+mounted read-only and the output folder read-write at the paths of ``app.json`` (``workingDirectory`` +
+``input.path``/``output.path``), the ``app.json`` environment with ``HOLOSCAN_INPUT_PATH``/``HOLOSCAN_OUTPUT_PATH``
+set to those paths, a 64 MB stack ulimit, the container removed afterwards. Differences: no network at all
+(``--network none``; the packager creates a bridge network for multi-fragment apps); ``--cpus`` (default: the
+``resources.cpu`` of ``pkg.json``) becomes the container's CPU quota, which the app's thread budget follows
+(``cxr_monai.utils.configure_threads``); the container runs as the image's own non-root user (``monai-deploy run``
+passes the caller's uid:gid, root here), so a root caller hands the output folder to that user; podman needs
+``--runtime runc`` and explicit ``nofile``/``nproc`` ulimits on this kind of machine.
+
+Prints the app's summary line (and its exit status is the container's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import posixpath
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ULIMITS = ["nofile=4096:4096", "nproc=4096:4096", "stack=67108864:67108864"]
+
+
+def podman_cmd() -> str:
+    podman = shutil.which("podman")
+    if podman is None:
+        raise SystemExit("error: podman is not installed (make map-tools)")
+    return podman
+
+
+def image_json(podman: str, image: str, path: str) -> dict:
+    out = subprocess.run([podman, "run", "--rm", "--runtime", "runc", "--network", "none",
+                          *[f"--ulimit={u}" for u in ULIMITS[:2]], "--entrypoint", "cat", image, path],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"error: cannot read {path} from {image}: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def image_user(podman: str, image: str) -> tuple[int, int]:
+    out = subprocess.run([podman, "run", "--rm", "--runtime", "runc", "--network", "none",
+                          *[f"--ulimit={u}" for u in ULIMITS[:2]], "--entrypoint", "id", image],
+                         capture_output=True, text=True, check=True).stdout
+    uid = int(out.split("uid=")[1].split("(")[0])
+    gid = int(out.split("gid=")[1].split("(")[0])
+    return uid, gid
+
+
+def build_command(podman: str, image: str, input_dir: Path, output_dir: Path, app: dict, cpus: float | None,
+                  extra_env: dict[str, str] | None = None, name: str | None = None) -> list[str]:
+    workdir = app.get("workingDirectory", "/var/holoscan")
+    in_path = posixpath.join(workdir, app["input"]["path"])
+    out_path = posixpath.join(workdir, app["output"]["path"])
+    env = dict(app.get("environment", {}))
+    env["HOLOSCAN_INPUT_PATH"] = in_path
+    env["HOLOSCAN_OUTPUT_PATH"] = out_path
+    env.update(extra_env or {})
+    cmd = [podman, "run", "--rm", "--runtime", "runc", "--network", "none", *[f"--ulimit={u}" for u in ULIMITS],
+           "-v", f"{input_dir}:{in_path.rstrip('/')}:ro", "-v", f"{output_dir}:{out_path.rstrip('/')}"]
+    if name:
+        cmd += ["--name", name]
+    if cpus:
+        cmd += ["--cpus", str(cpus)]
+    for k, v in sorted(env.items()):
+        cmd += ["-e", f"{k}={v}"]
+    return cmd + [image]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", default="localhost/cxr-enhance-classify:0.1.0")
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--cpus", type=float, default=None, help="CPU quota (default: pkg.json resources.cpu)")
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE passed to the app (e.g. CXR_STRICT=1)")
+    ap.add_argument("--name", default=None, help="container name")
+    args = ap.parse_args(argv)
+
+    podman = podman_cmd()
+    if subprocess.run([podman, "image", "exists", args.image]).returncode != 0:
+        print(f"error: image {args.image} not found: run `make map` first", file=sys.stderr)
+        return 2
+    input_dir, output_dir = Path(args.input).resolve(), Path(args.output).resolve()
+    if not input_dir.is_dir():
+        print(f"error: input folder {input_dir} does not exist", file=sys.stderr)
+        return 2
+    output_dir.mkdir(parents=True, exist_ok=True)
+    app = image_json(podman, args.image, "/etc/holoscan/app.json")
+    pkg = image_json(podman, args.image, "/etc/holoscan/pkg.json")
+    cpus = args.cpus if args.cpus is not None else pkg.get("resources", {}).get("cpu")
+    if cpus:
+        cpus = min(float(cpus), float(os.cpu_count() or 1))
+    if os.geteuid() == 0:  # the image's non-root user writes the results
+        uid, gid = image_user(podman, args.image)
+        os.chown(output_dir, uid, gid)
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    cmd = build_command(podman, args.image, input_dir, output_dir, app, cpus, extra, args.name)
+    print("running:", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("cxr_enhance_classify:")]
+    if proc.returncode != 0 or not summary:
+        sys.stdout.write(proc.stdout[-4000:])
+    for ln in summary:
+        print(ln)
+    if summary:
+        print(f"results on the host: {output_dir / 'results.json'}")
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
