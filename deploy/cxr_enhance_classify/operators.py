@@ -47,14 +47,35 @@ def _each_ok(records: list[dict], step: str, fn, statuses: tuple[str, ...] = ("o
         _timed(rec, step, start)
 
 
+def _unreadable(file: str) -> str | None:
+    """Why :func:`cxr_monai.io.load_cxr` cannot read ``file`` (truncated, corrupt...), or ``None`` when it can."""
+    from cxr_monai.io import CXRInputError, load_cxr
+
+    try:
+        load_cxr(file)
+    except CXRInputError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - any failure to decode is a reason to report
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
     """The SDK's DICOM loader, made safe for a folder with bad files.
 
     The SDK loader reads every file with ``dcmread`` and only survives ``InvalidDicomError``; any other
     exception (a file pydicom chokes on) would stop the whole app. Each file's header is read first
     (``stop_before_pixels``); files that fail are left out of the SDK's load and reported on the
-    ``rejected_files`` port as ``[{"file", "reason"}]``.
+    ``rejected_files`` port as ``[{"file", "status", "reason"}]``.
+
+    Every file is accounted for by its name, whatever its UIDs: a file without one of the UIDs the SDK needs
+    (SOP Instance, SOP Class, Study, Series) is ``skipped`` with the missing attributes named; of files sharing a
+    SOPInstanceUID, the first complete one (name order) is loaded, an unreadable one (e.g. a truncated copy)
+    ``failed`` with the reason, and a further complete one ``skipped`` as ``duplicate SOPInstanceUID of
+    <file>``; a file the SDK drops all the same is ``failed`` with the reason.
     """
+
+    REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
 
     REJECTED = "rejected_files"
 
@@ -71,34 +92,49 @@ class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
     def _load_data(self, files: list[str]):
         import pydicom
 
-        from cxr_monai.io import CXRInputError, load_cxr
-
-        good: dict[str, str] = {}
+        by_uid: dict[str, list[str]] = {}
         for file in sorted(files):
             try:
                 ds = pydicom.dcmread(file, stop_before_pixels=True)
-                if "SOPInstanceUID" not in ds:
-                    raise ValueError("no SOPInstanceUID")
-                good[file] = str(ds.SOPInstanceUID)
             except Exception as err:  # noqa: BLE001 - any failure means "not a readable DICOM instance"
-                self.rejected.append({"file": file, "status": "skipped",
-                                      "reason": f"not a DICOM file ({type(err).__name__}: {err})"})
-                logger.warning("skipping %s: not a DICOM file (%s)", file, err)
-        studies = super()._load_data(list(good))
-        loaded = {str(sop.get_native_sop_instance().get("SOPInstanceUID", ""))
+                self._reject(file, None, "skipped", f"not a DICOM file ({type(err).__name__}: {err})")
+                continue
+            missing = [k for k in self.REQUIRED_UIDS if not str(ds.get(k, "") or "").strip()]
+            uid = str(ds.get("SOPInstanceUID", "") or "") or None
+            if missing:
+                self._reject(file, uid, "skipped", f"no {', '.join(missing)}: the instance cannot be placed in a "
+                                                   "study and series")
+                continue
+            by_uid.setdefault(str(uid), []).append(file)
+        good: dict[str, str] = {}
+        for uid, group in by_uid.items():
+            if len(group) == 1:
+                good[group[0]] = uid
+                continue
+            kept = None
+            for file in group:  # name order: the first complete file is the instance, the others are reported
+                broken = _unreadable(file)
+                if broken is not None:
+                    self._reject(file, uid, "failed", f"load: {broken}")
+                elif kept is None:
+                    kept, good[file] = file, uid
+                else:
+                    self._reject(file, uid, "skipped", f"duplicate SOPInstanceUID of {kept}")
+        studies = super()._load_data(sorted(good))
+        loaded = {str(Path(getattr(sop.get_native_sop_instance(), "filename", "") or ""))
                   for study in studies for series in study.get_all_series() for sop in series.get_sop_instances()}
         for file, uid in good.items():
-            if uid in loaded:
+            if str(Path(file)) in loaded:
                 continue
             # the SDK loader dropped it (a truncated or corrupt file): report why, in the project's words
-            try:
-                load_cxr(file)
-                reason = "the DICOM loader could not parse this instance"
-            except CXRInputError as err:
-                reason = str(err)
-            self.rejected.append({"file": file, "sop_uid": uid, "status": "failed", "reason": f"load: {reason}"})
-            logger.error("%s failed: %s", file, reason)
+            reason = _unreadable(file) or ("the SDK's DICOM loader left it out (an ignored SOP class, or the same "
+                                           "ImagePositionPatient as another instance of its series)")
+            self._reject(file, uid, "failed", f"load: {reason}")
         return studies
+
+    def _reject(self, file: str, uid: str | None, status: str, reason: str) -> None:
+        self.rejected.append({"file": file, "sop_uid": uid, "status": status, "reason": reason})
+        (logger.error if status == "failed" else logger.warning)("%s %s: %s", file, status, reason)
 
     def compute(self, op_input, op_output, context) -> None:
         self.rejected = []
@@ -315,8 +351,10 @@ class ResultsWriterOperator(Operator):
             for series in study.get_all_series():
                 if series.SeriesInstanceUID not in selected:
                     modality = getattr(series, "Modality", None) or "?"
+                    files = [str(getattr(sop.get_native_sop_instance(), "filename", "") or "")
+                             for sop in series.get_sop_instances()]
                     not_selected.append({"study_uid": study.StudyInstanceUID, "series_uid": series.SeriesInstanceUID,
-                                         "modality": modality, "status": "skipped",
+                                         "modality": modality, "status": "skipped", "files": files,
                                          "reason": f"series modality {modality!r} is not CR/DX"})
                     logger.info("skipping series %s: modality %s is not CR/DX", series.SeriesInstanceUID, modality)
         self.summary = write_study_results(records, self.output_folder, run_info=self.run_info,

@@ -79,7 +79,38 @@ def study_dir(tmp_path_factory) -> Path:
     data = buf.getvalue()
     (d / "truncated.dcm").write_bytes(data[: len(data) * 6 // 10])
     (d / "README.txt").write_text("not a DICOM file\n")
+    _uid_cases(d, dicom)
     return d
+
+
+def _uid_cases(d: Path, dicom: Path) -> None:
+    """Files whose UIDs do not identify them: a truncated copy of a complete CR with its SOPInstanceUID (sorted
+    before it), a complete copy of the DX (sorted after it), a phantom without SOP/Study UIDs, one of another
+    modality (a series the selector leaves out)."""
+    data = (dicom / "cr_chest_pa_mono2_jpeg.dcm").read_bytes()
+    (d / "a_truncated_copy_same_uid.dcm").write_bytes(data[: len(data) * 6 // 10])
+    shutil.copy(dicom / "dx_thorax_mono1_small.dcm", d / "zz_duplicate_of_dx.dcm")
+    ds = pydicom.dcmread(write_phantom_dicom(d / "no_uids.dcm", size=64, seed=2))
+    del ds.SOPInstanceUID, ds.StudyInstanceUID
+    ds.save_as(d / "no_uids.dcm")
+    ds = pydicom.dcmread(write_phantom_dicom(d / "other_modality.dcm", size=64, seed=3))
+    ds.Modality = "OT"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(d / "other_modality.dcm")
+
+
+def _accounted_files(summary) -> list[str]:
+    """Every file results.json names: images, rejected files, files of the series not selected."""
+    return ([i["file"] for i in summary["images"]] + [f["file"] for f in summary["files_rejected"]]
+            + [f for s in summary["series_not_selected"] for f in s["files"]])
+
+
+def _assert_every_file_once(folder: Path, summary) -> None:
+    inputs = sorted(str(p) for p in folder.rglob("*") if p.is_file())
+    named = _accounted_files(summary)
+    assert sorted(named) == inputs, (sorted(set(inputs) - set(named)), sorted(set(named) - set(inputs)))
+    assert len(named) == len(inputs)  # no file twice
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +123,8 @@ def in_process(models: Path, study_dir: Path, tmp_path_factory):
     out = tmp_path_factory.mktemp("out_inproc")
     app = CXREnhanceClassifyApp(["app", "-i", str(study_dir), "-o", str(out), "-m", str(models)])
     app.run()
+    # the peak RSS of this process (pytest included) bounds the app's: read it before other tests allocate
+    app.summary["_test_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     return out, app.summary
 
 
@@ -99,7 +132,7 @@ def _images(summary) -> dict[str, dict]:
     return {Path(i["file"]).name: i for i in summary["images"]}
 
 
-def test_every_input_is_processed_skipped_or_failed_with_a_reason(in_process) -> None:
+def test_every_input_is_processed_skipped_or_failed_with_a_reason(in_process, study_dir: Path) -> None:
     out, summary = in_process
     images = _images(summary)
     assert json.loads((out / "results.json").read_text())["counts"] == summary["counts"]
@@ -108,9 +141,8 @@ def test_every_input_is_processed_skipped_or_failed_with_a_reason(in_process) ->
     # the intended-population gate: the shared CRs are adults (their pixels; PatientAge 62Y), the DX thorax too
     # (its pixels), the extremity by its header, the child's pixels with an adult age by the age rule
     out_of_scope = {n: i for n, i in images.items() if i["status"] == "out_of_scope"}
-    assert set(out_of_scope) == {"cr_chest_pa_mono2_jpeg.dcm", "cr_chest_pa_mono1_jpeg.dcm",
-                                 "dx_thorax_mono1_small.dcm", "cr_extremity_mono1_j2k.dcm",
-                                 "kermany_pixels_adult_age.dcm"}
+    assert set(out_of_scope) == {"cr_chest_pa_mono1_jpeg.dcm", "dx_thorax_mono1_small.dcm",
+                                 "cr_extremity_mono1_j2k.dcm", "kermany_pixels_adult_age.dcm"}
     assert "EXTREMITY" in out_of_scope["cr_extremity_mono1_j2k.dcm"]["reason"]
     assert "age 45.0 years" in out_of_scope["kermany_pixels_adult_age.dcm"]["reason"]
     assert out_of_scope["dx_thorax_mono1_small.dcm"]["reason"].startswith("image check:")
@@ -118,10 +150,38 @@ def test_every_input_is_processed_skipped_or_failed_with_a_reason(in_process) ->
         assert "classification" not in img and "gradcam" not in img["outputs"] and "report" in img["outputs"], name
         assert img["scope"]["in_scope"] is False and img["scope"]["reason"] == img["reason"]
     assert "enhanced" in out_of_scope["kermany_pixels_adult_age.dcm"]["outputs"]
-    assert summary["counts"]["out_of_scope"] == 5 and "children" in summary["intended_use"]
+    assert summary["counts"]["out_of_scope"] == 4 and "children" in summary["intended_use"]
     assert images["truncated.dcm"]["status"] == "failed" and "truncated" in images["truncated.dcm"]["reason"]
-    assert [Path(f["file"]).name for f in summary["files_rejected"]] == ["README.txt"]
+    rejected = {Path(f["file"]).name: f for f in summary["files_rejected"]}
+    # the shared MONOCHROME2 CR has the SOPInstanceUID of its MONOCHROME1 twin: one instance, the second file skipped
+    assert set(rejected) == {"README.txt", "no_uids.dcm", "zz_duplicate_of_dx.dcm", "cr_chest_pa_mono2_jpeg.dcm"}
+    assert rejected["README.txt"]["reason"].startswith("not a DICOM file")
+    assert rejected["no_uids.dcm"]["reason"].startswith("no SOPInstanceUID, StudyInstanceUID")
+    assert rejected["zz_duplicate_of_dx.dcm"]["reason"] == \
+        f"duplicate SOPInstanceUID of {study_dir / 'dx_thorax_mono1_small.dcm'}"
+    assert rejected["cr_chest_pa_mono2_jpeg.dcm"]["reason"] == \
+        f"duplicate SOPInstanceUID of {study_dir / 'cr_chest_pa_mono1_jpeg.dcm'}"
+    assert all(f["status"] == "skipped" for f in rejected.values())
+    assert [Path(f).name for s in summary["series_not_selected"] for f in s["files"]] == ["other_modality.dcm"]
     assert summary["run"]["device"] == "cpu" and summary["run"]["models"]["cxr_sr"]["version"]
+
+
+def test_truncated_copy_with_the_uid_of_a_complete_file_is_listed(in_process, study_dir: Path) -> None:
+    """The complete CR and its truncated copy (same SOPInstanceUID, sorted first) are both in results.json: the
+    copy failed with the reason, the first complete file with that UID processed (the shared MONOCHROME1 twin),
+    the CR the copy was made from skipped as its duplicate."""
+    _, summary = in_process
+    images = _images(summary)
+    rejected = {Path(f["file"]).name: f for f in summary["files_rejected"]}
+    copy, good = images["a_truncated_copy_same_uid.dcm"], images["cr_chest_pa_mono1_jpeg.dcm"]
+    assert copy["status"] == "failed" and copy["reason"].startswith("load:") and "truncated" in copy["reason"]
+    assert good["status"] == "out_of_scope" and good["sop_uid"] == copy["sop_uid"] and "enhanced" in good["outputs"]
+    assert rejected["cr_chest_pa_mono2_jpeg.dcm"]["sop_uid"] == copy["sop_uid"]
+
+
+def test_number_of_input_files_equals_the_files_in_results(in_process, study_dir: Path) -> None:
+    _, summary = in_process
+    _assert_every_file_once(study_dir, summary)
 
 
 def test_size_policy_and_probabilities(in_process) -> None:
@@ -149,13 +209,11 @@ def test_timings_on_two_cores(in_process) -> None:
 def test_outputs_conform_and_reference_their_sources(in_process, study_dir: Path) -> None:
     exe = dciodvfy_exe()
     out, summary = in_process
-    sources = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f
-               for f in study_dir.rglob("*.dcm") if f.name != "truncated.dcm"}
     per_study_series: dict[tuple[str, str], set] = {}
     for img in summary["images"]:
         if img["status"] not in ("ok", "out_of_scope"):
             continue
-        src = pydicom.dcmread(sources[img["sop_uid"]], stop_before_pixels=True)
+        src = pydicom.dcmread(img["file"], stop_before_pixels=True)
         for kind in ("enhanced", "report", "gradcam"):
             if kind not in img["outputs"]:
                 continue
@@ -178,7 +236,8 @@ def test_outputs_conform_and_reference_their_sources(in_process, study_dir: Path
             assert report["numbers"]["Pneumonia probability (calibrated)"] == pytest.approx(
                 img["classification"]["probability"], abs=1e-6)
         assert any("children" in t for t in report["texts"])
-        if "enhanced" in img["outputs"]:
+        assert ("enhanced" in img["outputs"]) == img["sr"]["applied"], img["file"]
+        if img["sr"]["applied"]:
             sc = pydicom.dcmread(img["outputs"]["enhanced"], stop_before_pixels=True)
             assert (sc.Rows, sc.Columns) == (4 * src.Rows, 4 * src.Columns)
     assert all(len(v) == 1 for v in per_study_series.values())
@@ -239,24 +298,49 @@ def test_orthanc_stores_every_object(in_process, study_dir: Path, tmp_path: Path
         assert stats["CountInstances"] == len(set(statuses) | stored_sources)
 
 
-def test_subprocess_strict_exit_status_and_memory(models: Path, study_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory) -> Path:
+    """A small folder for the subprocess run (the in-process run covers the 1,024 -> 4,096 px case): a 512 px
+    phantom, a truncated copy of it under its SOPInstanceUID, a complete copy, a non-DICOM file."""
+    d = tmp_path_factory.mktemp("small")
+    data = write_phantom_dicom(d / "phantom_512.dcm", size=512, seed=7, consolidation=True).read_bytes()
+    (d / "phantom_512_truncated.dcm").write_bytes(data[: len(data) * 6 // 10])
+    (d / "phantom_512_copy.dcm").write_bytes(data)
+    (d / "notes.txt").write_text("not a DICOM file\n")
+    return d
+
+
+def test_peak_memory_of_the_large_run(in_process) -> None:
+    """The in-process run (two 1,024 px CRs enhanced to 4,096 px) stays under 3 GB: the peak RSS of the whole
+    pytest process, an upper bound of the app's."""
+    _, summary = in_process
+    assert summary["_test_peak_rss_gb"] < 3.0, f"peak RSS {summary['_test_peak_rss_gb']:.2f} GB"
+
+
+def test_subprocess_strict_exit_status_and_memory(models: Path, small_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    env = {**os.environ, "HOLOSCAN_INPUT_PATH": str(study_dir), "HOLOSCAN_OUTPUT_PATH": str(out),
+    env = {**os.environ, "HOLOSCAN_INPUT_PATH": str(small_dir), "HOLOSCAN_OUTPUT_PATH": str(out),
            "HOLOSCAN_MODEL_PATH": str(models)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(APP_DIR), "--strict"], env=env, capture_output=True, text=True,
-                          timeout=600)
+    with open(tmp_path / "stdout", "w") as so, open(tmp_path / "stderr", "w") as se:
+        proc = subprocess.Popen([sys.executable, str(APP_DIR), "--strict"], env=env, stdout=so, stderr=se, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS (and its waited-for children's)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    assert proc.returncode == 1, proc.stderr[-3000:]  # the truncated file failed, and --strict says so
-    assert "1 failed" in proc.stdout
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert proc.returncode == 1, stderr[-3000:]  # the truncated file failed, and --strict says so
+    assert "1 failed" in stdout
     summary = json.loads((out / "results.json").read_text())
-    assert summary["counts"]["ok"] == 3 and summary["counts"]["out_of_scope"] == 5 and summary["counts"]["failed"] == 1
-    assert "below the recommended minimum" not in proc.stderr  # the launcher raised the stack limit
-    if peak_kb > before:  # ru_maxrss of children: the largest child so far
-        assert peak_kb / 1024**2 < 3.0, f"peak RSS {peak_kb / 1024**2:.2f} GB"
-    print(f"subprocess run: {wall:.1f} s, peak RSS {peak_kb / 1024**2:.2f} GB")
+    assert summary["counts"]["ok"] == 1 and summary["counts"]["failed"] == 1 and summary["counts"]["files_rejected"] == 2
+    images = _images(summary)
+    assert images["phantom_512.dcm"]["status"] == "ok" and images["phantom_512.dcm"]["classification"]["label"] == \
+        "PNEUMONIA"
+    assert "truncated" in images["phantom_512_truncated.dcm"]["reason"]
+    _assert_every_file_once(small_dir, summary)
+    assert "below the recommended minimum" not in stderr  # the launcher raised the stack limit
+    peak_gb = usage.ru_maxrss / 1024**2
+    assert 0.1 < peak_gb < 3.0, f"peak RSS {peak_gb:.2f} GB"
+    print(f"subprocess run: {wall:.1f} s, peak RSS {peak_gb:.2f} GB")
 
 
 def test_subprocess_without_models_exits_2(study_dir: Path, tmp_path: Path) -> None:
@@ -270,9 +354,15 @@ def test_subprocess_without_models_exits_2(study_dir: Path, tmp_path: Path) -> N
 
 
 def test_map_manifests_without_docker(models: Path, tmp_path: Path) -> None:
+    # a `docker` first on PATH that fails: the packager must stop after the manifests, whatever this machine has
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "docker").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "deploy" / "packaging" / "make_map.py"),
                            "--models", str(models), "--out", str(tmp_path / "map")],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     app = json.loads((tmp_path / "map" / "app.json").read_text())
     pkg = json.loads((tmp_path / "map" / "pkg.json").read_text())
@@ -283,5 +373,4 @@ def test_map_manifests_without_docker(models: Path, tmp_path: Path) -> None:
                              "cxr_scope": "/opt/holoscan/models/cxr_scope",
                              "cxr_sr": "/opt/holoscan/models/cxr_sr"}
     assert pkg["resources"]["cpu"] == 2 and pkg["resources"]["memory"] == "4Gi" and pkg["version"] == "0.1.0"
-    if shutil.which("docker") is None or "not available" in proc.stdout:
-        assert "stopped after writing the MAP manifests" in proc.stdout
+    assert "stopped after writing the MAP manifests" in proc.stdout
