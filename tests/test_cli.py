@@ -16,8 +16,12 @@ def test_demo_default_phantom(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert len(list((tmp_path / "preview").glob("*.png"))) == 1
     cls = [s for s in summary["steps"] if s["step"] == "pneumonia_classification"][0]
-    # the bundle ships weights: one prediction with a Grad-CAM overlay; the phantom has a consolidation
-    assert len(cls["predictions"]) == 1 and 0 <= cls["predictions"][0]["probability"] <= 1
+    # the bundle ships weights: one prediction with a Grad-CAM overlay; the phantom has a consolidation, which the
+    # shipped classifier must call PNEUMONIA at the shipped threshold
+    threshold = json.loads((PROJECT_ROOT / "bundles" / "cxr_pneumonia_classifier" / "models" / "calibration.json")
+                           .read_text())["threshold"]
+    assert len(cls["predictions"]) == 1
+    assert cls["predictions"][0]["label"] == "PNEUMONIA" and cls["predictions"][0]["probability"] >= threshold
     assert len(list((tmp_path / "classification" / "gradcam").glob("*.png"))) == 1
 
 

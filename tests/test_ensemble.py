@@ -128,13 +128,17 @@ def test_rand_border_draws_a_black_frame_within_the_bound():
     assert torch.equal(RandBorderd("image", prob=0.0)({"image": img})["image"], img)
     t = RandBorderd("image", prob=1.0, max_fraction=0.2)
     t.set_random_state(3)
+    frames = set()
     for _ in range(10):
         out = t({"image": img})["image"]
-        rows = (out[0] > 0).any(1).nonzero().flatten()
-        cols = (out[0] > 0).any(0).nonzero().flatten()
-        assert rows.min() <= 20 and 100 - 1 - rows.max() <= 20 and cols.min() <= 16 and 80 - 1 - cols.max() <= 16
-        assert float(out.min()) == 0.0 or torch.equal(out, img)
-        assert torch.all(out[0, rows.min():rows.max() + 1, cols.min():cols.max() + 1] == 1)  # frame only
+        # the drawn bands (pixels per side), each within max_fraction of its axis
+        top, bottom, left, right = (int(round(f * n)) for f, n in zip(t._bands, (100, 100, 80, 80)))
+        assert max(top, bottom) <= 20 and max(left, right) <= 16
+        expected = torch.zeros_like(img)
+        expected[:, top:100 - bottom, left:80 - right] = 1  # zeros in the frame, the image untouched inside
+        assert torch.equal(out, expected), (top, bottom, left, right)
+        frames.add((top, bottom, left, right))
+    assert len(frames) == 10 and all(sum(f) > 0 for f in frames)  # a new frame each call, never none
     with pytest.raises(ValueError, match="max_fraction"):
         RandBorderd("image", max_fraction=0.5)
 

@@ -352,7 +352,7 @@ def test_suite_on_phantoms_reports_every_shift_and_worst_case(phantom_set, tmp_p
         assert w["value"] == min(s["worst"][metric]["value"] for s in report["shifts"].values())
     # a strong shift moves the brightness classifier: exposure +2 stops darkens everything -> fewer positives
     exp2 = next(lv for lv in report["shifts"]["exposure"]["levels"] if lv["value"] == 2.0)
-    assert exp2["mean_probability"] != clean["mean_probability"]
+    assert exp2["mean_probability"] < clean["mean_probability"] - 0.01
     assert stress_suite(_LungBrightness(), images, labels, pre, **kwargs) == report  # deterministic, noise too
     paths = write_stress_report(report, tmp_path, extra={"note": "phantoms"})
     assert json.loads(paths["json"].read_text())["note"] == "phantoms"

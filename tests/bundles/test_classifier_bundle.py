@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -93,8 +94,14 @@ def test_ensemble_evaluate_and_inference_on_trained_weights(trained, tmp_path, m
     _workflow("inference.json", "infer", models_dir=str(models), dataset_dir=str(one.parent), output_dir=str(inf),
               image_size=64, ensemble_members=2, use_scope_gate=False)
     preds = json.loads((inf / "predictions.json").read_text())
-    assert len(preds) == 6 and all(0.0 <= p["probability"] <= 1.0 for p in preds)
-    assert all(p["label"] in ("NORMAL", "PNEUMONIA") for p in preds)
+    # inference.json gives each file the probability evaluate.json gave it (same preprocessing, ensemble and
+    # calibration), and the label the shipped threshold implies
+    with open(ev / "predictions.csv", newline="") as f:
+        evaluated = {Path(r["file"]).name: float(r["probability"]) for r in csv.DictReader(f)}
+    assert len(preds) == 6
+    for p in preds:
+        assert p["probability"] == pytest.approx(evaluated[Path(p["file"]).name], abs=1e-5), p["file"]
+        assert p["label"] == ("PNEUMONIA" if p["probability"] >= cal["threshold"] else "NORMAL")
     assert len(list((inf / "gradcam").glob("*.png"))) == 6
 
 
