@@ -111,6 +111,73 @@ def test_the_weight_checks_fail_on_permuted_weights() -> None:
     assert min(normal, pneumonia) < W.GENERATOR_FIDELITY_FLOOR, (normal, pneumonia)
 
 
+def _committed(name: str) -> dict:
+    return json.loads((BUNDLES / "cxr_pneumonia_classifier" / "docs" / "results" / name).read_text())
+
+
+def _calibration(name: str) -> dict:
+    return json.loads((BUNDLES / "cxr_pneumonia_classifier" / "models" / name).read_text())
+
+
+def _assert_reproduces(got: dict, committed: dict) -> None:
+    assert got["n"] == committed["n"] and got["confusion_matrix"] == committed["confusion_matrix"], (got, committed)
+    assert got["auc"] == pytest.approx(committed["auc"], abs=1e-4) and got["ece"] == pytest.approx(committed["ece"], abs=1e-4)
+
+
+def test_shipped_threshold_and_calibration_reproduce_the_committed_validation() -> None:
+    """models/model.pt with models/calibration.json's temperature and threshold reproduces
+    docs/results/metrics_val.json on the validation split (confusion matrix exactly, AUC and ECE to 1e-4); the
+    threshold is the equal-prior rule's (the calibration split's PNEUMONIA prevalence, from its committed counts).
+    A shifted threshold moves the confusion matrix, a wrong temperature the ECE (checked below)."""
+    cal, committed = _calibration("calibration.json"), _committed("metrics_val.json")
+    (tn, fp), (fn, tp) = cal["calibration_split"]["confusion_matrix"]
+    assert cal["threshold"] == committed["threshold"] == pytest.approx((fn + tp) / (tn + fp + fn + tp), abs=1e-12)
+    net, items = W.classifier_network(), W.kermany_val_items()
+    _assert_reproduces(W.recompute_committed_metrics(net, items, W.classifier_image_size(), cal["temperature"],
+                                                     cal["threshold"]), committed)
+    # the same check fails on a shifted threshold and on a wrong temperature
+    shifted = W.recompute_committed_metrics(net, items, W.classifier_image_size(), cal["temperature"],
+                                            cal["threshold"] + 0.05)
+    assert shifted["confusion_matrix"] != committed["confusion_matrix"]
+    hot = W.recompute_committed_metrics(net, items, W.classifier_image_size(), cal["temperature"] * 1.5,
+                                        cal["threshold"])
+    assert abs(hot["ece"] - committed["ece"]) > 1e-3
+
+
+def test_shipped_mnist28_model_and_calibration_reproduce_the_committed_validation() -> None:
+    cal, committed = _calibration("calibration_mnist28.json"), _committed("metrics_mnist28_val.json")
+    assert cal["threshold"] == committed["threshold"]
+    net = W.mnist28_network()
+    got = W.recompute_committed_metrics(net, W.mnist28_val_items(), 28, cal["temperature"], cal["threshold"])
+    _assert_reproduces(got, committed)
+    assert got["auc"] >= W.MNIST28_AUC_FLOOR
+    broken = W.recompute_committed_metrics(W.permuted(net), W.mnist28_val_items(), 28, cal["temperature"],
+                                           cal["threshold"])
+    assert broken["auc"] < W.MNIST28_AUC_FLOOR, broken
+
+
+def test_shipped_reference_network_separates_the_classes() -> None:
+    """models/feature_extractor.pt (behind the SR perceptual loss and the synthesis metrics) is a working
+    classifier; the same tensors permuted are not."""
+    net, size, _ = W.reference_network()
+    auc = W.reference_auc(net, size)
+    print(f"reference network AUC {auc:.4f}")
+    assert auc >= W.REFERENCE_AUC_FLOOR, auc
+    assert W.reference_auc(W.permuted(net), size) < W.REFERENCE_AUC_FLOOR
+
+
+@pytest.mark.parametrize("bundle,shape", [("cxr_pneumonia_classifier", (2, 1, 160, 160)),
+                                          ("cxr_sr_csaegan", (1, 1, 48, 40))])
+def test_shipped_torchscript_equals_the_checkpoint(bundle: str, shape: tuple) -> None:
+    """models/model.ts computes what models/model.pt does (float32 tolerance: other code paths)."""
+    from cxr_monai.utils import load_bundle_network
+
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    scripted = torch.jit.load(str(BUNDLES / bundle / "models" / "model.ts"), map_location="cpu").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), load_bundle_network(BUNDLES / bundle)(x), rtol=1e-4, atol=1e-5)
+
+
 def test_synthesis_inference_writes_what_generate_makes(tmp_path: Path) -> None:
     """The evaluator-driven inference config writes exactly the images of cxr_monai.engines.gan.generate."""
     import numpy as np

@@ -13,9 +13,13 @@ from torch import nn
 from tests.conftest import PROJECT_ROOT, require_shared
 
 BUNDLES = PROJECT_ROOT / "bundles"
-CLASSIFIER_AUC_FLOOR = 0.95      # shipped ensemble: see models/calibration.json (validation AUC on the whole split)
-SR_GAIN_FLOOR_DB = 0.3           # shipped: +0.80 dB over bicubic on 512 crops of the validation split
-GENERATOR_FIDELITY_FLOOR = 0.8   # shipped: 0.969 (NORMAL) / 0.984 (PNEUMONIA) class fidelity
+# Floors of the checks below; the comments quote what these very functions measure on the shipped weights
+# (measured 2026-12-04 with tests/bundles/weight_checks.py on this repository's models/).
+CLASSIFIER_AUC_FLOOR = 0.95      # classifier_auc (30 + 30 validation images): 0.9989
+SR_GAIN_FLOOR_DB = 0.3           # sr_gain_db (3 validation images, 256 px centre crops): +0.40 dB
+GENERATOR_FIDELITY_FLOOR = 0.8   # generator_fidelity (24 per class, seed 123): 1.000 (NORMAL) / 0.917 (PNEUMONIA)
+MNIST28_AUC_FLOOR = 0.95         # model_mnist28.pt on PneumoniaMNIST val: 0.9968 (= docs/results/metrics_mnist28_val.json)
+REFERENCE_AUC_FLOOR = 0.9        # feature_extractor.pt, reference_auc (30 + 30 validation images, 224 px): 0.9956
 
 
 def permuted(net: nn.Module, seed: int = 0) -> nn.Module:
@@ -124,3 +128,63 @@ def generator_fidelity(net: nn.Module, per_class: int = 24) -> tuple[float, floa
         called = (p >= cal["threshold"]).long()
         out.append(float((called == c).float().mean()))
     return out[0], out[1]
+
+
+def recompute_committed_metrics(net: nn.Module, items: list[dict], image_size: int, temperature: float,
+                                threshold: float) -> dict:
+    """AUC, ECE and confusion matrix (rows true NORMAL/PNEUMONIA, columns called) of ``net`` on ``items`` with
+    the given temperature and threshold: what the bundle's evaluation wrote into ``docs/results/metrics_*.json``."""
+    from monai.transforms import Compose
+
+    from cxr_monai.metrics.classification import expected_calibration_error, roc_auc
+    from cxr_monai.transforms import classifier_preprocessing
+
+    pre = Compose(classifier_preprocessing(["image"], image_size))
+    probs = []
+    for i in range(0, len(items), 64):
+        x = torch.stack([torch.as_tensor(pre({"image": d["image"]})["image"]) for d in items[i:i + 64]])
+        with torch.no_grad():
+            probs.append(torch.softmax(net.eval()(x) / temperature, 1)[:, 1])
+    p, y = torch.cat(probs).numpy(), np.array([int(d["label"]) for d in items])
+    called = (p >= threshold).astype(int)
+    return {"auc": float(roc_auc(p, y)), "ece": float(expected_calibration_error(p, y)), "n": len(items),
+            "confusion_matrix": [[int(((y == a) & (called == b)).sum()) for b in (0, 1)] for a in (0, 1)]}
+
+
+def mnist28_network() -> nn.Module:
+    """The 28-px PneumoniaMNIST classifier (models/model_mnist28.pt; configs/mnist28.json's preset)."""
+    from cxr_monai.utils import load_bundle_network
+
+    return load_bundle_network(BUNDLES / "cxr_pneumonia_classifier", weights_name="model_mnist28.pt",
+                               overrides={"network_preset": "mnist_slim", "image_size": 28})
+
+
+def mnist28_val_items() -> list[dict]:
+    """PneumoniaMNIST's official val split (the split ``docs/results/metrics_mnist28_val.json`` reports)."""
+    from cxr_monai.data import training_split
+
+    return training_split(require_shared("pneumoniamnist", "pneumoniamnist_28_trainval.npz"), 0.15, 0)[1]
+
+
+def kermany_val_items() -> list[dict]:
+    """The patient-aware validation split of kermany224/train (``docs/results/metrics_val.json``)."""
+    from cxr_monai.data import training_split
+
+    return training_split(require_shared("kermany224", "train"), 0.15, 0)[1]
+
+
+def reference_network() -> tuple[nn.Module, int, float]:
+    """models/feature_extractor.pt (the reference network of the SR perceptual loss and the synthesis metrics)
+    with its input size and temperature from configs/feature_extractor.json."""
+    from cxr_monai.reference_network import load_reference_network
+
+    root = BUNDLES / "cxr_pneumonia_classifier"
+    cfg = json.loads((root / "configs" / "feature_extractor.json").read_text())
+    return load_reference_network(root), int(cfg["image_size"]), float(cfg["temperature"])
+
+
+def reference_auc(net: nn.Module, image_size: int, per_class: int = 30) -> float:
+    """AUC of the reference network on the first ``per_class`` images per class of the kermany validation split."""
+    val = kermany_val_items()
+    items = [d for d in val if int(d["label"]) == 0][:per_class] + [d for d in val if int(d["label"]) == 1][:per_class]
+    return recompute_committed_metrics(net, items, image_size, 1.0, 0.5)["auc"]
