@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 DSTAMP := $(DEPLOY_VENV)/.installed
 CLS_BUNDLE := bundles/cxr_pneumonia_classifier
 SR_BUNDLE := bundles/cxr_sr_csaegan
-# The test targets fail on any skipped test while ../shared/data (or $$CXR_SHARED_DATA) exists (tests/conftest.py):
+# The test targets fail on any skipped test while ../shared/data (or CXR_SHARED_DATA) exists (tests/conftest.py):
 # with the data present a skip means something broke. A clone without the data keeps skip-with-a-reason.
 export CXR_FAIL_ON_SKIP ?= 1
 
