@@ -21,12 +21,22 @@ import argparse
 import json
 import os
 import posixpath
+import resource
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-ULIMITS = ["nofile=4096:4096", "nproc=4096:4096", "stack=67108864:67108864"]
+def _ulimit(name: str, res: int, want: int) -> str:
+    """``name=v:v`` with v = want, or the caller's hard limit when lower (podman cannot raise it: EPERM)."""
+    hard = resource.getrlimit(res)[1]
+    v = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    return f"{name}={v}:{v}"
+
+
+# podman's defaults (nofile 1048576, nproc 32768) exceed this machine's hard limits; the stack is monai-deploy run's
+ULIMITS = [_ulimit("nofile", resource.RLIMIT_NOFILE, 4096), _ulimit("nproc", resource.RLIMIT_NPROC, 4096),
+           _ulimit("stack", resource.RLIMIT_STACK, 67108864)]
 
 
 def podman_cmd() -> str:
@@ -52,6 +62,24 @@ def image_user(podman: str, image: str) -> tuple[int, int]:
     uid = int(out.split("uid=")[1].split("(")[0])
     gid = int(out.split("gid=")[1].split("(")[0])
     return uid, gid
+
+
+def unreadable_by(uid: int, gid: int, folder: Path) -> list[Path]:
+    """Entries of ``folder`` (itself included) that user uid:gid cannot read (or enter, for folders); the host's
+    parent folders do not matter (the container reaches the folder through its mount point)."""
+    bad = []
+    for p in [folder, *folder.rglob("*")]:
+        st = p.stat()
+        need = 0o5 if p.is_dir() else 0o4
+        if st.st_uid == uid:
+            ok = (st.st_mode >> 6) & need == need
+        elif st.st_gid == gid:
+            ok = (st.st_mode >> 3) & need == need
+        else:
+            ok = st.st_mode & need == need
+        if not ok:
+            bad.append(p)
+    return bad
 
 
 def build_command(podman: str, image: str, input_dir: Path, output_dir: Path, app: dict, cpus: float | None,
@@ -82,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus", type=float, default=None, help="CPU quota (default: pkg.json resources.cpu)")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE passed to the app (e.g. CXR_STRICT=1)")
     ap.add_argument("--name", default=None, help="container name")
+    ap.add_argument("--as-caller", action="store_true", help="run as the caller's uid:gid (monai-deploy run's default)")
     args = ap.parse_args(argv)
 
     podman = podman_cmd()
@@ -98,11 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     cpus = args.cpus if args.cpus is not None else pkg.get("resources", {}).get("cpu")
     if cpus:
         cpus = min(float(cpus), float(os.cpu_count() or 1))
-    if os.geteuid() == 0:  # the image's non-root user writes the results
-        uid, gid = image_user(podman, args.image)
+    uid, gid = image_user(podman, args.image)
+    if args.as_caller:  # exactly monai-deploy run's --user: the caller's uid:gid (root when root calls)
+        uid, gid = os.getuid(), os.getgid()
+    elif os.geteuid() == 0:  # the image's non-root user writes the results
         os.chown(output_dir, uid, gid)
+    bad = unreadable_by(uid, gid, input_dir)
+    if bad:
+        print(f"error: the image's user (uid {uid}) cannot read {len(bad)} entries of {input_dir}, e.g. {bad[0]}: "
+              f"`chmod -R o+rX {input_dir}`, or --as-caller to run as your own uid", file=sys.stderr)
+        return 2
     extra = dict(kv.split("=", 1) for kv in args.env)
     cmd = build_command(podman, args.image, input_dir, output_dir, app, cpus, extra, args.name)
+    if args.as_caller:
+        cmd[-1:-1] = ["--user", f"{uid}:{gid}"]
     print("running:", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("cxr_enhance_classify:")]
