@@ -46,22 +46,17 @@ def podman_cmd() -> str:
     return podman
 
 
-def image_json(podman: str, image: str, path: str) -> dict:
+def image_facts(podman: str, image: str) -> tuple[dict, dict, int, int]:
+    """app.json, pkg.json and the image user's uid/gid, in one short container run."""
+    script = 'id -u; id -g; cat "$HOLOSCAN_APP_MANIFEST_PATH"; echo; echo "@@"; cat "$HOLOSCAN_PKG_MANIFEST_PATH"'
     out = subprocess.run([podman, "run", "--rm", "--runtime", "runc", "--network", "none",
-                          *[f"--ulimit={u}" for u in ULIMITS[:2]], "--entrypoint", "cat", image, path],
+                          *[f"--ulimit={u}" for u in ULIMITS[:2]], "--entrypoint", "/bin/sh", image, "-c", script],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"error: cannot read {path} from {image}: {out.stderr.strip()}")
-    return json.loads(out.stdout)
-
-
-def image_user(podman: str, image: str) -> tuple[int, int]:
-    out = subprocess.run([podman, "run", "--rm", "--runtime", "runc", "--network", "none",
-                          *[f"--ulimit={u}" for u in ULIMITS[:2]], "--entrypoint", "id", image],
-                         capture_output=True, text=True, check=True).stdout
-    uid = int(out.split("uid=")[1].split("(")[0])
-    gid = int(out.split("gid=")[1].split("(")[0])
-    return uid, gid
+        raise SystemExit(f"error: cannot read the manifests from {image}: {out.stderr.strip()}")
+    uid, gid, rest = out.stdout.split("\n", 2)
+    app, pkg = rest.split("@@", 1)
+    return json.loads(app), json.loads(pkg), int(uid), int(gid)
 
 
 def unreadable_by(uid: int, gid: int, folder: Path) -> list[Path]:
@@ -122,12 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: input folder {input_dir} does not exist", file=sys.stderr)
         return 2
     output_dir.mkdir(parents=True, exist_ok=True)
-    app = image_json(podman, args.image, "/etc/holoscan/app.json")
-    pkg = image_json(podman, args.image, "/etc/holoscan/pkg.json")
+    app, pkg, uid, gid = image_facts(podman, args.image)
     cpus = args.cpus if args.cpus is not None else pkg.get("resources", {}).get("cpu")
     if cpus:
         cpus = min(float(cpus), float(os.cpu_count() or 1))
-    uid, gid = image_user(podman, args.image)
     if args.as_caller:  # exactly monai-deploy run's --user: the caller's uid:gid (root when root calls)
         uid, gid = os.getuid(), os.getgid()
     elif os.geteuid() == 0:  # the image's non-root user writes the results
