@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["gradcam", "gradcam_split", "overlay_rgb", "save_overlay", "cam_mass_inside", "minmax_normalize", "max_normalize"]
+__all__ = ["gradcam", "gradcam_split", "overlay_rgb", "save_overlay", "cam_mass_inside", "minmax_normalize", "max_normalize", "FeatureMapCollector", "feature_map_layers", "top_channels", "save_feature_maps"]
 
 
 def gradcam(net: nn.Module, image: torch.Tensor, target_layer: str, class_idx: int | None = 1,
@@ -155,3 +155,176 @@ def overlay_rgb(image: np.ndarray | torch.Tensor, cam: np.ndarray, alpha: float 
     a = alpha * np.clip(cam_t[0, 0].numpy(), 0.0, 1.0)[..., None] ** 0.5
     rgb = (1 - a) * img[..., None] + a * heat
     return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Intermediate feature maps (forward hooks) and the per-image figure
+# ---------------------------------------------------------------------------------------------------------------
+
+STAGES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+def feature_map_layers(net: nn.Module) -> dict[str, str]:
+    """The layers :class:`FeatureMapCollector` hooks by default: for every :class:`~cxr_monai.networks.ResNet18SA`
+    inside ``net`` (the network itself, or each member of a :class:`~cxr_monai.networks.ClassifierEnsemble`) its
+    ``stem``, the four stages and the ``conv`` of every :class:`~cxr_monai.networks.blocks.SpatialAttention` gate.
+
+    Returns:
+        ``{dotted module name: kind}``, kind ``"stage"`` (the module's output is recorded) or ``"attention"``
+        (the sigmoid of the gate's convolution, i.e. the (N, 1, h, w) attention map, is recorded).
+    """
+    from cxr_monai.networks.blocks import SpatialAttention
+    from cxr_monai.networks.classifiers import ResNet18SA
+
+    layers: dict[str, str] = {}
+    for prefix, module in net.named_modules():
+        if not isinstance(module, ResNet18SA):
+            continue
+        dot = f"{prefix}." if prefix else ""
+        layers.update({f"{dot}{s}": "stage" for s in STAGES})
+        for name, sub in module.named_modules():
+            if isinstance(sub, SpatialAttention):
+                layers[f"{dot}{name}.conv"] = "attention"
+    if not layers:
+        raise ValueError(f"{type(net).__name__} holds no ResNet18SA; name the layers to hook explicitly")
+    return layers
+
+
+class FeatureMapCollector:
+    """Record intermediate feature maps of a network with forward hooks (a context manager: the hooks are
+    removed on exit, the network is left as it was).
+
+    Example::
+
+        with FeatureMapCollector(net) as fm:
+            net(x)
+        fm.maps["members.0.layer2"]  # (N, C, h, w), detached
+
+    Args:
+        net: the network (not modified; hooks only).
+        layers: ``{dotted module name: "stage" | "attention"}``; default :func:`feature_map_layers`. For an
+            ``"attention"`` entry the hooked module's output is passed through a sigmoid (the gate's map).
+    """
+
+    def __init__(self, net: nn.Module, layers: dict[str, str] | None = None) -> None:
+        self.net = net
+        self.layers = dict(feature_map_layers(net) if layers is None else layers)
+        modules = dict(net.named_modules())
+        missing = [n for n in self.layers if n not in modules]
+        if missing:
+            raise ValueError(f"no such modules in {type(net).__name__}: {missing}")
+        bad = {k for k in self.layers.values()} - {"stage", "attention"}
+        if bad:
+            raise ValueError(f"layer kinds must be 'stage' or 'attention', got {sorted(bad)}")
+        self._modules = {n: modules[n] for n in self.layers}
+        self._handles: list = []
+        self.maps: dict[str, torch.Tensor] = {}
+        self.inputs: dict[str, torch.Tensor] = {}
+
+    def _hook(self, name: str):
+        attention = self.layers[name] == "attention"
+
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            out = output.detach()
+            self.maps[name] = (torch.sigmoid(out) if attention else out.clone()).contiguous()
+            self.inputs[name] = args[0].detach().clone().contiguous()
+
+        return hook
+
+    def __enter__(self) -> "FeatureMapCollector":
+        self.maps, self.inputs = {}, {}
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self._modules.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    @torch.no_grad()
+    def collect(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One forward pass of ``x`` in eval mode (the previous mode is restored); returns :attr:`maps`."""
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with self:
+                self.net(x)
+        finally:
+            self.net.train(was_training)
+        return self.maps
+
+
+def top_channels(fmap: torch.Tensor, k: int = 4) -> list[int]:
+    """Indices of the ``k`` channels of one (C, h, w) map with the largest mean activation, strongest first."""
+    means = fmap.detach().float().reshape(fmap.shape[0], -1).mean(dim=1)
+    return [int(i) for i in torch.argsort(means, descending=True)[: min(k, fmap.shape[0])]]
+
+
+def save_feature_maps(image: np.ndarray | torch.Tensor, maps: dict[str, torch.Tensor], path: str | Path,
+                      cam: np.ndarray | None = None, layers: dict[str, str] | None = None, index: int = 0,
+                      k: int = 4, title: str = "") -> Path:
+    """One figure of a single image's feature maps: the input and its Grad-CAM in the first column, then per
+    network (one column group per ensemble member, side by side) one row per stage with its ``k`` strongest
+    channels (by mean activation, each map scaled to its own range) and the spatial-attention maps (0-1).
+
+    Args:
+        image: (1, H, W) or (H, W) in [0, 1].
+        maps: :attr:`FeatureMapCollector.maps` of a batch holding the image.
+        path: PNG to write (parents created).
+        cam: (H, W) Grad-CAM in [0, 1], shown over the input (omitted when ``None``).
+        layers: the collector's ``layers`` (kinds); default: names ending in ``attention.conv`` are attention.
+        index: the image's index in the batch.
+        k: channels per stage.
+        title: figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = layers or {n: ("attention" if n.endswith("attention.conv") else "stage") for n in maps}
+    # group by network: the prefix before the stage name ("" for a single network, "members.i" for members)
+    groups: dict[str, dict[str, list[str]]] = {}
+    for name in maps:
+        parts = name.split(".")
+        cut = next((i for i, p in enumerate(parts) if p in STAGES), len(parts) - 1)
+        prefix = ".".join(parts[:cut])
+        g = groups.setdefault(prefix, {"stage": [], "attention": []})
+        g[kinds.get(name, "stage")].append(name)
+    n_att = max(len(g["attention"]) for g in groups.values())
+    att_rows = -(-n_att // k) if n_att else 0
+    n_rows = max(max(len(g["stage"]) for g in groups.values()) + att_rows, 2)
+    n_cols = 1 + k * len(groups)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.35 * n_cols, 1.45 * n_rows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
+    img = img.reshape(img.shape[-2:])
+    axes[0, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
+    axes[0, 0].set_title("input", fontsize=7)
+    if cam is not None:
+        axes[1, 0].imshow(overlay_rgb(img, cam))
+        axes[1, 0].set_title("Grad-CAM", fontsize=7)
+    for gi, (prefix, g) in enumerate(groups.items()):
+        col0 = 1 + gi * k
+        label = prefix.replace("members.", "member ") if prefix else "network"
+        for r, name in enumerate(g["stage"]):
+            fmap = maps[name][index].float().cpu()
+            for j, c in enumerate(top_channels(fmap, k)):
+                ax = axes[r, col0 + j]
+                ax.imshow(fmap[c].numpy(), cmap="viridis")
+                short = name[len(prefix) + 1:] if prefix else name
+                ax.set_title(f"{label}: {short} ch{c}" if j == 0 else f"ch{c}", fontsize=6)
+        for a, name in enumerate(g["attention"]):
+            ax = axes[len(g["stage"]) + a // k, col0 + a % k]
+            ax.imshow(maps[name][index, 0].float().cpu().numpy(), cmap="magma", vmin=0, vmax=1)
+            short = (name[len(prefix) + 1:] if prefix else name).replace(".attention.conv", "")
+            ax.set_title(f"attn {short}", fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -86,6 +86,11 @@ class ClassificationWriter:
             gets ``in_scope`` (1/0) and ``scope_reason`` (empty when in scope), an out-of-scope image is labelled
             ``OUT_OF_SCOPE`` (its probability is still written) and gets no Grad-CAM, and ``metrics.json`` is
             computed on in-scope images only, with ``n_out_of_scope`` added.
+        feature_maps: also write ``feature_maps/<image name>.png`` per explained image (the same images and
+            ``gradcam_max`` budget as Grad-CAM): the input, its Grad-CAM and the strongest channels of every stage
+            and the spatial-attention maps of each network (:func:`cxr_monai.explain.save_feature_maps`, from
+            forward hooks). A research view, off by default; never part of the deploy app's outputs.
+        feature_maps_channels: channels shown per stage.
     """
 
     def __init__(
@@ -103,9 +108,17 @@ class ClassificationWriter:
         pred_key: str = "pred",
         scope_gate: Any | None = None,
         calibration: dict | None = None,
+        feature_maps: bool = False,
+        feature_maps_channels: int = 4,
     ) -> None:
         if gradcam_layer is not None and network is None:
             raise ValueError("Grad-CAM needs the network")
+        if feature_maps and network is None:
+            raise ValueError("feature maps need the network")
+        if feature_maps_channels < 1:
+            raise ValueError(f"feature_maps_channels must be >= 1, got {feature_maps_channels}")
+        self.feature_maps = bool(feature_maps)
+        self.feature_maps_channels = int(feature_maps_channels)
         self.output_dir = Path(output_dir)
         self.threshold = float(threshold)
         self.class_names = list(class_names)
@@ -118,6 +131,7 @@ class ClassificationWriter:
         self.scope_gate = scope_gate
         self.calibration = dict(calibration) if calibration else None
         self.rows: list[dict] = []
+        self._feature_map_paths: set[str] = set()
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -128,6 +142,7 @@ class ClassificationWriter:
 
     def started(self, engine) -> None:
         self.rows = []
+        self._feature_map_paths = set()
 
     def iteration_completed(self, engine) -> None:
         outputs = engine.state.output
@@ -151,7 +166,7 @@ class ClassificationWriter:
                 row["in_scope"], row["scope_reason"] = int(decision.in_scope), decision.reason
                 if not decision.in_scope:
                     row["label"] = OUT_OF_SCOPE
-        if self.gradcam_layer is not None:
+        if self.gradcam_layer is not None or self.feature_maps:
             keep = [i for i, r in enumerate(new_rows) if r.get("in_scope", 1)]
             self._save_gradcam([outputs[i][self.image_key] for i in keep], [new_rows[i] for i in keep])
         self.rows += new_rows
@@ -169,7 +184,7 @@ class ClassificationWriter:
         # explain the decision: each image's predicted class (by the threshold), maps divided by their maximum
         predicted = [self.class_names.index(r["label"]) for r in rows[:budget]]
         cams = [None] * len(predicted)
-        for c in sorted(set(predicted)):
+        for c in sorted(set(predicted)) if self.gradcam_layer is not None else ():
             idx = [i for i, p in enumerate(predicted) if p == c]
             if self.gradcam_layer == "cam_features":  # the network's own split (ResNet18SA, ClassifierEnsemble)
                 maps = gradcam_split(self.network.cam_features, self.network.cam_head, images[idx], c)
@@ -178,6 +193,10 @@ class ClassificationWriter:
             for i, cam in zip(idx, maps):
                 cams[i] = cam
         self.network.train(was_training)
+        if self.feature_maps:
+            self._save_feature_maps(images, rows, cams)
+        if self.gradcam_layer is None:
+            return
         for k, (row, img, cam) in enumerate(zip(rows, images, cams)):
             stem = Path(row["file"]).name.split(".")[0].replace(":", "_")
             # the running index keeps same-named inputs from different folders apart
@@ -187,9 +206,26 @@ class ClassificationWriter:
             row["gradcam"] = str(path)
             row["gradcam_class"] = row["label"]
 
+    def _save_feature_maps(self, images: torch.Tensor, rows: list[dict], cams: list) -> None:
+        from cxr_monai.explain import FeatureMapCollector, save_feature_maps
+
+        collector = FeatureMapCollector(self.network)
+        maps = collector.collect(images)
+        for k, (row, img, cam) in enumerate(zip(rows, images, cams)):
+            stem = Path(row["file"]).name.split(".")[0].replace(":", "_")
+            path = self.output_dir / "feature_maps" / f"{stem}.png"
+            if str(path) in self._feature_map_paths:  # the same name from another folder in this run
+                path = path.with_name(f"{stem}_{len(self.rows) + k:05d}.png")
+            self._feature_map_paths.add(str(path))
+            save_feature_maps(img.cpu(), maps, path, cam=cam, layers=collector.layers, index=k,
+                              k=self.feature_maps_channels,
+                              title=f"{Path(row['file']).name}: {row['label']}  "
+                                    f"p(PNEUMONIA)={row['probability']:.3f}")
+            row["feature_maps"] = str(path)
+
     def completed(self, engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        order = ["file", "probability", "label", "in_scope", "scope_reason", "true_label", "gradcam", "gradcam_class", "calibration"]
+        order = ["file", "probability", "label", "in_scope", "scope_reason", "true_label", "gradcam", "gradcam_class", "feature_maps", "calibration"]
         fields = sorted({k for r in self.rows for k in r}, key=order.index)
         with open(self.output_dir / "predictions.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
