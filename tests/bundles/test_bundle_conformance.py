@@ -132,27 +132,23 @@ def test_shipped_threshold_and_calibration_reproduce_the_committed_validation() 
     cal, committed = _calibration("calibration.json"), _committed("metrics_val.json")
     (tn, fp), (fn, tp) = cal["calibration_split"]["confusion_matrix"]
     assert cal["threshold"] == committed["threshold"] == pytest.approx((fn + tp) / (tn + fp + fn + tp), abs=1e-12)
-    net, items = W.classifier_network(), W.kermany_val_items()
-    _assert_reproduces(W.recompute_committed_metrics(net, items, W.classifier_image_size(), cal["temperature"],
-                                                     cal["threshold"]), committed)
+    logits, labels = W.classifier_logits(W.classifier_network(), W.kermany_val_items(), W.classifier_image_size())
+    _assert_reproduces(W.committed_metrics(logits, labels, cal["temperature"], cal["threshold"]), committed)
     # the same check fails on a shifted threshold and on a wrong temperature
-    shifted = W.recompute_committed_metrics(net, items, W.classifier_image_size(), cal["temperature"],
-                                            cal["threshold"] + 0.05)
+    shifted = W.committed_metrics(logits, labels, cal["temperature"], cal["threshold"] + 0.05)
     assert shifted["confusion_matrix"] != committed["confusion_matrix"]
-    hot = W.recompute_committed_metrics(net, items, W.classifier_image_size(), cal["temperature"] * 1.5,
-                                        cal["threshold"])
+    hot = W.committed_metrics(logits, labels, cal["temperature"] * 1.5, cal["threshold"])
     assert abs(hot["ece"] - committed["ece"]) > 1e-3
 
 
 def test_shipped_mnist28_model_and_calibration_reproduce_the_committed_validation() -> None:
     cal, committed = _calibration("calibration_mnist28.json"), _committed("metrics_mnist28_val.json")
     assert cal["threshold"] == committed["threshold"]
-    net = W.mnist28_network()
-    got = W.recompute_committed_metrics(net, W.mnist28_val_items(), 28, cal["temperature"], cal["threshold"])
+    net, items = W.mnist28_network(), W.mnist28_val_items()
+    got = W.committed_metrics(*W.classifier_logits(net, items, 28), cal["temperature"], cal["threshold"])
     _assert_reproduces(got, committed)
     assert got["auc"] >= W.MNIST28_AUC_FLOOR
-    broken = W.recompute_committed_metrics(W.permuted(net), W.mnist28_val_items(), 28, cal["temperature"],
-                                           cal["threshold"])
+    broken = W.committed_metrics(*W.classifier_logits(W.permuted(net), items, 28), cal["temperature"], cal["threshold"])
     assert broken["auc"] < W.MNIST28_AUC_FLOOR, broken
 
 

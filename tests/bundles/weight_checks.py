@@ -130,25 +130,30 @@ def generator_fidelity(net: nn.Module, per_class: int = 24) -> tuple[float, floa
     return out[0], out[1]
 
 
-def recompute_committed_metrics(net: nn.Module, items: list[dict], image_size: int, temperature: float,
-                                threshold: float) -> dict:
-    """AUC, ECE and confusion matrix (rows true NORMAL/PNEUMONIA, columns called) of ``net`` on ``items`` with
-    the given temperature and threshold: what the bundle's evaluation wrote into ``docs/results/metrics_*.json``."""
+def classifier_logits(net: nn.Module, items: list[dict], image_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits of ``net`` on ``items`` (the bundle's classifier preprocessing) and their labels."""
     from monai.transforms import Compose
 
-    from cxr_monai.metrics.classification import expected_calibration_error, roc_auc
     from cxr_monai.transforms import classifier_preprocessing
 
     pre = Compose(classifier_preprocessing(["image"], image_size))
-    probs = []
+    logits = []
     for i in range(0, len(items), 64):
         x = torch.stack([torch.as_tensor(pre({"image": d["image"]})["image"]) for d in items[i:i + 64]])
         with torch.no_grad():
-            probs.append(torch.softmax(net.eval()(x) / temperature, 1)[:, 1])
-    p, y = torch.cat(probs).numpy(), np.array([int(d["label"]) for d in items])
+            logits.append(net.eval()(x))
+    return torch.cat(logits), np.array([int(d["label"]) for d in items])
+
+
+def committed_metrics(logits: torch.Tensor, labels: np.ndarray, temperature: float, threshold: float) -> dict:
+    """AUC, ECE and confusion matrix (rows true NORMAL/PNEUMONIA, columns called) at the given temperature and
+    threshold: what the bundle's evaluation wrote into ``docs/results/metrics_*.json``."""
+    from cxr_monai.metrics.classification import expected_calibration_error, roc_auc
+
+    p = torch.softmax(logits / temperature, 1)[:, 1].numpy()
     called = (p >= threshold).astype(int)
-    return {"auc": float(roc_auc(p, y)), "ece": float(expected_calibration_error(p, y)), "n": len(items),
-            "confusion_matrix": [[int(((y == a) & (called == b)).sum()) for b in (0, 1)] for a in (0, 1)]}
+    return {"auc": float(roc_auc(p, labels)), "ece": float(expected_calibration_error(p, labels)), "n": len(labels),
+            "confusion_matrix": [[int(((labels == a) & (called == b)).sum()) for b in (0, 1)] for a in (0, 1)]}
 
 
 def mnist28_network() -> nn.Module:
@@ -187,4 +192,4 @@ def reference_auc(net: nn.Module, image_size: int, per_class: int = 30) -> float
     """AUC of the reference network on the first ``per_class`` images per class of the kermany validation split."""
     val = kermany_val_items()
     items = [d for d in val if int(d["label"]) == 0][:per_class] + [d for d in val if int(d["label"]) == 1][:per_class]
-    return recompute_committed_metrics(net, items, image_size, 1.0, 0.5)["auc"]
+    return committed_metrics(*classifier_logits(net, items, image_size), 1.0, 0.5)["auc"]
