@@ -95,16 +95,17 @@ def _pruning_handler(trial, metric: str, trainer):
     return PyTorchIgnitePruningHandler(trial, metric, trainer)
 
 
-def _is_pruned(exc: BaseException) -> bool:
+def _is_pruned(exc: BaseException) -> BaseException | None:
+    """The :class:`optuna.TrialPruned` in ``exc``'s chain of causes (MONAI wraps what a handler raises), or None."""
     import optuna
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, optuna.TrialPruned):
-            return True
+            return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
 def run_trial(trial, bundle_root: str | Path, overrides: Mapping[str, Any], output_dir: str | Path,
@@ -136,10 +137,11 @@ def run_trial(trial, bundle_root: str | Path, overrides: Mapping[str, Any], outp
     try:
         wf.run()
     except Exception as exc:  # MONAI/Ignite may wrap the TrialPruned raised in the evaluator
-        if _is_pruned(exc):
+        pruned = _is_pruned(exc)
+        if pruned is not None:
             import optuna
 
-            raise optuna.TrialPruned(str(exc)) from None
+            raise optuna.TrialPruned(str(pruned)) from None
         raise
     wf.finalize()  # calibrate_member: model.pt, calibration.json (temperature, bias, equal-prior threshold)
     trial.set_user_attr("train_s", round(time.perf_counter() - t0, 1))
@@ -185,10 +187,15 @@ def write_study_outputs(study, output_dir: str | Path, fixed: Mapping[str, Any] 
     paths = {"trials": out / "trials.csv"}
     with open(paths["trials"], "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["number", "state", "value", "duration_s"] + params + attrs)
+        # value: the criterion (complete trials only; Optuna stores a pruned trial's last reported validation AUC
+        # as its value, which is another quantity: it goes to last_reported / last_epoch)
+        w.writerow(["number", "state", "value", "duration_s", "last_epoch", "last_reported"] + params + attrs)
         for t in trials:
             dur = t.duration.total_seconds() if t.duration is not None else ""
-            w.writerow([t.number, t.state.name, "" if t.value is None else t.value, dur]
+            last = max(t.intermediate_values) if t.intermediate_values else None
+            value = t.value if t.state == optuna.trial.TrialState.COMPLETE else None
+            w.writerow([t.number, t.state.name, "" if value is None else value, dur, "" if last is None else last,
+                        "" if last is None else t.intermediate_values[last]]
                        + [t.params.get(p, "") for p in params] + [t.user_attrs.get(a, "") for a in attrs])
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:

@@ -44,7 +44,7 @@ def test_pruning_handler_reports_and_prunes():
     assert trial.storage.get_trial(trial._trial_id).intermediate_values == {1: 0.5}
     wrapped = RuntimeError("engine failed")
     wrapped.__cause__ = info.value
-    assert _is_pruned(wrapped) and not _is_pruned(RuntimeError("other"))
+    assert _is_pruned(wrapped) is info.value and _is_pruned(RuntimeError("other")) is None
 
 
 @pytest.mark.slow
