@@ -48,6 +48,8 @@ PRUNE = {
     "pytest", "pytest-timeout", "iniconfig", "pluggy", "pygments", "pynetdicom",
     "python-on-whales", "holoscan-cli", "jinja2", "markupsafe", "pydantic", "pydantic-core",
     "annotated-types", "typing-inspection", "wheel",
+    # CuPy (200 MB): holoscan imports it only for GPU tensors and decorators (guarded); the app ran with it blocked
+    "cupy-cuda13x",
 }
 
 
