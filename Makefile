@@ -42,10 +42,10 @@ $(DSTAMP): pyproject.toml
 
 # Debian tools the tests use for real: dciodvfy (dicom3tools) validates the DICOM we write, Orthanc is the
 # PACS the deploy tests store into, dcmtk is an independent DICOM client. A failed install fails the target.
-APT_PKGS := dicom3tools orthanc orthanc-dicomweb dcmtk
+APT_PKGS := dicom3tools orthanc orthanc-dicomweb orthanc-python dcmtk
 tools:
 	@if command -v dciodvfy >/dev/null 2>&1 && command -v Orthanc >/dev/null 2>&1 && command -v storescu >/dev/null 2>&1 \
-		&& [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then :; \
+		&& [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && [ -f /usr/share/orthanc/plugins/libOrthancPython.so ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS); }; \
@@ -65,10 +65,11 @@ test-core: venv tools
 	$(PY) -m pytest -q --ignore=tests/deploy --ignore=tests/label
 
 # holoscan wants a 32 MB stack (it warns below): the deploy tests run the app in-process under that limit.
-test-deploy: deploy-venv tools
+test-deploy: deploy-venv tools map-tools
 	ulimit -s 32768 && $(DPY) -m pytest -q tests/deploy
 
-# Export both bundles into the SDK's named-model layout: MODELS/cxr_pneumonia/model.ts, MODELS/cxr_sr/model.ts.
+# Export the bundles into the SDK's named-model layout: MODELS/cxr_pneumonia/model.ts, MODELS/cxr_sr/model.ts and
+# MODELS/cxr_scope/model.ts (the classifier's intended-population gate).
 # SITE=dir (a configs/commission.json output folder) embeds that site's calibration in the classifier.
 deploy-models: venv
 	$(PY) -m cxr_monai deploy_models --classifier_bundle $(CLS_BUNDLE) --sr_bundle $(SR_BUNDLE) --out_dir "$(MODELS)" $(if $(SITE),--site_dir "$(SITE)")

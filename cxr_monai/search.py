@@ -173,6 +173,27 @@ def _storage(storage: str | None, output_dir: Path):
     return optuna.storages.RDBStorage(url)
 
 
+def _create_or_load_study(study_name: str, storage: str | None, out: Path, sampler, pruner, attempts: int = 6):
+    """``optuna.create_study(..., load_if_exists=True)``, retried: two processes that start on a new database at
+    the same instant race to create its tables, version row and study (an IntegrityError or
+    DuplicatedStudyError in the loser); the loser retries and loads what the winner created."""
+    import random
+    import time
+
+    import optuna
+
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(study_name=study_name, storage=_storage(storage, out), direction="maximize",
+                                       load_if_exists=True, sampler=sampler, pruner=pruner)
+        except Exception as err:  # noqa: BLE001 - sqlalchemy/optuna raise several types for the same race
+            if attempt == attempts - 1:
+                raise
+            logger.warning("creating/loading study %s failed (%s: %s); retrying", study_name, type(err).__name__, err)
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
+
+
 def write_study_outputs(study, output_dir: str | Path, fixed: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write ``trials.csv`` (number, state, value, duration, parameters, user attributes), ``best_overrides.json``
     (the fixed ids and the best trial's parameters: config ids ``train.json`` accepts, e.g. as ``--args_file``),
@@ -264,9 +285,8 @@ def run_search(bundle_root: str | Path, output_dir: str | Path, n_trials: int, f
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     fixed = {k: v for k, v in dict(fixed).items() if v is not None or k in ("max_train_items", "max_val_items")}
-    study = optuna.create_study(
-        study_name=study_name, storage=_storage(storage, out), direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+    study = _create_or_load_study(
+        study_name=study_name, storage=storage, out=out, sampler=optuna.samplers.TPESampler(seed=sampler_seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=pruner_startup_trials, n_warmup_steps=0))
     study.set_user_attr("criterion", "mean worst-strength balanced accuracy over the stress-suite shifts, "
                                      "validation split, equal-prior threshold (maximise)")
