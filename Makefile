@@ -65,7 +65,7 @@ test-core: venv tools
 	$(PY) -m pytest -q --ignore=tests/deploy --ignore=tests/label
 
 # holoscan wants a 32 MB stack (it warns below): the deploy tests run the app in-process under that limit.
-test-deploy: deploy-venv tools map-tools
+test-deploy: deploy-venv tools map-tools deploy-models
 	ulimit -s 32768 && $(DPY) -m pytest -q tests/deploy
 
 # Export the bundles into the SDK's named-model layout: MODELS/cxr_pneumonia/model.ts, MODELS/cxr_sr/model.ts and
