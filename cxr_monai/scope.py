@@ -24,7 +24,6 @@ The check has two parts, applied in this order; the first that refuses gives the
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -47,7 +46,6 @@ __all__ = [
     "header_scope_reason",
     "save_scope_gate",
     "load_scope_gate",
-    "decisions_summary",
 ]
 
 INTENDED_USE = ("Intended use: frontal (PA/AP) chest radiographs of children (the training population: "
@@ -234,15 +232,3 @@ def load_scope_gate(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     module, info = load_torchscript_with_meta(path, device, kind=SCOPE_KIND)
     return ScopeGate(module, info, device)
-
-
-def decisions_summary(decisions: Sequence[ScopeDecision]) -> dict[str, Any]:
-    """Counts for a report: ``n``, ``n_out_of_scope``, ``fraction_out_of_scope``, reasons by rule."""
-    n = len(decisions)
-    out = [d for d in decisions if not d.in_scope]
-    rules: dict[str, int] = {}
-    for d in out:
-        key = d.reason.split(":")[0] + (": " + d.reason.split(":")[1].split("(")[0].strip() if ":" in d.reason else "")
-        rules[key] = rules.get(key, 0) + 1
-    return {"n": n, "n_out_of_scope": len(out), "fraction_out_of_scope": (len(out) / n) if n else math.nan,
-            "reasons": rules}

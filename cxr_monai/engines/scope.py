@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -312,8 +312,5 @@ def scope_check_report(gate, x_val: torch.Tensor, adult_test: Sequence[Path], im
     report["generated_held_out"] = {k: _rate(gate, x_gen[[i for i, kk in enumerate(kinds) if kk == k]])
                                     for k in NEGATIVE_KINDS}
     for name, items in (extra_checks or {}).items():
-        loaded = []
-        for item in items:
-            loaded.append(item)
-        report[name] = _rate(gate, preprocess_images(loaded, image_size))
+        report[name] = _rate(gate, preprocess_images(list(items), image_size))
     return report
