@@ -63,6 +63,7 @@ __all__ = [
     "cxr_augmentation",
     "cxr_augmentation_array",
     "cxr_strong_augmentation",
+    "cxr_framing_augmentation",
 ]
 
 _ALLOWED_PADDING = ("border", "reflection")
@@ -443,3 +444,38 @@ def cxr_strong_augmentation(keys: KeysCollection = ("image",), spatial_size: int
         ClampIntensityd(keys, 0.0, 1.0),
     ]
     return chain
+
+
+def cxr_framing_augmentation(keys: KeysCollection = ("image",), spatial_size: int = 224,
+                             min_crop_scale: float = 0.7, blur_prob: float = 0.3) -> tuple[list[MapTransform], list[MapTransform]]:
+    """The framing preset for the classifier (recipe ``"framing"``): field-of-view and resolution variation
+    without the exposure/contrast part of :func:`cxr_strong_augmentation`.
+
+    Returned as two lists, because the percentile normalisation of the preprocessing must run again between
+    them (a differently framed film is normalised on what it shows, as at inference):
+
+    - ``geometry``: a random resized crop (each axis ``U(min_crop_scale, 1)`` of the image, so framing and
+      aspect ratio both change; resized back to ``spatial_size``, which also lowers the effective resolution);
+    - ``after``: the mild preset of :func:`cxr_augmentation` (rotation 10 degrees, zoom 0.1 (widens the field of
+      view as well as narrowing it), shift 0.1, the mild intensity jitter), then a Gaussian blur sigma 0.3-1.2 px
+      with probability ``blur_prob`` (a softer detector or a smaller original), then a clamp to [0, 1].
+
+    Args:
+        keys: image keys.
+        spatial_size: the network input side.
+        min_crop_scale: smallest crop side, as a fraction of the image side, in (0, 1].
+        blur_prob: probability of the blur, in [0, 1].
+    """
+    if not 0.0 < float(min_crop_scale) <= 1.0:
+        raise ValueError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}.")
+    if not 0.0 <= float(blur_prob) <= 1.0:
+        raise ValueError(f"blur_prob must be in [0, 1], got {blur_prob}.")
+    keys = list(ensure_tuple(keys))
+    s = int(spatial_size)
+    geometry: list[MapTransform] = []
+    if min_crop_scale < 1.0:
+        geometry += [RandScaleCropd(keys, roi_scale=float(min_crop_scale), max_roi_scale=1.0, random_size=True),
+                     Resized(keys, spatial_size=(s, s), mode="bilinear", anti_aliasing=True)]
+    after = cxr_augmentation(keys)
+    after.insert(len(after) - 1, RandGaussianSmoothd(keys, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2), prob=float(blur_prob)))
+    return geometry, after

@@ -15,7 +15,7 @@ from monai.data import MetaTensor
 from monai.transforms import EnsureTyped, MapTransform, Resized, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
-from cxr_monai.transforms.augmentation import cxr_augmentation, cxr_strong_augmentation
+from cxr_monai.transforms.augmentation import cxr_augmentation, cxr_framing_augmentation, cxr_strong_augmentation
 
 __all__ = [
     "PercentileNormalize",
@@ -139,12 +139,14 @@ def classifier_train_transforms(keys: Sequence[str] = ("image",), spatial_size: 
         augment: ``True`` / ``"mild"``: the CXR preset of :func:`~cxr_monai.transforms.cxr_augmentation`
             (rotation 10 degrees, zoom 0.1, shift 0.1, intensity jitter); ``"strong"``: the acquisition-shift
             preset :func:`~cxr_monai.transforms.cxr_strong_augmentation` followed by the percentile normalisation
-            again (tried, not shipped: see the model card); ``False`` / ``"none"``: no augmentation.
+            again (tried, not shipped: see the model card); ``"framing"``: the field-of-view / resolution preset
+            :func:`~cxr_monai.transforms.cxr_framing_augmentation` (random resized crop, normalisation again, the
+            mild preset, blur); ``False`` / ``"none"``: no augmentation.
         flip: add a horizontal flip to the mild preset (off: the heart is on the left).
         label_key: the label key, cast to ``torch.long``.
     """
 
-    presets = {True: "mild", False: "none", "mild": "mild", "strong": "strong", "none": "none"}
+    presets = {True: "mild", False: "none", "mild": "mild", "strong": "strong", "framing": "framing", "none": "none"}
     if augment not in presets:
         raise ValueError(f"augment must be one of {sorted(map(str, presets))}, got {augment!r}")
     xs = classifier_preprocessing(keys, spatial_size)
@@ -153,6 +155,9 @@ def classifier_train_transforms(keys: Sequence[str] = ("image",), spatial_size: 
     elif presets[augment] == "strong":
         xs += cxr_strong_augmentation(list(keys), spatial_size)
         xs.append(PercentileNormalized(list(keys), lower=1.0, upper=99.0))  # as inference after a shift
+    elif presets[augment] == "framing":
+        geometry, after = cxr_framing_augmentation(list(keys), spatial_size)
+        xs += geometry + [PercentileNormalized(list(keys), lower=1.0, upper=99.0)] + after
     xs.append(EnsureTyped(label_key, dtype=torch.long, track_meta=False))
     return xs
 
