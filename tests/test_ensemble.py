@@ -157,6 +157,27 @@ def test_strong_preset_keeps_the_network_input_contract():
         classifier_train_transforms(["image"], 64, augment="heavy")
 
 
+def test_framing_preset_varies_the_field_of_view_and_renormalises():
+    from cxr_monai.transforms import cxr_framing_augmentation
+
+    # a film whose field of view is readable: a bright frame of 8 px around a dark centre
+    img = torch.zeros((1, 64, 64))
+    img[:, :8, :], img[:, -8:, :], img[:, :, :8], img[:, :, -8:] = 1.0, 1.0, 1.0, 1.0
+    geometry, after = cxr_framing_augmentation(["image"], 64, min_crop_scale=0.7, blur_prob=1.0)
+    chain = Compose(geometry).set_random_state(seed=0)
+    bright = [float(torch.as_tensor(chain({"image": img.clone()})["image"]).gt(0.5).float().mean()) for _ in range(20)]
+    assert min(bright) < 0.8 * float(img.gt(0.5).float().mean())  # some draws crop the frame away
+    assert len({round(b, 3) for b in bright}) > 5  # a new framing per draw
+    names = [type(t).__name__ for t in classifier_train_transforms(["image"], 64, augment="framing")]
+    crop = names.index("RandScaleCropd")
+    assert names[crop + 1:crop + 3] == ["Resized", "PercentileNormalized"]  # normalised on what the crop shows
+    assert "RandGaussianSmoothd" in names and "RandBorderd" not in names and names[-2] == "ClampIntensityd"
+    blurred = Compose(after).set_random_state(seed=1)({"image": img.clone()})["image"]
+    assert float(torch.as_tensor(blurred).std()) < float(img.std())  # the blur (p=1) softens the edges
+    with pytest.raises(ValueError, match="min_crop_scale"):
+        cxr_framing_augmentation(["image"], 64, min_crop_scale=0.0)
+
+
 def test_reliability_bins_per_class():
     from cxr_monai.metrics.classification import plot_reliability, reliability_bins
 

@@ -1,0 +1,200 @@
+"""Compare classifier candidates on the later cohort's site sample, by the rule written before training.
+
+The rule and the candidates are in ``bundles/cxr_pneumonia_classifier/docs/recipes/later_cohort_plan.md``
+(committed before any candidate was trained). Each candidate is a models folder as ``ensemble.json`` writes it
+(``model.pt`` = a ``ClassifierEnsemble`` state dict, ``calibration.json`` with its threshold and members).
+
+Measured here, inference only: (a) AUC on the 101-image site sample (nothing fitted on it), with a paired
+stratified bootstrap (2,000 resamples) of the difference to the baseline, and specificity / sensitivity at the
+candidate's own threshold; (c) validation AUC on the 785-image validation split. Read from files written by the
+bundle's own commands: (b) ``commission.json``'s cross-validated estimates (``site_calibration.json``) and (d) the
+stress suite's mean worst balanced accuracy (``stress.json`` + ``stress.json``'s report).
+
+    .venv/bin/python -m benchmarks.later_cohort_candidates --baseline B \\
+        --candidate B=bundles/cxr_pneumonia_classifier/models,runs/commission_B,docs/recipes/stress_ensemble_mild_x3.json \\
+        --candidate F=runs/ens_framing,runs/commission_F,runs/ens_framing/stress/stress.json ... \\
+        --out bundles/cxr_pneumonia_classifier/docs/recipes/later_cohort_candidates.json
+
+Helper: ``--extract_member MODELS_DIR INDEX OUT_DIR`` writes one member of a shipped ensemble as a member folder
+(``model.pt`` + ``calibration.json``) that ``ensemble.json --member_dirs`` accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CXR_SHARED_DATA", ROOT.parent / "shared" / "data"))
+BUNDLE = ROOT / "bundles" / "cxr_pneumonia_classifier"
+
+# the rule of later_cohort_plan.md, as constants
+MIN_SITE_AUC_GAIN = 0.010
+MIN_VAL_AUC = 0.995
+STRESS_MARGIN = 0.020
+TIE = 0.005
+PREFERENCE = ("F", "M", "G")
+
+
+def load_candidate(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:
+    from cxr_monai.networks import classifier_ensemble
+    from cxr_monai.utils import bare_state_dict, read_json
+
+    cal = read_json(Path(models_dir) / "calibration.json")
+    net = classifier_ensemble(cal.get("network_preset", "slim"), len(cal["members"]))
+    net.load_state_dict(bare_state_dict(torch.load(Path(models_dir) / "model.pt", map_location="cpu", weights_only=True)))
+    return net.eval(), cal
+
+
+def extract_member(models_dir: str | Path, index: int, out_dir: str | Path) -> Path:
+    """One member of a shipped ensemble as a member folder: its network weights and its temperature/bias."""
+    from cxr_monai.utils import read_json
+
+    cal = read_json(Path(models_dir) / "calibration.json")
+    state = torch.load(Path(models_dir) / "model.pt", map_location="cpu", weights_only=True)
+    prefix = f"members.{int(index)}."
+    member = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not member:
+        raise ValueError(f"{models_dir}: no member {index} in the ensemble state dict")
+    m = cal["members"][int(index)]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(member, out / "model.pt")
+    (out / "calibration.json").write_text(json.dumps({
+        "temperature": m["temperature"], "bias": m["bias"], "validation": {"auc": m["validation_auc"]},
+        "extracted_from": str(models_dir), "member_index": int(index), "member_dir": m.get("dir")}, indent=2))
+    return out
+
+
+def _probs(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([torch.softmax(net(x[i:i + 64]), 1)[:, 1].numpy() for i in range(0, len(x), 64)])
+
+
+def _inputs(items: list[dict], image_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    from monai.transforms import Compose
+
+    from cxr_monai.transforms import classifier_preprocessing
+
+    pre = Compose(classifier_preprocessing(["image"], image_size))
+    x = torch.stack([torch.as_tensor(pre({"image": it["image"]})["image"]).float() for it in items])
+    return x, np.asarray([int(it["label"]) for it in items])
+
+
+def _paired_diff(p0: np.ndarray, p1: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    from cxr_monai.metrics.classification import roc_auc
+
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    d = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        d.append(roc_auc(p1[idx], y[idx]) - roc_auc(p0[idx], y[idx]))
+    lo, hi = np.quantile(d, [0.025, 0.975])
+    return {"estimate": float(roc_auc(p1, y) - roc_auc(p0, y)), "low": float(lo), "high": float(hi)}
+
+
+def _commissioned(path: Path) -> dict:
+    from cxr_monai.utils import read_json
+
+    site = read_json(path / "site_calibration.json")
+    est = site.get("expected") or site.get("estimates") or site
+    out = {}
+    for k in ("accuracy", "specificity", "sensitivity", "ece", "auc"):
+        v = est.get(k)
+        out[k] = float(v["estimate"]) if isinstance(v, dict) else (float(v) if v is not None else None)
+    return out
+
+
+def _stress(path: Path) -> float:
+    from benchmarks.classifier_recipes import summarise
+
+    return float(summarise(json.loads(path.read_text()))["mean_worst_balanced_accuracy"])
+
+
+def decide(rows: dict[str, dict], baseline: str) -> dict:
+    """Apply the plan's rule; return the pass/fail of each check per candidate and the choice."""
+    b = rows[baseline]
+    verdicts = {}
+    for name, r in rows.items():
+        if name == baseline:
+            continue
+        checks = {
+            "site_auc_gain": r["site"]["auc"] - b["site"]["auc"] >= MIN_SITE_AUC_GAIN,
+            "commissioned_accuracy": r["commissioned"]["accuracy"] >= b["commissioned"]["accuracy"],
+            "validation_auc": r["validation"]["auc"] >= MIN_VAL_AUC,
+            "stress": r["stress_mean_worst_balanced_accuracy"] >= b["stress_mean_worst_balanced_accuracy"] - STRESS_MARGIN,
+        }
+        verdicts[name] = {"checks": checks, "passes": all(checks.values())}
+    passing = [n for n, v in verdicts.items() if v["passes"]]
+    choice = baseline
+    if passing:
+        best = max(rows[n]["site"]["auc"] for n in passing)
+        near = [n for n in passing if rows[n]["site"]["auc"] >= best - TIE]
+        choice = sorted(near, key=lambda n: PREFERENCE.index(n) if n in PREFERENCE else len(PREFERENCE))[0]
+    return {"verdicts": verdicts, "choice": choice}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--candidate", action="append", default=[],
+                    help="NAME=MODELS_DIR,COMMISSION_DIR,STRESS_JSON (repeat)")
+    ap.add_argument("--baseline", default="B")
+    ap.add_argument("--out", default=str(BUNDLE / "docs" / "recipes" / "later_cohort_candidates.json"))
+    ap.add_argument("--extract_member", nargs=3, metavar=("MODELS_DIR", "INDEX", "OUT_DIR"))
+    args = ap.parse_args(argv)
+    if args.extract_member:
+        print(extract_member(args.extract_member[0], int(args.extract_member[1]), args.extract_member[2]))
+        return 0
+    from cxr_monai.data import class_folder_datalist, training_split
+    from cxr_monai.metrics.classification import roc_auc
+
+    site_x, site_y = _inputs(class_folder_datalist(SHARED / "kermany_site_sample"), 160)
+    val_x, val_y = _inputs(training_split(SHARED / "kermany224" / "train", 0.15, 0)[1], 160)
+    rows, site_p = {}, {}
+    for spec in args.candidate:
+        name, paths = spec.split("=", 1)
+        models_dir, commission_dir, stress_json = paths.split(",")
+        net, cal = load_candidate(models_dir)
+        thr = float(cal["threshold"])
+        ps, pv = _probs(net, site_x), _probs(net, val_x)
+        site_p[name] = ps
+        rows[name] = {
+            "models_dir": models_dir, "members": [m.get("dir") for m in cal["members"]], "threshold": thr,
+            "site": {"n": len(site_y), "auc": roc_auc(ps, site_y),
+                     "specificity": float((ps[site_y == 0] < thr).mean()),
+                     "sensitivity": float((ps[site_y == 1] >= thr).mean())},
+            "validation": {"n": len(val_y), "auc": roc_auc(pv, val_y),
+                           "specificity": float((pv[val_y == 0] < thr).mean()),
+                           "sensitivity": float((pv[val_y == 1] >= thr).mean())},
+            "commissioned": _commissioned(Path(commission_dir)),
+            "commission_dir": commission_dir,
+            "stress_mean_worst_balanced_accuracy": _stress(Path(stress_json)),
+            "stress_file": stress_json,
+        }
+    for name in rows:
+        if name != args.baseline:
+            rows[name]["site"]["auc_minus_baseline_ci95"] = _paired_diff(site_p[args.baseline], site_p[name], site_y)
+    report = {"plan": "bundles/cxr_pneumonia_classifier/docs/recipes/later_cohort_plan.md",
+              "rule": {"min_site_auc_gain": MIN_SITE_AUC_GAIN, "min_validation_auc": MIN_VAL_AUC,
+                       "stress_margin": STRESS_MARGIN, "tie": TIE, "preference": list(PREFERENCE)},
+              "baseline": args.baseline, "candidates": rows, **decide(rows, args.baseline)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    for name, r in rows.items():
+        c = r["commissioned"]
+        print(f"{name}: site AUC {r['site']['auc']:.4f} spec {r['site']['specificity']:.3f} sens "
+              f"{r['site']['sensitivity']:.3f} | val AUC {r['validation']['auc']:.4f} | commissioned acc "
+              f"{c['accuracy']:.3f} spec {c['specificity']:.3f} sens {c['sensitivity']:.3f} | stress "
+              f"{r['stress_mean_worst_balanced_accuracy']:.3f}")
+    print("choice:", report["choice"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
