@@ -3,6 +3,7 @@
 * :func:`enhanced_image_sc` — the 4x enhanced radiograph as a 16-bit grayscale Secondary Capture,
   in the source's study, referencing the source in SourceImageSequence.
 * :func:`overlay_sc` — the Grad-CAM overlay as an RGB Secondary Capture (BurnedInAnnotation YES).
+* :func:`summary_sc` — the AI result burned into an RGB Secondary Capture (BurnedInAnnotation YES).
 * :func:`pneumonia_report` — a Comprehensive SR (TID 1500 Measurement Report) with the coded finding
   (SCT Pneumonia / Normal), the calibrated probability, the threshold, whether SR was applied, and the
   algorithm (name, version) as a device observer; VerificationFlag UNVERIFIED.
@@ -39,6 +40,7 @@ __all__ = [
     "new_uid",
     "enhanced_image_sc",
     "overlay_sc",
+    "summary_sc",
     "pneumonia_report",
     "write_dataset",
     "PNEUMONIA",
@@ -194,6 +196,32 @@ def overlay_sc(source: Dataset, rgb: np.ndarray, model_info: Mapping[str, Any], 
              f"AI Grad-CAM pneumonia - {NOT_FOR_DIAGNOSIS}")
     name = f"{model_info.get('model_name', 'classifier')} {model_info.get('version', '')}".strip()
     sc.DerivationDescription = f"Grad-CAM heat map of {name} (cxr_monai) blended over the image"[:1024]
+    sc.BurnedInAnnotation = "YES"
+    return sc
+
+
+def summary_sc(source: Dataset, rgb: np.ndarray, model_info: Mapping[str, Any], *, title: str, series_uid: str,
+               series_number: int, instance_number: int = 1) -> hd.sc.SCImage:
+    """An RGB Secondary Capture whose pixels carry the AI result as burned-in text (``rgb`` from
+    :func:`cxr_monai.burn_in.burn_in`), for images that get no Grad-CAM overlay (e.g. "not assessed" and why).
+
+    Args:
+        source: the source SOP instance (header is enough).
+        rgb: ``(H, W, 3)`` uint8.
+        model_info: the classifier's ``model_name`` and ``version``.
+        title: the series description, before `` - NOT FOR PRIMARY DIAGNOSIS``.
+        series_uid: the output series (one per study).
+        series_number: its SeriesNumber.
+        instance_number: InstanceNumber within the series.
+    """
+    rgb = np.ascontiguousarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"summary image must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    suffix = f" - {NOT_FOR_DIAGNOSIS}"
+    sc = _sc(source, rgb, "RGB", 8, series_uid, series_number, instance_number,
+             f"{title[:64 - len(suffix)]}{suffix}")
+    name = f"{model_info.get('model_name', 'classifier')} {model_info.get('version', '')}".strip()
+    sc.DerivationDescription = f"Result of {name} (cxr_monai) burned in as text above the source image"[:1024]
     sc.BurnedInAnnotation = "YES"
     return sc
 

@@ -7,8 +7,14 @@ Layout under the output folder::
     <StudyInstanceUID>/report/<SOPInstanceUID>.dcm     Comprehensive SR with the finding, one series per study
     <StudyInstanceUID>/gradcam/<SOPInstanceUID>.dcm    RGB Secondary Capture, one series per study
     <StudyInstanceUID>/gradcam/<source SOPInstanceUID>.png
+    <StudyInstanceUID>/summary/<SOPInstanceUID>.dcm    RGB Secondary Capture "not assessed" (out of scope)
 
-Series numbers: 9001 enhanced, 9002 report, 9003 Grad-CAM. Files are named by UID, so two inputs with
+The finding is also burned into pixels (:mod:`cxr_monai.burn_in`), where any viewer shows it: above the Grad-CAM
+overlay (SC and PNG) of an assessed image, and above the source image in a summary SC for an image outside the
+intended population (which gets no Grad-CAM): label, probability, threshold, scope, calibration in force, model
+and version, "AI result - not for primary diagnosis".
+
+Series numbers: 9001 enhanced, 9002 report, 9003 Grad-CAM, 9004 summary. Files are named by UID, so two inputs with
 the same file name never collide; each is written to a temporary name and renamed.
 """
 
@@ -26,7 +32,7 @@ __all__ = ["SERIES_NUMBERS", "write_study_results"]
 
 logger = logging.getLogger("cxr_monai.results")
 
-SERIES_NUMBERS = {"enhanced": 9001, "report": 9002, "gradcam": 9003}
+SERIES_NUMBERS = {"enhanced": 9001, "report": 9002, "gradcam": 9003, "summary": 9004}
 _PUBLIC = ("file", "study_uid", "series_uid", "sop_uid", "modality", "status", "reason", "shape", "scope", "sr",
            "classification", "gradcam", "seconds", "outputs")
 
@@ -49,6 +55,7 @@ def write_study_results(records: Sequence[dict[str, Any]], output_folder: str | 
     (they are complete), no partial file is left.
     """
     from cxr_monai import dicom_out as D
+    from cxr_monai.burn_in import burn_in, finding_lines
 
     out = Path(output_folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,11 +99,19 @@ def write_study_results(records: Sequence[dict[str, Any]], output_folder: str | 
             outputs["report"] = str(D.write_dataset(report, folder / "report" / f"{report.SOPInstanceUID}.dcm"))
             if "overlay" in rec:
                 uid, n = series(study, "gradcam")
-                ov = D.overlay_sc(ds, rec["overlay"], info, series_uid=uid, series_number=SERIES_NUMBERS["gradcam"],
+                lines = finding_lines(cls, info, cam_class=(rec.get("gradcam") or {}).get("class"))
+                annotated = burn_in(rec["overlay"], lines)
+                ov = D.overlay_sc(ds, annotated, info, series_uid=uid, series_number=SERIES_NUMBERS["gradcam"],
                                   instance_number=n)
                 outputs["gradcam"] = str(D.write_dataset(ov, folder / "gradcam" / f"{ov.SOPInstanceUID}.dcm"))
-                outputs["gradcam_png"] = str(D.write_bytes(_png_bytes(rec["overlay"]),
+                outputs["gradcam_png"] = str(D.write_bytes(_png_bytes(annotated),
                                                            folder / "gradcam" / f"{ov.SOPInstanceUID}.png"))
+            if not in_scope:  # no Grad-CAM: the "not assessed" and its reason, burned in where any viewer shows it
+                uid, n = series(study, "summary")
+                text = burn_in(rec["image"], finding_lines(None, info, scope_reason=rec["reason"]))
+                card = D.summary_sc(ds, text, info, title="AI pneumonia: not assessed", series_uid=uid,
+                                    series_number=SERIES_NUMBERS["summary"], instance_number=n)
+                outputs["summary"] = str(D.write_dataset(card, folder / "summary" / f"{card.SOPInstanceUID}.dcm"))
         except Exception as err:  # noqa: BLE001 - one image's failure must not stop the others
             rec["status"], rec["reason"] = "failed", f"write: {type(err).__name__}: {err}"
             logger.error("writing the results of %s failed: %s", rec.get("file") or rec.get("sop_uid"), err)

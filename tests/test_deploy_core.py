@@ -205,7 +205,11 @@ def test_result_objects_conform_and_keep_the_study(models: Path, tmp_path: Path)
                 [float(v) / 4 for v in source.ImagerPixelSpacing], rel=1e-5)
         ov = pydicom.dcmread(rec["outputs"]["gradcam"])
         assert ov.PhotometricInterpretation == "RGB" and ov.BurnedInAnnotation == "YES"
-        assert ov.pixel_array.shape == (source.Rows, source.Columns, 3) and Path(rec["outputs"]["gradcam_png"]).is_file()
+        # the overlay (enlarged by a whole factor when narrower than 512 px) below a band of burned-in text
+        k = ov.Columns // source.Columns
+        assert ov.Columns == k * source.Columns and ov.Rows > k * source.Rows and Path(rec["outputs"]["gradcam_png"]).is_file()
+        np.testing.assert_array_equal(ov.pixel_array[-k * source.Rows:], rec["overlay"].repeat(k, 0).repeat(k, 1))
+        assert ov.pixel_array[: ov.Rows - k * source.Rows].max() == 255  # text drawn in the band
         report = pydicom.dcmread(rec["outputs"]["report"])
         assert report.VerificationFlag == "UNVERIFIED" and report.CompletionFlag == "COMPLETE"
         values = _numeric_values(report)

@@ -321,8 +321,8 @@ class GradCAMOperator(PneumoniaClassifierOperator):
 
 
 class ResultsWriterOperator(Operator):
-    """Writes the DICOM results (enhanced SC, Comprehensive SR, Grad-CAM SC), the overlay PNGs and
-    ``results.json``; every file is written to a temporary name and renamed. Also reports the series
+    """Writes the DICOM results (enhanced SC, Comprehensive SR, Grad-CAM SC with the finding burned in; for an
+    out-of-scope image a summary SC saying "not assessed" and why), the overlay PNGs and ``results.json``; every file is written to a temporary name and renamed. Also reports the series
     the selector left out (not CR/DX) and the files the loader rejected."""
 
     def __init__(self, fragment: Fragment, *args, output_folder: Path, run_info: dict, **kwargs) -> None:

@@ -148,6 +148,7 @@ def test_every_input_is_processed_skipped_or_failed_with_a_reason(in_process, st
     assert out_of_scope["dx_thorax_mono1_small.dcm"]["reason"].startswith("image check:")
     for name, img in out_of_scope.items():  # a report saying why, the enhanced image when SR applies, no finding
         assert "classification" not in img and "gradcam" not in img["outputs"] and "report" in img["outputs"], name
+        assert "summary" in img["outputs"], name  # "not assessed" and why, burned into a summary SC
         assert img["scope"]["in_scope"] is False and img["scope"]["reason"] == img["reason"]
     assert "enhanced" in out_of_scope["kermany_pixels_adult_age.dcm"]["outputs"]
     assert summary["counts"]["out_of_scope"] == 4 and "children" in summary["intended_use"]
@@ -198,6 +199,22 @@ def test_size_policy_and_probabilities(in_process) -> None:
     assert cls["label"] == "PNEUMONIA"
 
 
+def test_finding_is_burned_into_the_gradcam_sc(in_process) -> None:
+    """The phantom CR's Grad-CAM SC: the overlay below a band of burned-in text, BurnedInAnnotation YES; the PNG
+    is the same picture."""
+    from PIL import Image
+
+    _, summary = in_process
+    img = _images(summary)["phantom_512.dcm"]
+    sc = pydicom.dcmread(img["outputs"]["gradcam"])
+    assert sc.BurnedInAnnotation == "YES"
+    assert sc.SeriesDescription == "AI Grad-CAM pneumonia - NOT FOR PRIMARY DIAGNOSIS"
+    assert (sc.Columns, sc.PhotometricInterpretation) == (512, "RGB") and sc.Rows > 512 + 100
+    band = sc.pixel_array[: sc.Rows - 512]
+    assert (band == [255, 215, 0]).all(axis=-1).any() and 0.01 < (band.max(axis=-1) > 128).mean() < 0.5
+    np.testing.assert_array_equal(np.asarray(Image.open(img["outputs"]["gradcam_png"])), sc.pixel_array)
+
+
 def test_timings_on_two_cores(in_process) -> None:
     """Budgets: a 512x512 CR end to end under 30 s, a 2,048 px CR (SR skipped) under 10 s."""
     _, summary = in_process
@@ -214,10 +231,13 @@ def test_outputs_conform_and_reference_their_sources(in_process, study_dir: Path
         if img["status"] not in ("ok", "out_of_scope"):
             continue
         src = pydicom.dcmread(img["file"], stop_before_pixels=True)
-        for kind in ("enhanced", "report", "gradcam"):
+        for kind in ("enhanced", "report", "gradcam", "summary"):
             if kind not in img["outputs"]:
                 continue
             ds = pydicom.dcmread(img["outputs"][kind])
+            if kind in ("gradcam", "summary"):  # the finding is burned into these pixels
+                assert ds.BurnedInAnnotation == "YES" and "NOT FOR PRIMARY DIAGNOSIS" in ds.SeriesDescription
+                assert ("gradcam" in img["outputs"]) == (img["status"] == "ok") != ("summary" in img["outputs"])
             per_study_series.setdefault((src.StudyInstanceUID, kind), set()).add(ds.SeriesInstanceUID)
             assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.PatientID == src.PatientID
             assert ds.SOPInstanceUID.startswith("1.2.826.0.1.3680043.8.498.")
