@@ -41,10 +41,12 @@ $(DSTAMP): pyproject.toml
 	touch $(DSTAMP)
 
 # Debian tools the tests use for real: dciodvfy (dicom3tools) validates the DICOM we write, Orthanc is the
-# PACS the deploy tests store into, dcmtk is an independent DICOM client. A failed install fails the target.
-APT_PKGS := dicom3tools orthanc orthanc-dicomweb orthanc-python dcmtk
+# PACS the deploy tests store into, dcmtk is an independent DICOM client, chromium (headless) opens OHIF on the
+# app's outputs (tests/label/test_ohif.py). A failed install fails the target.
+APT_PKGS := dicom3tools orthanc orthanc-dicomweb orthanc-python dcmtk chromium
 tools:
 	@if command -v dciodvfy >/dev/null 2>&1 && command -v Orthanc >/dev/null 2>&1 && command -v storescu >/dev/null 2>&1 \
+		&& command -v chromium >/dev/null 2>&1 \
 		&& [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && [ -f /usr/share/orthanc/plugins/libOrthancPython.so ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null 2>&1 || \

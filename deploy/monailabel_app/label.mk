@@ -42,7 +42,9 @@ label-serve: label-venv deploy-models
 		--conf models_dir "$(abspath $(MODELS))" $(LABEL_CONF)
 
 # The integration test: pytest runs in .venv (it computes the reference answers with cxr_monai there) and
-# starts Orthanc and the MONAI Label server (from .venv-label) as subprocesses on free loopback ports.
-test-label: venv label-venv tools deploy-models
+# starts Orthanc and the MONAI Label server (from .venv-label) as subprocesses on free loopback ports;
+# tests/label/test_ohif.py also runs the deploy app (.venv-deploy) and opens its outputs in OHIF with chromium.
+test-label: venv label-venv deploy-venv tools deploy-models
 	CXR_LABEL_VENV="$(abspath $(LABEL_VENV))" CXR_LABEL_MODELS="$(abspath $(MODELS))" \
+		CXR_DEPLOY_VENV="$(abspath $(DEPLOY_VENV))" \
 		$(PY) -m pytest -q -p no:cacheprovider --timeout=900 tests/label
