@@ -155,7 +155,8 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
-def burn_in(image: np.ndarray, lines: Sequence[str], *, min_width: int = 512, bitmap: bool = False) -> np.ndarray:
+def burn_in(image: np.ndarray, lines: Sequence[str], *, min_width: int = 512, max_width: int | None = None,
+            bitmap: bool = False) -> np.ndarray:
     """``image`` with ``lines`` burned in, in a black band above it: ``(H' + band, W', 3)`` uint8 RGB.
 
     Args:
@@ -163,9 +164,16 @@ def burn_in(image: np.ndarray, lines: Sequence[str], *, min_width: int = 512, bi
             ``[0, 1]`` (the radiograph, for a summary image).
         lines: the text (:func:`finding_lines`).
         min_width: an image narrower than this is enlarged by the smallest whole factor that reaches it.
+        max_width: an image wider than this is reduced by the smallest whole factor that reaches it (mean of
+            each block; the last rows and columns that do not fill a block are dropped). ``None``: no limit.
         bitmap: see :func:`text_band`.
     """
     rgb = _rgb(image)
+    if max_width is not None and rgb.shape[1] > max_width:
+        f = math.ceil(rgb.shape[1] / int(max_width))
+        h, w = rgb.shape[0] // f * f, rgb.shape[1] // f * f
+        blocks = rgb[:h, :w].reshape(h // f, f, w // f, f, 3).astype(np.float32).mean(axis=(1, 3))
+        rgb = np.round(blocks).astype(np.uint8)
     factor = max(1, math.ceil(int(min_width) / rgb.shape[1]))
     if factor > 1:
         rgb = rgb.repeat(factor, axis=0).repeat(factor, axis=1)

@@ -108,7 +108,7 @@ def write_study_results(records: Sequence[dict[str, Any]], output_folder: str | 
                                                            folder / "gradcam" / f"{ov.SOPInstanceUID}.png"))
             if not in_scope:  # no Grad-CAM: the "not assessed" and its reason, burned in where any viewer shows it
                 uid, n = series(study, "summary")
-                text = burn_in(rec["image"], finding_lines(None, info, scope_reason=rec["reason"]))
+                text = burn_in(rec["image"], finding_lines(None, info, scope_reason=rec["reason"]), max_width=1024)
                 card = D.summary_sc(ds, text, info, title="AI pneumonia: not assessed", series_uid=uid,
                                     series_number=SERIES_NUMBERS["summary"], instance_number=n)
                 outputs["summary"] = str(D.write_dataset(card, folder / "summary" / f"{card.SOPInstanceUID}.dcm"))

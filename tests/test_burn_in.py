@@ -66,6 +66,8 @@ def test_burn_in_enlarges_small_images_and_wraps_long_lines() -> None:
     out = burn_in(grey, [DISCLAIMER])
     assert out.shape[1] == 600 and out.dtype == np.uint8  # 100 px -> x6 to reach 512 px
     np.testing.assert_array_equal(out[-384:, :, 0], np.round(grey[0] * 255).astype(np.uint8).repeat(6, 0).repeat(6, 1))
+    big = burn_in(np.zeros((1, 90, 2500)), [DISCLAIMER], max_width=1024)  # reduced by 3: 2500 -> 833 px
+    assert big.shape[1] == 833 and (big[-30:] == 0).all()
     short = text_band(["one line"], 600, 20)
     long = text_band(["word " * 60], 600, 20)
     assert long.shape[0] > 2 * short.shape[0] and long.shape[1] == short.shape[1] == 600
