@@ -46,18 +46,18 @@ source: ``MONOCHROME1``/``MONOCHROME2``/``RGB``...), ``modality``, ``body_part``
 (the rule applied: ``voi_lut``/``window``/``minmax``/``divide_255``/``divide_65535``/``unit_range``),
 ``inverted``, ``transfer_syntax`` (DICOM), ``colourfulness`` (mean chroma of a colour PNG/JPEG/TIFF in
 [0, 1], 0 for grey sources; read by the intended-population gate) and ``dicom_tags`` (a dict of patient/study attributes
-as strings, ``""`` when absent, always the same keys), used by :func:`write_derived_dicom` to keep
-derived images in the study.
+as strings, ``""`` when absent, always the same keys), read by the intended-population gate.
+
+This module reads and validates; the DICOM objects the project writes are built with highdicom in
+:mod:`cxr_monai.dicom_out`.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
-import re
 import warnings
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 try:  # pydicom 3
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -75,7 +75,7 @@ try:  # pydicom 3
 except ImportError:  # pydicom 2.4: the MONAI Label venv (deploy/monailabel_app), whose monailabel needs pydicom<3
     from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
     _PYDICOM2 = True
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -89,7 +89,6 @@ __all__ = [
     "LoadCXRD",
     "LoadCXRDict",
     "save_png",
-    "write_derived_dicom",
 ]
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -99,19 +98,15 @@ SUPPORTED_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima", ".png", ".jpg", ".jpeg",
 """File name endings :func:`load_cxr` accepts; a file without suffix, or any file carrying the
 ``DICM`` magic at byte 128, is read as DICOM."""
 
-SECONDARY_CAPTURE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
-
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff"}
 _BT601 = np.array([0.299, 0.587, 0.114])
 _CHEST_WORDS = ("CHEST", "THORAX", "TORAX", "THORACIC", "LUNG", "PULMON")
 _NON_PROJECTION_MODALITIES = {"CT", "MR", "US", "NM", "PT", "MG", "OP", "OCT", "XC", "ES", "SM", "IO", "PX", "ECG"}
-_UNPAIRED_BODY_PARTS = {"CHEST", "ABDOMEN", "PELVIS", "SKULL", "HEAD", "NECK", "HEART", "SPINE", "CSPINE", "TSPINE",
-                        "LSPINE", "SSPINE", "CHESTABDOMEN", "CHESTABDPELVIS", "ABDOMENPELVIS", "WHOLEBODY"}
 _LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.91",
                    "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.203"}
 
-# Patient/study attributes carried in meta["dicom_tags"] and copied into derived DICOMs.
+# Patient/study attributes carried in meta["dicom_tags"].
 _DICOM_TAG_KEYWORDS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
     "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
@@ -763,192 +758,3 @@ def save_png(path: str | os.PathLike, image: np.ndarray | torch.Tensor, bits: in
         Image.fromarray(np.round(arr * 255.0).astype(np.uint8), mode="L").save(path, format="PNG")
     return path
 
-
-def _source_info(source: Dataset | Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
-    """Tags, UIDs, spacing and shape of the source image, from a dataset, a file or load_cxr meta."""
-    info: dict[str, Any] = {"tags": {}, "sop_uid": None, "sop_class_uid": None, "modality": None,
-                            "spacing": None, "shape": None}
-    if source is None:
-        return info
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            source = pydicom.dcmread(source, stop_before_pixels=True)
-        except Exception as err:  # noqa: BLE001
-            raise CXRInputError(source, f"cannot read the source DICOM header ({err})") from err
-    if isinstance(source, Dataset):
-        for keyword in _DICOM_TAG_KEYWORDS:
-            value = source.get(keyword)
-            if value is not None and str(value) != "":
-                info["tags"][keyword] = value
-        info["sop_uid"] = _str_or_none(source.get("SOPInstanceUID"))
-        info["sop_class_uid"] = _str_or_none(source.get("SOPClassUID"))
-        info["modality"] = _str_or_none(source.get("Modality"))
-        info["spacing"] = _positive_pair(source.get("PixelSpacing")) or _positive_pair(source.get("ImagerPixelSpacing"))
-        file_meta = getattr(source, "file_meta", None)
-        if file_meta is not None and file_meta.get("TransferSyntaxUID") in _LOSSY_SYNTAXES:
-            info["tags"]["LossyImageCompression"] = "01"
-        if "Rows" in source and "Columns" in source:
-            info["shape"] = (int(source.Rows), int(source.Columns))
-        return info
-    if isinstance(source, Mapping):
-        tags = source.get("dicom_tags") or {}
-        if not isinstance(tags, Mapping):
-            raise ValueError("source meta 'dicom_tags' must be a mapping (decollate batched metadata first)")
-        info["tags"] = {k: v for k, v in tags.items() if k in _DICOM_TAG_KEYWORDS and isinstance(v, str) and v}
-        study_uid = _str_or_none(source.get("study_uid"))
-        if study_uid:
-            info["tags"]["StudyInstanceUID"] = study_uid
-        info["sop_uid"] = _str_or_none(source.get("sop_uid"))
-        info["sop_class_uid"] = _str_or_none(source.get("sop_class_uid"))
-        info["modality"] = _str_or_none(source.get("modality"))
-        info["spacing"] = _positive_pair(source.get("spacing"))
-        shape = source.get("original_shape")
-        try:
-            info["shape"] = (int(shape[0]), int(shape[1])) if shape is not None and len(shape) == 2 else None
-        except (TypeError, ValueError):
-            info["shape"] = None
-        return info
-    raise TypeError(f"source must be a pydicom Dataset, a DICOM path, a load_cxr meta mapping or None, "
-                    f"got {type(source).__name__}")
-
-
-def _ds_number(value: float) -> str:
-    """A DS value string (at most 16 characters)."""
-    text = f"{value:.10g}"
-    return text if len(text) <= 16 else f"{value:.6g}"
-
-
-def write_derived_dicom(
-    path: str | os.PathLike,
-    image: np.ndarray | torch.Tensor,
-    source: Dataset | Mapping[str, Any] | str | os.PathLike | None = None,
-    series_description: str = "cxr_monai derived",
-    *,
-    spacing: Sequence[float] | None = None,
-    bits_stored: int = 12,
-    derivation_description: str | None = None,
-    series_number: int = 9001,
-    instance_number: int = 1,
-    study_uid: str | None = None,
-) -> Path:
-    """Write a ``[0, 1]`` image as a derived Secondary Capture DICOM (e.g. a super-resolved CXR).
-
-    The file is Secondary Capture Image Storage, explicit VR little endian, 16-bit MONOCHROME2
-    (``bits_stored`` 12 or 16, values ``round(x * (2**bits_stored - 1))``), ImageType
-    ``DERIVED\\SECONDARY``, with new Series and SOP Instance UIDs. From the source it copies the
-    Study Instance UID, patient and study attributes, the modality (``OT`` without source), body
-    part and laterality, and references the source image in Source Image Sequence. A window
-    covering the full stored range (center ``2**(bits_stored-1)``, width ``2**bits_stored``) is
-    written, so :func:`load_cxr` maps the stored values back to ``value / (2**bits_stored - 1)``.
-
-    PixelSpacing: ``spacing`` when given; otherwise the source's spacing scaled by the size change
-    (``source_rows / rows``, ``source_cols / cols``: a 4x super-resolved image gets a quarter of the
-    spacing); omitted when unknown.
-
-    Args:
-        path: output file (parent folders are created).
-        image: ``(1, H, W)`` or ``(H, W)`` array or tensor in ``[0, 1]`` (clipped).
-        source: the source image as a pydicom Dataset, a DICOM file path, or the meta dict from
-            :func:`load_cxr` / a loaded MetaTensor (one image, not a batch); ``None`` starts a new
-            study with empty patient attributes.
-        series_description: SeriesDescription of the new series.
-        spacing: ``(row_mm, col_mm)`` of the written image, overriding the scaled source spacing.
-        bits_stored: 12 or 16.
-        derivation_description: DerivationDescription text (default: ``series_description``).
-        series_number: SeriesNumber of the new series.
-        instance_number: InstanceNumber of the image.
-        study_uid: StudyInstanceUID to use when the source gives none (default: a new UID).
-
-    Returns:
-        The written path.
-
-    Raises:
-        ValueError: bad image, ``bits_stored`` or ``spacing``.
-        TypeError: unsupported ``source`` type.
-        CXRInputError: ``source`` is a path that is not a readable DICOM file.
-    """
-    if bits_stored not in (12, 16):
-        raise ValueError(f"bits_stored must be 12 or 16, got {bits_stored!r}")
-    arr = _as_2d(image, f"write_derived_dicom({path})")
-    rows, cols = arr.shape
-    info = _source_info(source)
-    if spacing is not None:
-        out_spacing = _positive_pair(spacing)
-        if out_spacing is None:
-            raise ValueError(f"spacing must be two positive numbers (row_mm, col_mm), got {spacing!r}")
-    elif info["spacing"] is not None and info["shape"] is not None:
-        out_spacing = (info["spacing"][0] * info["shape"][0] / rows, info["spacing"][1] * info["shape"][1] / cols)
-    else:
-        out_spacing = info["spacing"]
-
-    now = _dt.datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
-    sop_uid, series_uid = generate_uid(), generate_uid()
-    tags = info["tags"]
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE_SOP_CLASS, sop_uid
-    # patient and study (copied, type 2 when absent)
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
-        setattr(ds, keyword, tags.get(keyword, ""))
-    if re.fullmatch(r"\d{3}[DWMY]", str(tags.get("PatientAge", ""))):
-        ds.PatientAge = str(tags["PatientAge"])
-    ds.StudyInstanceUID = str(tags.get("StudyInstanceUID") or study_uid or generate_uid())
-    for keyword in ("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
-        setattr(ds, keyword, tags.get(keyword, ""))
-    if "StudyDescription" in tags:
-        ds.StudyDescription = tags["StudyDescription"]
-    # series and equipment
-    ds.Modality = info["modality"] or "OT"
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = int(series_number)
-    ds.SeriesDate, ds.SeriesTime = date, time
-    ds.SeriesDescription = series_description
-    if "BodyPartExamined" in tags:
-        ds.BodyPartExamined = tags["BodyPartExamined"]
-    # Laterality is type 2C: a value for paired structures, absent for unpaired ones, empty if unknown
-    if tags.get("Laterality"):
-        ds.Laterality = tags["Laterality"]
-    elif str(tags.get("BodyPartExamined", "")).strip().upper() not in _UNPAIRED_BODY_PARTS:
-        ds.Laterality = ""
-    ds.Manufacturer = "cxr_monai"
-    ds.ConversionType = "WSD"
-    ds.SecondaryCaptureDeviceManufacturer = "cxr_monai"
-    ds.SecondaryCaptureDeviceManufacturerModelName = "cxr_monai.io.write_derived_dicom"
-    ds.DateOfSecondaryCapture, ds.TimeOfSecondaryCapture = date, time
-    # image
-    ds.InstanceNumber = int(instance_number)
-    ds.PatientOrientation = tags.get("PatientOrientation", "")
-    ds.ContentDate, ds.ContentTime = date, time
-    ds.DerivationDescription = (derivation_description or series_description)[:1024]
-    if info["sop_uid"] and info["sop_class_uid"]:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = info["sop_class_uid"]
-        ref.ReferencedSOPInstanceUID = info["sop_uid"]
-        ds.SourceImageSequence = [ref]
-    ds.BurnedInAnnotation = "NO"
-    ds.LossyImageCompression = "01" if tags.get("LossyImageCompression") == "01" else "00"
-    if out_spacing is not None:
-        ds.PixelSpacing = [_ds_number(out_spacing[0]), _ds_number(out_spacing[1])]
-    # pixels
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = rows, cols
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
-    ds.PixelRepresentation = 0
-    ds.WindowCenter = _ds_number(2 ** (bits_stored - 1))
-    ds.WindowWidth = _ds_number(2**bits_stored)
-    ds.PixelData = np.round(arr * (2**bits_stored - 1)).astype("<u2").tobytes()
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pickle
-import shutil
 import struct
-import subprocess
 import zlib
 from pathlib import Path
 
@@ -29,7 +27,6 @@ from cxr_monai.io import (
     is_chest,
     load_cxr,
     save_png,
-    write_derived_dicom,
 )
 
 from tests.conftest import SHARED_DATA as DATA  # CXR_SHARED_DATA, default ../shared/data
@@ -515,76 +512,3 @@ def test_save_png_roundtrip(tmp_path: Path, bits: int) -> None:
         save_png(tmp_path / "y.png", x, bits=12)
     with pytest.raises(ValueError, match="shape"):
         save_png(tmp_path / "y.png", np.zeros((2, 4, 4)))
-
-
-DCIODVFY = shutil.which("dciodvfy")
-needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian dicom3tools) not installed: `make tools`")
-
-
-def _dciodvfy_errors(path: Path) -> list[str]:
-    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
-
-
-@needs_dciodvfy
-def test_write_derived_dicom_roundtrip_from_dataset(tmp_path: Path) -> None:
-    src_path = real("dicom", "dx_thorax_mono1_small.dcm")
-    src = pydicom.dcmread(src_path)
-    image, _ = load_cxr(src_path)
-    sr = np.kron(image[0], np.ones((2, 2), np.float32))  # a stand-in for a 2x super-resolved image
-    out = write_derived_dicom(tmp_path / "d" / "sr.dcm", sr, src, series_description="CXR SR x2")
-    back, meta = load_cxr(out)
-    np.testing.assert_allclose(back[0], sr, atol=0.5 / 4095 + 1e-6)
-    ds = pydicom.dcmread(out)
-    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
-    assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.PatientID == src.PatientID
-    assert ds.PatientName == src.PatientName and ds.Modality == "DX" and ds.BodyPartExamined == "THORAX"
-    assert ds.SeriesInstanceUID != src.SeriesInstanceUID and ds.SOPInstanceUID != src.SOPInstanceUID
-    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
-    assert ds.PhotometricInterpretation == "MONOCHROME2" and ds.BitsAllocated == 16 and ds.BitsStored == 12
-    assert ds.SeriesDescription == "CXR SR x2"
-    assert meta["spacing"] == pytest.approx((0.6, 0.6006))  # halved for the 2x image
-    assert is_chest(meta)
-    assert _dciodvfy_errors(out) == []
-
-
-@needs_dciodvfy
-def test_write_derived_dicom_from_meta_and_metatensor(tmp_path: Path) -> None:
-    src_path = real("dicom", "cr_chest_pa_mono1_jpeg.dcm")
-    image, meta = load_cxr(src_path)
-    small = image[:, ::4, ::4]
-    out = write_derived_dicom(tmp_path / "m.dcm", small, meta, bits_stored=16, spacing=(0.7, 0.7))
-    ds = pydicom.dcmread(out)
-    assert ds.StudyInstanceUID == meta["study_uid"] and ds.PatientID == meta["dicom_tags"]["PatientID"]
-    assert ds.BitsStored == 16 and [float(v) for v in ds.PixelSpacing] == [0.7, 0.7]
-    assert ds.LossyImageCompression == "01"  # the source was JPEG baseline
-    np.testing.assert_allclose(load_cxr(out)[0], small, atol=0.5 / 65535 + 1e-6)
-    assert _dciodvfy_errors(out) == []
-
-    from_path = pydicom.dcmread(write_derived_dicom(tmp_path / "p.dcm", small, str(src_path)))
-    assert from_path.StudyInstanceUID == meta["study_uid"] and from_path.LossyImageCompression == "01"
-
-    tensor = LoadCXR()(src_path)
-    out2 = write_derived_dicom(tmp_path / "t.dcm", tensor[:, ::2, ::2], tensor.meta)
-    ds2 = pydicom.dcmread(out2)
-    assert ds2.StudyInstanceUID == meta["study_uid"]
-    assert [float(v) for v in ds2.PixelSpacing] == pytest.approx([0.336, 0.336])
-    assert _dciodvfy_errors(out2) == []
-
-
-@needs_dciodvfy
-def test_write_derived_dicom_without_source_and_bad_args(tmp_path: Path) -> None:
-    x = phantom(20, 30)
-    out = write_derived_dicom(tmp_path / "n.dcm", x)
-    ds = pydicom.dcmread(out)
-    assert ds.Modality == "OT" and "PixelSpacing" not in ds and ds.StudyInstanceUID
-    np.testing.assert_allclose(load_cxr(out)[0][0], x, atol=0.5 / 4095 + 1e-6)
-    assert _dciodvfy_errors(out) == []
-    with pytest.raises(ValueError, match="bits_stored"):
-        write_derived_dicom(tmp_path / "b.dcm", x, bits_stored=8)
-    bad = x.copy()
-    bad[0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        write_derived_dicom(tmp_path / "b.dcm", bad)
-    with pytest.raises(TypeError):
-        write_derived_dicom(tmp_path / "b.dcm", x, source=42)  # type: ignore[arg-type]

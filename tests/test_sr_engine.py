@@ -187,9 +187,8 @@ def test_image_writer_formats_round_trip(tmp_path: Path) -> None:
     w = SRImageWriter(tmp_path, scale=4)
     p_png = w.write(sr, src, "/in/a.png")
     p_nii = w.write(sr, src, "/in/c.nii.gz")
-    p_dcm = w.write(sr, None, "/in/b.dcm")
-    assert [p.name for p in (p_png, p_nii, p_dcm)] == ["a_sr.png", "c_sr.nii.gz", "b_sr.dcm"]
-    for p, tol in ((p_png, 1e-4), (p_nii, 1e-6), (p_dcm, 1e-3)):
+    assert [p.name for p in (p_png, p_nii)] == ["a_sr.png", "c_sr.nii.gz"]
+    for p, tol in ((p_png, 1e-4), (p_nii, 1e-6)):
         img, meta = load_cxr(p)
         assert img.shape == (1, 32, 24)
         assert float(abs(torch.from_numpy(img) - sr).max()) < tol, p
@@ -197,3 +196,125 @@ def test_image_writer_formats_round_trip(tmp_path: Path) -> None:
     assert meta["spacing"] == pytest.approx((0.2, 0.15))
     with pytest.raises(ValueError):
         SRImageWriter(tmp_path, output_format="jpg")
+
+
+# ------------------------------------------------------------- DICOM outputs: cxr_monai.dicom_out, as the deploy app
+
+_SHA = "0123456789ab" + "f" * 52
+_INFO = {"name": "CXR 4x super-resolution (CSAEGAN)", "version": "9.8.7", "weights_sha256": _SHA}
+
+
+def _upsampled(path: Path, factor: int) -> torch.Tensor:
+    """The source image repeated ``factor`` x ``factor`` (a stand-in for an SR output of that scale)."""
+    from cxr_monai.io import load_cxr
+
+    image, _ = load_cxr(path)
+    return torch.from_numpy(image).repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+
+
+def test_image_writer_dicom_is_the_deploy_enhanced_sc(tmp_path: Path) -> None:
+    """A DICOM source gets cxr_monai.dicom_out.enhanced_image_sc: in its study, source referenced, spacing / scale,
+    provenance and the "not for primary diagnosis" wording; one series per study; dciodvfy-clean; reads back."""
+    import pydicom
+
+    from cxr_monai import dicom_out
+    from cxr_monai.io import is_chest, load_cxr
+    from tests.conftest import require_shared
+    from tests.dicom_checks import dciodvfy_errors, dciodvfy_exe
+
+    exe = dciodvfy_exe()
+    src_path = require_shared("dicom", "dx_thorax_mono1_small.dcm")  # MONOCHROME1 DX, PixelSpacing 1.2 x 1.2012
+    src = pydicom.dcmread(src_path)
+    sr = _upsampled(src_path, 2)
+    w = SRImageWriter(tmp_path / "out", scale=2, model_info=_INFO)
+    out = w.write(sr, None, str(src_path))
+    out2 = w.write(sr, None, str(src_path))  # same name: the second instance replaces the file, same series
+    assert out == out2 == tmp_path / "out" / "dx_thorax_mono1_small_sr.dcm"
+    ds = pydicom.dcmread(out)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and ds.InstanceNumber == 2
+    assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.PatientID == src.PatientID
+    assert ds.PatientName == src.PatientName and ds.BodyPartExamined == src.BodyPartExamined
+    assert ds.SeriesInstanceUID == w._series[src.StudyInstanceUID][0] != src.SeriesInstanceUID
+    assert ds.SeriesNumber == 9001 and ds.SOPInstanceUID != src.SOPInstanceUID
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert ds.SourceImageSequence[0].ReferencedSOPClassUID == src.SOPClassUID
+    assert ds.PhotometricInterpretation == "MONOCHROME2" and ds.BitsStored == 16 and ds.BurnedInAnnotation == "NO"
+    assert ds.SeriesDescription == "AI-enhanced 2x - NOT FOR PRIMARY DIAGNOSIS"
+    assert "CXR 4x super-resolution (CSAEGAN) 9.8.7" in ds.DerivationDescription
+    assert "0123456789ab" in ds.DerivationDescription and "not for primary diagnosis" in ds.DerivationDescription
+    assert [float(v) for v in ds.PixelSpacing] == pytest.approx([0.6, 1.2012 / 2], rel=1e-6)
+    # the same object the deploy app writes (UIDs apart)
+    ref = dicom_out.enhanced_image_sc(src, sr[0].numpy(), {**_INFO, "model_name": _INFO["name"], "scale": 2},
+                                      series_uid=dicom_out.new_uid(), series_number=9001)
+    for key in ("SeriesDescription", "DerivationDescription", "PixelSpacing", "WindowCenter", "WindowWidth",
+                "ImageType", "LossyImageCompression", "Manufacturer", "PatientOrientation", "Laterality"):
+        assert ds.get(key) == ref.get(key), key
+    assert ds.PixelData == ref.PixelData
+    back, meta = load_cxr(out)
+    assert back.shape == tuple(sr.shape)
+    assert float((torch.from_numpy(back) - sr).abs().max()) <= 0.5 / 65535 + 1e-6
+    assert meta["spacing"] == pytest.approx((0.6, 1.2012 / 2), rel=1e-6) and is_chest(meta)
+    assert dciodvfy_errors(exe, out) == []
+
+
+def test_image_writer_dicom_lossy_source_and_detector_spacing(tmp_path: Path) -> None:
+    """A JPEG source marks the output lossy; a source with ImagerPixelSpacing only gets NominalScannedPixelSpacing
+    (detector spacing / scale), never a PixelSpacing; two images of one study share the series."""
+    import pydicom
+
+    from cxr_monai.data.phantom import write_phantom_dicom
+    from tests.conftest import require_shared
+    from tests.dicom_checks import dciodvfy_errors, dciodvfy_exe
+
+    exe = dciodvfy_exe()
+    jpeg = require_shared("dicom", "cr_chest_pa_mono1_jpeg.dcm")  # 1024 x 1024, PixelSpacing 0.168
+    w = SRImageWriter(tmp_path / "out", scale=4, model_info=_INFO)
+    small = torch.rand(1, 256, 256)  # a quarter of the source size: the spacing follows the size ratio
+    out = w.write(small, None, str(jpeg))
+    ds = pydicom.dcmread(out)
+    assert ds.LossyImageCompression == "01"
+    assert [float(v) for v in ds.PixelSpacing] == pytest.approx([0.672, 0.672], rel=1e-6)
+    assert dciodvfy_errors(exe, out) == []
+
+    src = write_phantom_dicom(tmp_path / "in" / "ph.dcm", size=40, seed=3)
+    ph = pydicom.dcmread(src)
+    imager = [float(v) for v in ph.ImagerPixelSpacing]
+    del ph.PixelSpacing
+    ph.save_as(src)
+    sr = _upsampled(src, 4)
+    a = pydicom.dcmread(w.write(sr, None, str(src)))
+    w.suffix = "_sr_b"
+    b = pydicom.dcmread(w.write(sr, None, str(src)))
+    assert "PixelSpacing" not in a and "PixelSpacing" not in b
+    assert [float(v) for v in a.NominalScannedPixelSpacing] == pytest.approx([s / 4 for s in imager], rel=1e-5)
+    assert a.SeriesInstanceUID == b.SeriesInstanceUID and (a.InstanceNumber, b.InstanceNumber) == (1, 2)
+    assert a.StudyInstanceUID == ph.StudyInstanceUID and a.SeriesInstanceUID != ds.SeriesInstanceUID
+    assert dciodvfy_errors(exe, tmp_path / "out" / "ph_sr.dcm") == []
+
+
+def test_image_writer_never_invents_a_study(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No DICOM source to reference (a PNG, a missing file, a header without SOP Instance UID): PNG and a warning,
+    also with output_format='dcm'."""
+    import logging
+
+    import pydicom
+
+    from cxr_monai.data.phantom import write_phantom_dicom
+    from cxr_monai.io import load_cxr, save_png
+
+    png = save_png(tmp_path / "in" / "a.png", torch.rand(1, 8, 6))
+    src = write_phantom_dicom(tmp_path / "in" / "no_uid.dcm", size=16, seed=1)
+    ds = pydicom.dcmread(src)
+    del ds.SOPInstanceUID
+    ds.save_as(src)
+    sr = torch.rand(1, 32, 24)
+    w = SRImageWriter(tmp_path / "out", scale=4, output_format="dcm", model_info=_INFO)
+    with caplog.at_level(logging.WARNING, logger="cxr_monai.engines.sr"):
+        outs = [w.write(sr, None, str(png)), w.write(sr, None, "/in/missing.dcm"), w.write(sr, None, str(src))]
+    assert [p.name for p in outs] == ["a_sr.png", "missing_sr.png", "no_uid_sr.png"]
+    assert not list((tmp_path / "out").glob("*.dcm"))
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3 and all("PNG written instead of DICOM" in m for m in messages)
+    assert "not DICOM" in messages[0] and "not a file" in messages[1] and "SOPInstanceUID" in messages[2]
+    back, _ = load_cxr(outs[2])
+    assert float((torch.from_numpy(back) - sr).abs().max()) < 1e-4

@@ -9,7 +9,7 @@ Batches are dictionaries with the LR input under ``lr_key`` and the HR target un
 ``pred`` (SR), ``loss`` plus the loss terms.
 
 Handlers: :class:`SRMetricsWriter` (evaluation: ``metrics.json``, ``per_image.csv``, figure),
-:class:`SRImageWriter` (inference: 16-bit PNG / derived DICOM / NIfTI); the generator EMA is built into the
+:class:`SRImageWriter` (inference: 16-bit PNG / Secondary Capture via :mod:`cxr_monai.dicom_out` / NIfTI); the generator EMA is built into the
 trainer (:func:`make_ema`). The hallucination-guard post-processing is the transform
 :class:`cxr_monai.transforms.BackProjectiond`; the downstream diagnostic study is
 :func:`cxr_monai.studies.run_downstream_study`.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
     Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PrepareSRBatch",
@@ -491,16 +494,29 @@ class SRMetricsWriter:
 class SRImageWriter:
     """Inference handler: write every SR output next to its source's name, in the same format family.
 
-    PNG/JPEG/other raster inputs -> 16-bit PNG (``cxr_monai.io.save_png``); DICOM -> derived secondary capture
-    (``cxr_monai.io.write_derived_dicom``, pixel spacing divided by the scale, source UIDs referenced); NIfTI ->
-    NIfTI with the voxel size divided by the scale. ``output_format`` forces one format for all.
+    * DICOM source -> the enhanced image as a 16-bit Secondary Capture built by
+      :func:`cxr_monai.dicom_out.enhanced_image_sc`, the writer the deploy app uses: in the source's study,
+      referencing the source in SourceImageSequence, PixelSpacing divided by the scale (ImagerPixelSpacing only:
+      NominalScannedPixelSpacing), the model name, version and weights sha256 in DerivationDescription, series
+      description "AI-enhanced 4x - NOT FOR PRIMARY DIAGNOSIS". One series per study for the writer's lifetime
+      (``series_number``), instances numbered in writing order; written atomically.
+    * PNG/JPEG/TIFF and other raster sources -> 16-bit PNG (:func:`cxr_monai.io.save_png`).
+    * NIfTI -> NIfTI with the voxel size divided by the scale.
+
+    A derived DICOM is only written into the study of a DICOM source: a non-DICOM source (or a DICOM header
+    without the Study, SOP Class or SOP Instance UID to reference) gets a PNG, also when ``output_format`` is
+    ``"dcm"``, with a warning naming the file. No new study is invented for it: a patient-less study made up
+    from a PNG could be filed against the wrong patient in a PACS.
 
     Args:
         output_dir: folder to write to (created).
-        scale: SR factor (for the written pixel spacing).
+        scale: SR factor (for the written pixel spacing; the DICOM spacing follows the size ratio).
         output_format: ``None`` (same family as the input), ``"png"``, ``"dcm"`` or ``"nii.gz"``.
         suffix: appended to the output file stem.
-        series_description: SeriesDescription of derived DICOM outputs.
+        model_info: provenance written into the DICOM: ``name`` (or ``model_name``), ``version`` and
+            ``weights_sha256``, e.g. :func:`cxr_monai.commissioning.model_identity` of the bundle.
+        series_number: SeriesNumber of the DICOM series (default: the deploy app's enhanced series,
+            ``cxr_monai.results.SERIES_NUMBERS["enhanced"]``).
     """
 
     def __init__(
@@ -509,7 +525,8 @@ class SRImageWriter:
         scale: int = 4,
         output_format: str | None = None,
         suffix: str = "_sr",
-        series_description: str = "cxr_monai CSAEGAN 4x super-resolution",
+        model_info: Mapping[str, Any] | None = None,
+        series_number: int | None = None,
     ) -> None:
         if output_format not in (None, "png", "dcm", "nii.gz"):
             raise ValueError(f"output_format must be None, 'png', 'dcm' or 'nii.gz', got {output_format!r}.")
@@ -517,8 +534,13 @@ class SRImageWriter:
             raise ValueError(f"scale must be >= 1, got {scale}.")
         self.output_dir = Path(output_dir)
         self.scale, self.output_format, self.suffix = scale, output_format, suffix
-        self.series_description = series_description
+        info = dict(model_info or {})
+        self.model_info = {"model_name": str(info.get("model_name") or info.get("name") or "CSAEGAN"),
+                           "version": str(info.get("version", "")), "scale": int(scale),
+                           "weights_sha256": str(info.get("weights_sha256") or "")}
+        self.series_number = series_number
         self.written: list[Path] = []
+        self._series: dict[str, list] = {}  # study UID -> [series UID, last instance number]
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -532,9 +554,36 @@ class SRImageWriter:
             return "dcm"
         return "png"
 
+    @staticmethod
+    def _dicom_source(name: str) -> tuple[Any, str | None]:
+        """The source's DICOM header, or ``None`` and why a derived DICOM cannot reference it."""
+        import pydicom
+
+        if not Path(name).is_file():
+            return None, "the source is not a file on disk"
+        try:
+            ds = pydicom.dcmread(name, stop_before_pixels=True)
+        except Exception as err:  # noqa: BLE001 - a PNG, a JPEG, ... is simply not DICOM
+            return None, f"the source is not DICOM ({type(err).__name__})"
+        missing = [k for k in ("StudyInstanceUID", "SOPClassUID", "SOPInstanceUID", "Rows", "Columns")
+                   if not ds.get(k)]
+        return (None, f"the source DICOM has no {', '.join(missing)}") if missing else (ds, None)
+
+    def _write_dicom(self, path: Path, img: torch.Tensor, ds: Any) -> Path:
+        from cxr_monai import dicom_out
+        from cxr_monai.results import SERIES_NUMBERS
+
+        series = self._series.setdefault(str(ds.StudyInstanceUID), [dicom_out.new_uid(), 0])
+        series[1] += 1
+        sc = dicom_out.enhanced_image_sc(ds, img[0].numpy(), self.model_info, series_uid=series[0],
+                                         series_number=SERIES_NUMBERS["enhanced"] if self.series_number is None
+                                         else self.series_number,
+                                         instance_number=series[1])
+        return dicom_out.write_dataset(sc, path)
+
     def write(self, sr: torch.Tensor, source: Any, name: str) -> Path:
-        """Write one (1, H, W) SR image; ``source`` is the input MetaTensor (or its meta dict)."""
-        from cxr_monai.io import save_png, write_derived_dicom
+        """Write one (1, H, W) SR image; ``source`` is the input MetaTensor (or its meta dict), ``name`` its file."""
+        from cxr_monai.io import save_png
 
         fmt = self.output_format or self._family(name)
         stem = Path(name).name
@@ -543,15 +592,19 @@ class SRImageWriter:
                 stem = stem[: -len(ext)]
                 break
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / f"{stem}{self.suffix}.{fmt}"
         img = torch.as_tensor(sr).detach().float().cpu().clamp(0, 1)
+        ds = None
+        if fmt == "dcm":
+            ds, why = self._dicom_source(name)
+            if ds is None:
+                logger.warning("%s: PNG written instead of DICOM: %s (a derived DICOM goes into its source's "
+                               "study only)", name, why)
+                fmt = "png"
+        path = self.output_dir / f"{stem}{self.suffix}.{fmt}"
         if fmt == "png":
             save_png(path, img, bits=16)
         elif fmt == "dcm":
-            src_file = name if Path(name).is_file() and self._family(name) == "dcm" else None
-            src_meta = dict(getattr(source, "meta", {}) or {})
-            write_derived_dicom(path, img, src_file if src_file else (src_meta or None),
-                                series_description=self.series_description)
+            self._write_dicom(path, img, ds)
         else:
             import nibabel as nib
 

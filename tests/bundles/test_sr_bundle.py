@@ -228,9 +228,20 @@ def test_inference_formats(lite_bundle: Path, tmp_path: Path) -> None:
             assert meta_out["spacing"] == pytest.approx(tuple(s / 4 for s in meta_in["spacing"]), rel=1e-3)
     import pydicom
 
+    from cxr_monai.commissioning import sha256_file
+    from tests.dicom_checks import dciodvfy_errors, dciodvfy_exe
+
     ds = pydicom.dcmread(out / "b_sr.dcm")
+    src_ds = pydicom.dcmread(src / "b.dcm")
     assert "DERIVED" in list(ds.ImageType)
-    assert ds.StudyInstanceUID == pydicom.dcmread(src / "b.dcm").StudyInstanceUID
+    assert ds.StudyInstanceUID == src_ds.StudyInstanceUID
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == src_ds.SOPInstanceUID
+    # the deploy app's enhanced SC (cxr_monai.dicom_out): wording and the bundle's provenance from its config
+    version = json.loads((lite_bundle / "configs" / "metadata.json").read_text())["version"]
+    assert ds.SeriesDescription == "AI-enhanced 4x - NOT FOR PRIMARY DIAGNOSIS"
+    assert f"CSAEGAN) {version}" in ds.DerivationDescription
+    assert sha256_file(lite_bundle / "models" / "model.pt")[:12] in ds.DerivationDescription
+    assert dciodvfy_errors(dciodvfy_exe(), out / "b_sr.dcm") == []
 
 
 def test_shipped_weights_load(project_root: Path) -> None:
