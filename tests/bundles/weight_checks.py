@@ -14,7 +14,7 @@ from tests.conftest import PROJECT_ROOT, require_shared
 
 BUNDLES = PROJECT_ROOT / "bundles"
 # Floors of the checks below; the comments quote what these very functions measure on the shipped weights
-# (measured 2026-12-04 with tests/bundles/weight_checks.py on this repository's models/).
+# (`python -m tests.bundles.weight_checks benchmarks/results/weight_checks.json` on this repository's models/).
 CLASSIFIER_AUC_FLOOR = 0.95      # classifier_auc (30 + 30 validation images): 0.9989
 SR_GAIN_FLOOR_DB = 0.3           # sr_gain_db (3 validation images, 256 px centre crops): +0.40 dB
 GENERATOR_FIDELITY_FLOOR = 0.8   # generator_fidelity (24 per class, seed 123): 1.000 (NORMAL) / 0.917 (PNEUMONIA)
@@ -193,3 +193,33 @@ def reference_auc(net: nn.Module, image_size: int, per_class: int = 30) -> float
     val = kermany_val_items()
     items = [d for d in val if int(d["label"]) == 0][:per_class] + [d for d in val if int(d["label"]) == 1][:per_class]
     return committed_metrics(*classifier_logits(net, items, image_size), 1.0, 0.5)["auc"]
+
+
+def measure_all(seed: int = 0) -> dict:
+    """Every check above on the shipped networks and on ``permuted(..., seed)`` copies: the figures the README and
+    the floors' comments quote."""
+    ref, ref_size, _ = reference_network()
+    out = {
+        "classifier_auc": {"shipped": classifier_auc(classifier_network()),
+                           "permuted": classifier_auc(permuted(classifier_network(), seed))},
+        "sr_gain_db": {"shipped": sr_gain_db(sr_network()), "permuted": sr_gain_db(permuted(sr_network(), seed))},
+        "generator_fidelity": {"shipped": list(generator_fidelity(generator_network())),
+                               "permuted": list(generator_fidelity(permuted(generator_network(), seed)))},
+        "reference_auc": {"shipped": reference_auc(ref, ref_size)},
+        "floors": {"classifier_auc": CLASSIFIER_AUC_FLOOR, "sr_gain_db": SR_GAIN_FLOOR_DB,
+                   "generator_fidelity": GENERATOR_FIDELITY_FLOOR, "reference_auc": REFERENCE_AUC_FLOOR},
+        "permutation_seed": seed,
+    }
+    out["reference_auc"]["permuted"] = reference_auc(permuted(ref, seed), ref_size)
+    return out
+
+
+if __name__ == "__main__":  # .venv/bin/python -m tests.bundles.weight_checks OUT.json
+    import sys
+
+    result = measure_all()
+    text = json.dumps(result, indent=1)
+    if len(sys.argv) > 1:
+        Path(sys.argv[1]).parent.mkdir(parents=True, exist_ok=True)
+        Path(sys.argv[1]).write_text(text + "\n")
+    print(text)
