@@ -112,9 +112,9 @@ def _commissioned(path: Path) -> dict:
 
 
 def _stress(path: Path) -> float:
-    from benchmarks.classifier_recipes import summarise
+    from benchmarks.classifier_recipes import score
 
-    return float(summarise(json.loads(path.read_text()))["mean_worst_balanced_accuracy"])
+    return float(score(json.loads(path.read_text()))["mean_worst_balanced_accuracy"])
 
 
 def decide(rows: dict[str, dict], baseline: str) -> dict:

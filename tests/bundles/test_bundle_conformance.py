@@ -188,3 +188,56 @@ def test_synthesis_inference_writes_what_generate_makes(tmp_path: Path) -> None:
     for i in range(5):
         got = np.asarray(Image.open(tmp_path / f"PNEUMONIA_seed3_{i:05d}.png"), dtype=np.float32) / 255
         np.testing.assert_allclose(got, imgs[i, 0].numpy(), atol=0.5 / 255 + 1e-6)
+
+
+
+def _documented_merges() -> list[tuple[str, list[str]]]:
+    """Config merges a bundle's own docs tell a user to run (``$B`` = that bundle) in which a later file brings
+    its own ``imports`` (which replaces the earlier list: the case where a merge can lose a module)."""
+    import re
+
+    cases = []
+    for root in sorted(p for p in BUNDLES.iterdir() if (p / "configs").is_dir()):
+        for doc in (root / "README.md", root / "docs" / "README.md"):
+            if not doc.is_file():
+                continue
+            for m in re.finditer(r"config_file \"\[([^\]]*)\]\"", doc.read_text()):
+                names = [Path(n.strip(" '")).name for n in m.group(1).split(",")]
+                later = [json.loads((root / "configs" / n).read_text()) for n in names[1:]]
+                if any("imports" in c for c in later) and (root.name, names) not in cases:
+                    cases.append((root.name, names))
+    return cases
+
+
+MERGES = _documented_merges()
+
+
+def test_documented_merges_were_found() -> None:
+    assert ("cxr_pneumonia_classifier", ["evaluate.json", "stress.json"]) in MERGES
+
+
+@pytest.mark.parametrize("bundle,configs", MERGES, ids=[f"{b}:{'+'.join(c)}" for b, c in MERGES])
+def test_merged_config_imports_every_module_it_uses(bundle: str, configs: list[str]) -> None:
+    """A later config's ``imports`` replaces the earlier one's, so a merge can lose a module that an expression
+    of the earlier config uses. Inside pytest that module is usually imported already and a ConfigWorkflow test
+    passes, while ``python -m monai.bundle run`` in a fresh process fails (seen: evaluate.json + stress.json lost
+    cxr_monai.inference). So: run the merged ``imports`` in a fresh interpreter and check that every
+    ``cxr_monai.<module>`` an expression names is there."""
+    import re
+    import subprocess
+    import sys
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / bundle / "configs" / c) for c in configs])
+    merged = parser.get()
+    exprs = [v for v in re.findall(r'"(\$[^"]*)"', json.dumps({k: v for k, v in merged.items() if k != "imports"}))]
+    used = sorted({m for e in exprs for m in re.findall(r"\bcxr_monai\.([a-z_]+)\.", e)})
+    code = "\n".join(i[1:] for i in merged.get("imports", []) if i.startswith("$")) + (
+        "\nimport cxr_monai\nprint(','.join(m for m in %r if not hasattr(cxr_monai, m)))" % (used,))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=str(BUNDLES.parent))
+    assert out.returncode == 0, out.stderr[-2000:]
+    missing = out.stdout.strip()
+    assert used and not missing, f"{'+'.join(configs)}: expressions use cxr_monai.{{{missing}}} that its imports never load"
