@@ -111,9 +111,12 @@ def _commissioned(path: Path) -> dict:
     return out
 
 
-def _stress(path: Path) -> float:
+def _stress(path: Path) -> float | None:
+    """The stress criterion, or None when that candidate's suite was not run (its check then fails)."""
     from benchmarks.classifier_recipes import score
 
+    if not path.is_file():
+        return None
     return float(score(json.loads(path.read_text()))["mean_worst_balanced_accuracy"])
 
 
@@ -128,7 +131,8 @@ def decide(rows: dict[str, dict], baseline: str) -> dict:
             "site_auc_gain": r["site"]["auc"] - b["site"]["auc"] >= MIN_SITE_AUC_GAIN,
             "commissioned_accuracy": r["commissioned"]["accuracy"] >= b["commissioned"]["accuracy"],
             "validation_auc": r["validation"]["auc"] >= MIN_VAL_AUC,
-            "stress": r["stress_mean_worst_balanced_accuracy"] >= b["stress_mean_worst_balanced_accuracy"] - STRESS_MARGIN,
+            "stress": (r["stress_mean_worst_balanced_accuracy"] is not None
+                       and r["stress_mean_worst_balanced_accuracy"] >= b["stress_mean_worst_balanced_accuracy"] - STRESS_MARGIN),
         }
         verdicts[name] = {"checks": checks, "passes": all(checks.values())}
     passing = [n for n, v in verdicts.items() if v["passes"]]
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: site AUC {r['site']['auc']:.4f} spec {r['site']['specificity']:.3f} sens "
               f"{r['site']['sensitivity']:.3f} | val AUC {r['validation']['auc']:.4f} | commissioned acc "
               f"{c['accuracy']:.3f} spec {c['specificity']:.3f} sens {c['sensitivity']:.3f} | stress "
-              f"{r['stress_mean_worst_balanced_accuracy']:.3f}")
+              f"{r['stress_mean_worst_balanced_accuracy']}")
     print("choice:", report["choice"])
     return 0
 
