@@ -87,16 +87,11 @@ def _inputs(items: list[dict], image_size: int) -> tuple[torch.Tensor, np.ndarra
 
 
 def _paired_diff(p0: np.ndarray, p1: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The AUC difference p1 - p0 with the site-shift probe's paired stratified bootstrap interval."""
+    from benchmarks.site_shift_probe import _paired_auc_diff
     from cxr_monai.metrics.classification import roc_auc
 
-    rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    d = []
-    for _ in range(n_boot):
-        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-        d.append(roc_auc(p1[idx], y[idx]) - roc_auc(p0[idx], y[idx]))
-    lo, hi = np.quantile(d, [0.025, 0.975])
-    return {"estimate": float(roc_auc(p1, y) - roc_auc(p0, y)), "low": float(lo), "high": float(hi)}
+    return {"estimate": float(roc_auc(p1, y) - roc_auc(p0, y)), **_paired_auc_diff(p0, p1, y, n_boot, seed)}
 
 
 def _commissioned(path: Path) -> dict:

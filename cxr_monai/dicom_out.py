@@ -189,13 +189,20 @@ def enhanced_image_sc(source: Dataset, image: np.ndarray, model_info: Mapping[st
 def overlay_sc(source: Dataset, rgb: np.ndarray, model_info: Mapping[str, Any], *, series_uid: str,
                series_number: int, instance_number: int = 1) -> hd.sc.SCImage:
     """The Grad-CAM overlay (``(H, W, 3)`` uint8 RGB) as a Secondary Capture with burned-in annotation."""
+    return _rgb_sc(source, rgb, model_info, "overlay", f"AI Grad-CAM pneumonia - {NOT_FOR_DIAGNOSIS}",
+                   "Grad-CAM heat map of {} (cxr_monai) blended over the image", series_uid, series_number,
+                   instance_number)
+
+
+def _rgb_sc(source: Dataset, rgb: np.ndarray, model_info: Mapping[str, Any], what: str, description: str,
+            derivation: str, series_uid: str, series_number: int, instance_number: int) -> hd.sc.SCImage:
+    """An RGB Secondary Capture with burned-in annotation; ``derivation`` has one ``{}`` for the model's name."""
     rgb = np.ascontiguousarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"overlay must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
-    sc = _sc(source, rgb, "RGB", 8, series_uid, series_number, instance_number,
-             f"AI Grad-CAM pneumonia - {NOT_FOR_DIAGNOSIS}")
+        raise ValueError(f"{what} must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    sc = _sc(source, rgb, "RGB", 8, series_uid, series_number, instance_number, description)
     name = f"{model_info.get('model_name', 'classifier')} {model_info.get('version', '')}".strip()
-    sc.DerivationDescription = f"Grad-CAM heat map of {name} (cxr_monai) blended over the image"[:1024]
+    sc.DerivationDescription = derivation.format(name)[:1024]
     sc.BurnedInAnnotation = "YES"
     return sc
 
@@ -214,16 +221,10 @@ def summary_sc(source: Dataset, rgb: np.ndarray, model_info: Mapping[str, Any], 
         series_number: its SeriesNumber.
         instance_number: InstanceNumber within the series.
     """
-    rgb = np.ascontiguousarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"summary image must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
     suffix = f" - {NOT_FOR_DIAGNOSIS}"
-    sc = _sc(source, rgb, "RGB", 8, series_uid, series_number, instance_number,
-             f"{title[:64 - len(suffix)]}{suffix}")
-    name = f"{model_info.get('model_name', 'classifier')} {model_info.get('version', '')}".strip()
-    sc.DerivationDescription = f"Result of {name} (cxr_monai) burned in as text above the source image"[:1024]
-    sc.BurnedInAnnotation = "YES"
-    return sc
+    return _rgb_sc(source, rgb, model_info, "summary image", f"{title[:64 - len(suffix)]}{suffix}",
+                   "Result of {} (cxr_monai) burned in as text above the source image", series_uid, series_number,
+                   instance_number)
 
 
 def pneumonia_report(source: Dataset, result: Mapping[str, Any], model_info: Mapping[str, Any], *,

@@ -405,6 +405,16 @@ class RandBorderd(RandomizableTransform, MapTransform):
 RandBorderD = RandBorderDict = RandBorderd
 
 
+def _random_resized_crop(keys: list, spatial_size: int, min_crop_scale: float) -> list[MapTransform]:
+    """A random crop of ``U(min_crop_scale, 1)`` of each axis, resized back to ``spatial_size`` squared (empty
+    when ``min_crop_scale`` is 1): the field-of-view step shared by the ``strong`` and ``framing`` presets."""
+    if float(min_crop_scale) >= 1.0:
+        return []
+    s = int(spatial_size)
+    return [RandScaleCropd(keys, roi_scale=float(min_crop_scale), max_roi_scale=1.0, random_size=True),
+            Resized(keys, spatial_size=(s, s), mode="bilinear", anti_aliasing=True)]
+
+
 def cxr_strong_augmentation(keys: KeysCollection = ("image",), spatial_size: int = 224,
                             min_crop_scale: float = 0.75) -> list[MapTransform]:
     """The acquisition-shift augmentation preset for the classifier (recipe ``"strong"``).
@@ -429,11 +439,7 @@ def cxr_strong_augmentation(keys: KeysCollection = ("image",), spatial_size: int
     if not 0.0 < float(min_crop_scale) <= 1.0:
         raise ValueError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}.")
     keys = list(ensure_tuple(keys))
-    s = int(spatial_size)
-    chain: list[MapTransform] = []
-    if min_crop_scale < 1.0:
-        chain += [RandScaleCropd(keys, roi_scale=float(min_crop_scale), max_roi_scale=1.0, random_size=True),
-                  Resized(keys, spatial_size=(s, s), mode="bilinear", anti_aliasing=True)]
+    chain: list[MapTransform] = _random_resized_crop(keys, spatial_size, min_crop_scale)
     chain += [
         RandCXRAffined(keys, prob=0.5, rotate_deg=10.0, zoom=0.1, shift=0.05),
         RandGaussianSmoothd(keys, sigma_x=(0.3, 1.5), sigma_y=(0.3, 1.5), prob=0.25),
@@ -471,11 +477,7 @@ def cxr_framing_augmentation(keys: KeysCollection = ("image",), spatial_size: in
     if not 0.0 <= float(blur_prob) <= 1.0:
         raise ValueError(f"blur_prob must be in [0, 1], got {blur_prob}.")
     keys = list(ensure_tuple(keys))
-    s = int(spatial_size)
-    geometry: list[MapTransform] = []
-    if min_crop_scale < 1.0:
-        geometry += [RandScaleCropd(keys, roi_scale=float(min_crop_scale), max_roi_scale=1.0, random_size=True),
-                     Resized(keys, spatial_size=(s, s), mode="bilinear", anti_aliasing=True)]
+    geometry = _random_resized_crop(keys, spatial_size, min_crop_scale)
     after = cxr_augmentation(keys)
     after.insert(len(after) - 1, RandGaussianSmoothd(keys, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2), prob=float(blur_prob)))
     return geometry, after
