@@ -734,7 +734,7 @@ class CommissioningCollector:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
 
     def iteration_completed(self, engine) -> None:
-        from cxr_monai.engines.classification import item_name
+        from cxr_monai.utils import item_name
 
         outputs = engine.state.output
         outputs = outputs if isinstance(outputs, list) else [outputs]

@@ -13,7 +13,7 @@ from torch import nn
 
 __all__ = ["latest_checkpoint", "load_bundle_network", "read_json", "bare_state_dict", "require_arg", "cpu_budget",
            "configure_threads", "META_FILE", "DeployModelError", "save_torchscript_with_meta",
-           "load_torchscript_with_meta"]
+           "load_torchscript_with_meta", "item_name"]
 
 META_FILE = "cxr_monai.json"
 """Name of the metadata embedded in every deployable TorchScript file (``torch.jit.save(..., _extra_files=...)``)."""
@@ -181,3 +181,13 @@ def configure_threads(cgroup_root: str | Path = "/sys/fs/cgroup") -> int:
     n = cpu_budget(cgroup_root)
     torch.set_num_threads(n)
     return n
+
+
+def item_name(item: dict, key: str = "image", index: int = 0) -> str:
+    """Source name of a decollated item: ``id`` if present, else the image's ``filename_or_obj`` meta."""
+    if item.get("id") is not None:
+        return str(item["id"])
+    img = item.get(key)
+    meta = getattr(img, "meta", None) or item.get(f"{key}_meta_dict") or {}
+    name = meta.get("filename_or_obj") if isinstance(meta, dict) else None
+    return str(name) if name else f"item_{index}"

@@ -25,7 +25,7 @@ from cxr_monai.metrics.classification import (
     plot_reliability,
     plot_roc,
 )
-from cxr_monai.utils import bare_state_dict
+from cxr_monai.utils import bare_state_dict, item_name
 
 __all__ = ["ClassificationWriter", "ModelEMA", "calibrate_member", "build_ensemble",
            "EQUAL_PRIOR_RULE", "item_name"]
@@ -42,16 +42,6 @@ def _allow_numpy_scalars_in_checkpoints() -> None:
 
 
 _allow_numpy_scalars_in_checkpoints()
-
-
-def item_name(item: dict, key: str = "image", index: int = 0) -> str:
-    """Source name of a decollated item: ``id`` if present, else the image's ``filename_or_obj`` meta."""
-    if item.get("id") is not None:
-        return str(item["id"])
-    img = item.get(key)
-    meta = getattr(img, "meta", None) or item.get(f"{key}_meta_dict") or {}
-    name = meta.get("filename_or_obj") if isinstance(meta, dict) else None
-    return str(name) if name else f"item_{index}"
 
 
 def _calibration_label(calibration: dict) -> str:
