@@ -80,7 +80,7 @@ deploy-models: venv
 demo: deploy-venv deploy-models
 	@if [ -z "$(INPUT)" ]; then rm -rf "$(OUTPUT)/input"; $(PY) -m cxr_monai phantom --out_dir "$(OUTPUT)/input"; fi
 	$(DPY) deploy/cxr_enhance_classify -i "$(if $(INPUT),$(INPUT),$(OUTPUT)/input)" -o "$(OUTPUT)/results" -m "$(MODELS)"
-	@echo "outputs: $(OUTPUT)/results (results.json, <StudyUID>/enhanced, report, gradcam)"
+	@echo "outputs: $(OUTPUT)/results (results.json, <StudyUID>/enhanced, report, gradcam, summary)"
 
 # The previous bundle-level demo (PNG outputs through the bundles' inference configs).
 bundle-demo: venv

@@ -538,7 +538,11 @@ class SRImageWriter:
         self.model_info = {"model_name": str(info.get("model_name") or info.get("name") or "CSAEGAN"),
                            "version": str(info.get("version", "")), "scale": int(scale),
                            "weights_sha256": str(info.get("weights_sha256") or "")}
-        self.series_number = series_number
+        if series_number is None:
+            from cxr_monai.results import SERIES_NUMBERS
+
+            series_number = SERIES_NUMBERS["enhanced"]
+        self.series_number = int(series_number)
         self.written: list[Path] = []
         self._series: dict[str, list] = {}  # study UID -> [series UID, last instance number]
 
@@ -571,14 +575,11 @@ class SRImageWriter:
 
     def _write_dicom(self, path: Path, img: torch.Tensor, ds: Any) -> Path:
         from cxr_monai import dicom_out
-        from cxr_monai.results import SERIES_NUMBERS
 
         series = self._series.setdefault(str(ds.StudyInstanceUID), [dicom_out.new_uid(), 0])
         series[1] += 1
         sc = dicom_out.enhanced_image_sc(ds, img[0].numpy(), self.model_info, series_uid=series[0],
-                                         series_number=SERIES_NUMBERS["enhanced"] if self.series_number is None
-                                         else self.series_number,
-                                         instance_number=series[1])
+                                         series_number=self.series_number, instance_number=series[1])
         return dicom_out.write_dataset(sc, path)
 
     def write(self, sr: torch.Tensor, source: Any, name: str) -> Path:
