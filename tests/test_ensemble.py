@@ -178,6 +178,21 @@ def test_framing_preset_varies_the_field_of_view_and_renormalises():
         cxr_framing_augmentation(["image"], 64, min_crop_scale=0.0)
 
 
+def test_framing_half_crops_about_half_the_images():
+    from cxr_monai.transforms import cxr_framing_augmentation
+
+    img = torch.zeros((1, 64, 64))
+    img[:, :8, :], img[:, -8:, :], img[:, :, :8], img[:, :, -8:] = 1.0, 1.0, 1.0, 1.0
+    geometry, _ = cxr_framing_augmentation(["image"], 64, min_crop_scale=0.7, crop_prob=0.5)
+    chain = Compose(geometry).set_random_state(seed=0)
+    kept = [bool(torch.equal(torch.as_tensor(chain({"image": img.clone()})["image"]), img)) for _ in range(200)]
+    assert 0.35 < sum(kept) / len(kept) < 0.65  # uncropped draws return the film untouched
+    names = [type(t).__name__ for t in classifier_train_transforms(["image"], 64, augment="framing_half")]
+    assert names[names.index("OneOf") + 1] == "PercentileNormalized"
+    with pytest.raises(ValueError, match="crop_prob"):
+        cxr_framing_augmentation(["image"], 64, crop_prob=1.5)
+
+
 def test_reliability_bins_per_class():
     from cxr_monai.metrics.classification import plot_reliability, reliability_bins
 

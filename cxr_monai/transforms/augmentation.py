@@ -27,7 +27,10 @@ from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import (
+    Compose,
+    Identityd,
     MapTransform,
+    OneOf,
     RandGaussianNoised,
     RandGaussianSmoothd,
     RandomizableTransform,
@@ -453,7 +456,8 @@ def cxr_strong_augmentation(keys: KeysCollection = ("image",), spatial_size: int
 
 
 def cxr_framing_augmentation(keys: KeysCollection = ("image",), spatial_size: int = 224,
-                             min_crop_scale: float = 0.7, blur_prob: float = 0.3) -> tuple[list[MapTransform], list[MapTransform]]:
+                             min_crop_scale: float = 0.7, blur_prob: float = 0.3,
+                             crop_prob: float = 1.0) -> tuple[list[MapTransform], list[MapTransform]]:
     """The framing preset for the classifier (recipe ``"framing"``): field-of-view and resolution variation
     without the exposure/contrast part of :func:`cxr_strong_augmentation`.
 
@@ -461,7 +465,9 @@ def cxr_framing_augmentation(keys: KeysCollection = ("image",), spatial_size: in
     them (a differently framed film is normalised on what it shows, as at inference):
 
     - ``geometry``: a random resized crop (each axis ``U(min_crop_scale, 1)`` of the image, so framing and
-      aspect ratio both change; resized back to ``spatial_size``, which also lowers the effective resolution);
+      aspect ratio both change; resized back to ``spatial_size``, which also lowers the effective resolution),
+      drawn with probability ``crop_prob`` (recipe ``"framing_half"``: 0.5, so half the images keep the
+      acquisition's own framing);
     - ``after``: the mild preset of :func:`cxr_augmentation` (rotation 10 degrees, zoom 0.1 (widens the field of
       view as well as narrowing it), shift 0.1, the mild intensity jitter), then a Gaussian blur sigma 0.3-1.2 px
       with probability ``blur_prob`` (a softer detector or a smaller original), then a clamp to [0, 1].
@@ -471,13 +477,17 @@ def cxr_framing_augmentation(keys: KeysCollection = ("image",), spatial_size: in
         spatial_size: the network input side.
         min_crop_scale: smallest crop side, as a fraction of the image side, in (0, 1].
         blur_prob: probability of the blur, in [0, 1].
+        crop_prob: probability of the random resized crop, in [0, 1].
     """
     if not 0.0 < float(min_crop_scale) <= 1.0:
         raise ValueError(f"min_crop_scale must be in (0, 1], got {min_crop_scale}.")
-    if not 0.0 <= float(blur_prob) <= 1.0:
-        raise ValueError(f"blur_prob must be in [0, 1], got {blur_prob}.")
+    for name, value in (("blur_prob", blur_prob), ("crop_prob", crop_prob)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}.")
     keys = list(ensure_tuple(keys))
     geometry = _random_resized_crop(keys, spatial_size, min_crop_scale)
+    if geometry and float(crop_prob) < 1.0:
+        geometry = [OneOf([Compose(geometry), Identityd(keys)], weights=[float(crop_prob), 1.0 - float(crop_prob)])]
     after = cxr_augmentation(keys)
     after.insert(len(after) - 1, RandGaussianSmoothd(keys, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2), prob=float(blur_prob)))
     return geometry, after

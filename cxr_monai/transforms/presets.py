@@ -141,12 +141,14 @@ def classifier_train_transforms(keys: Sequence[str] = ("image",), spatial_size: 
             preset :func:`~cxr_monai.transforms.cxr_strong_augmentation` followed by the percentile normalisation
             again (tried, not shipped: see the model card); ``"framing"``: the field-of-view / resolution preset
             :func:`~cxr_monai.transforms.cxr_framing_augmentation` (random resized crop, normalisation again, the
-            mild preset, blur); ``False`` / ``"none"``: no augmentation.
+            mild preset, blur); ``"framing_half"``: the same with the crop drawn for half the images; ``False`` /
+            ``"none"``: no augmentation.
         flip: add a horizontal flip to the mild preset (off: the heart is on the left).
         label_key: the label key, cast to ``torch.long``.
     """
 
-    presets = {True: "mild", False: "none", "mild": "mild", "strong": "strong", "framing": "framing", "none": "none"}
+    presets = {True: "mild", False: "none", "mild": "mild", "strong": "strong", "framing": "framing",
+               "framing_half": "framing_half", "none": "none"}
     if augment not in presets:
         raise ValueError(f"augment must be one of {sorted(map(str, presets))}, got {augment!r}")
     xs = classifier_preprocessing(keys, spatial_size)
@@ -155,8 +157,9 @@ def classifier_train_transforms(keys: Sequence[str] = ("image",), spatial_size: 
     elif presets[augment] == "strong":
         xs += cxr_strong_augmentation(list(keys), spatial_size)
         xs.append(PercentileNormalized(list(keys), lower=1.0, upper=99.0))  # as inference after a shift
-    elif presets[augment] == "framing":
-        geometry, after = cxr_framing_augmentation(list(keys), spatial_size)
+    elif presets[augment] in ("framing", "framing_half"):
+        crop_prob = 1.0 if presets[augment] == "framing" else 0.5
+        geometry, after = cxr_framing_augmentation(list(keys), spatial_size, crop_prob=crop_prob)
         xs += geometry + [PercentileNormalized(list(keys), lower=1.0, upper=99.0)] + after
     xs.append(EnsureTyped(label_key, dtype=torch.long, track_meta=False))
     return xs
