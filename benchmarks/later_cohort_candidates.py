@@ -15,6 +15,9 @@ stress suite's mean worst balanced accuracy (``stress.json`` + ``stress.json``'s
         --candidate F=runs/ens_framing,runs/commission_F,runs/ens_framing/stress/stress.json ... \\
         --out bundles/cxr_pneumonia_classifier/docs/recipes/later_cohort_candidates.json
 
+``--round 2`` applies round 2's rule (adds the shipped-default accuracy on the in-scope site images, read from
+``site_calibration.json``'s ``default_on_sample``).
+
 Helper: ``--extract_member MODELS_DIR INDEX OUT_DIR`` writes one member of a shipped ensemble as a member folder
 (``model.pt`` + ``calibration.json``) that ``ensemble.json --member_dirs`` accepts.
 """
@@ -33,12 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CXR_SHARED_DATA", ROOT.parent / "shared" / "data"))
 BUNDLE = ROOT / "bundles" / "cxr_pneumonia_classifier"
 
-# the rule of later_cohort_plan.md, as constants
-MIN_SITE_AUC_GAIN = 0.010
-MIN_VAL_AUC = 0.995
-STRESS_MARGIN = 0.020
-TIE = 0.005
-PREFERENCE = ("F", "M", "G")
+# the rules of later_cohort_plan.md, one per round, as written before that round's training
+RULES = {
+    1: {"min_site_auc_gain": 0.010, "min_validation_auc": 0.995, "stress_margin": 0.020, "tie": 0.005,
+        "preference": ["F", "M", "G"], "min_default_accuracy": None},
+    2: {"min_site_auc_gain": 0.0, "min_validation_auc": 0.995, "stress_margin": 0.020, "tie": 0.005,
+        "preference": ["H"], "min_default_accuracy": 0.90},
+}
 
 
 def load_candidate(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -94,16 +98,20 @@ def _paired_diff(p0: np.ndarray, p1: np.ndarray, y: np.ndarray, n_boot: int = 20
     return {"estimate": float(roc_auc(p1, y) - roc_auc(p0, y)), **_paired_auc_diff(p0, p1, y, n_boot, seed)}
 
 
-def _commissioned(path: Path) -> dict:
+def _estimates(block: dict) -> dict:
+    out = {}
+    for k in ("accuracy", "specificity", "sensitivity", "ece", "auc"):
+        v = block.get(k)
+        out[k] = float(v["estimate"]) if isinstance(v, dict) else (float(v) if v is not None else None)
+    return out
+
+
+def _commissioned(path: Path) -> tuple[dict, dict]:
+    """``commission.json``'s cross-validated estimates and its shipped-default metrics on the in-scope sample."""
     from cxr_monai.utils import read_json
 
     site = read_json(path / "site_calibration.json")
-    est = site.get("expected") or site.get("estimates") or site
-    out = {}
-    for k in ("accuracy", "specificity", "sensitivity", "ece", "auc"):
-        v = est.get(k)
-        out[k] = float(v["estimate"]) if isinstance(v, dict) else (float(v) if v is not None else None)
-    return out
+    return _estimates(site.get("expected") or site), _estimates(site.get("default_on_sample") or {})
 
 
 def _stress(path: Path) -> float | None:
@@ -115,27 +123,34 @@ def _stress(path: Path) -> float | None:
     return float(score(json.loads(path.read_text()))["mean_worst_balanced_accuracy"])
 
 
-def decide(rows: dict[str, dict], baseline: str) -> dict:
-    """Apply the plan's rule; return the pass/fail of each check per candidate and the choice."""
+def decide(rows: dict[str, dict], baseline: str, rule: dict | None = None) -> dict:
+    """Apply a round's rule (default: round 1); return the pass/fail of each check per candidate and the choice.
+
+    A candidate without a measure (stress suite not run, no default metrics) fails that check."""
+    rule = RULES[1] if rule is None else rule
     b = rows[baseline]
     verdicts = {}
     for name, r in rows.items():
         if name == baseline:
             continue
+        stress, b_stress = r["stress_mean_worst_balanced_accuracy"], b["stress_mean_worst_balanced_accuracy"]
         checks = {
-            "site_auc_gain": r["site"]["auc"] - b["site"]["auc"] >= MIN_SITE_AUC_GAIN,
+            "site_auc_gain": r["site"]["auc"] - b["site"]["auc"] >= rule["min_site_auc_gain"],
             "commissioned_accuracy": r["commissioned"]["accuracy"] >= b["commissioned"]["accuracy"],
-            "validation_auc": r["validation"]["auc"] >= MIN_VAL_AUC,
-            "stress": (r["stress_mean_worst_balanced_accuracy"] is not None
-                       and r["stress_mean_worst_balanced_accuracy"] >= b["stress_mean_worst_balanced_accuracy"] - STRESS_MARGIN),
+            "validation_auc": r["validation"]["auc"] >= rule["min_validation_auc"],
+            "stress": stress is not None and stress >= b_stress - rule["stress_margin"],
         }
+        if rule.get("min_default_accuracy") is not None:
+            acc = (r.get("default_on_site") or {}).get("accuracy")
+            checks["default_accuracy"] = acc is not None and acc >= rule["min_default_accuracy"]
         verdicts[name] = {"checks": checks, "passes": all(checks.values())}
     passing = [n for n, v in verdicts.items() if v["passes"]]
     choice = baseline
     if passing:
+        pref = list(rule["preference"])
         best = max(rows[n]["site"]["auc"] for n in passing)
-        near = [n for n in passing if rows[n]["site"]["auc"] >= best - TIE]
-        choice = sorted(near, key=lambda n: PREFERENCE.index(n) if n in PREFERENCE else len(PREFERENCE))[0]
+        near = [n for n in passing if rows[n]["site"]["auc"] >= best - rule["tie"]]
+        choice = sorted(near, key=lambda n: pref.index(n) if n in pref else len(pref))[0]
     return {"verdicts": verdicts, "choice": choice}
 
 
@@ -144,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidate", action="append", default=[],
                     help="NAME=MODELS_DIR,COMMISSION_DIR,STRESS_JSON (repeat)")
     ap.add_argument("--baseline", default="B")
+    ap.add_argument("--round", type=int, default=1, choices=sorted(RULES), help="which round's rule to apply")
     ap.add_argument("--out", default=str(BUNDLE / "docs" / "recipes" / "later_cohort_candidates.json"))
     ap.add_argument("--extract_member", nargs=3, metavar=("MODELS_DIR", "INDEX", "OUT_DIR"))
     args = ap.parse_args(argv)
@@ -163,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         thr = float(cal["threshold"])
         ps, pv = _probs(net, site_x), _probs(net, val_x)
         site_p[name] = ps
+        commissioned, default_on_site = _commissioned(Path(commission_dir))
         rows[name] = {
             "models_dir": models_dir, "members": [m.get("dir") for m in cal["members"]], "threshold": thr,
             "site": {"n": len(site_y), "auc": roc_auc(ps, site_y),
@@ -171,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             "validation": {"n": len(val_y), "auc": roc_auc(pv, val_y),
                            "specificity": float((pv[val_y == 0] < thr).mean()),
                            "sensitivity": float((pv[val_y == 1] >= thr).mean())},
-            "commissioned": _commissioned(Path(commission_dir)),
+            "commissioned": commissioned,
+            "default_on_site": default_on_site,
             "commission_dir": commission_dir,
             "stress_mean_worst_balanced_accuracy": _stress(Path(stress_json)),
             "stress_file": stress_json,
@@ -180,16 +198,16 @@ def main(argv: list[str] | None = None) -> int:
         if name != args.baseline:
             rows[name]["site"]["auc_minus_baseline_ci95"] = _paired_diff(site_p[args.baseline], site_p[name], site_y)
     report = {"plan": "bundles/cxr_pneumonia_classifier/docs/recipes/later_cohort_plan.md",
-              "rule": {"min_site_auc_gain": MIN_SITE_AUC_GAIN, "min_validation_auc": MIN_VAL_AUC,
-                       "stress_margin": STRESS_MARGIN, "tie": TIE, "preference": list(PREFERENCE)},
-              "baseline": args.baseline, "candidates": rows, **decide(rows, args.baseline)}
+              "round": args.round, "rule": RULES[args.round],
+              "baseline": args.baseline, "candidates": rows, **decide(rows, args.baseline, RULES[args.round])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     for name, r in rows.items():
         c = r["commissioned"]
         print(f"{name}: site AUC {r['site']['auc']:.4f} spec {r['site']['specificity']:.3f} sens "
               f"{r['site']['sensitivity']:.3f} | val AUC {r['validation']['auc']:.4f} | commissioned acc "
-              f"{c['accuracy']:.3f} spec {c['specificity']:.3f} sens {c['sensitivity']:.3f} | stress "
+              f"{c['accuracy']:.3f} spec {c['specificity']:.3f} sens {c['sensitivity']:.3f} | default acc "
+              f"{r['default_on_site'].get('accuracy')} | stress "
               f"{r['stress_mean_worst_balanced_accuracy']}")
     print("choice:", report["choice"])
     return 0

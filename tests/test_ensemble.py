@@ -214,3 +214,24 @@ def test_plot_reliability_writes_png(tmp_path):
 
     out = plot_reliability([0.1, 0.8, 0.6, 0.3], [0, 1, 1, 0], tmp_path / "rel.png")
     assert out.stat().st_size > 1000
+
+
+def test_later_cohort_rule_round_2_needs_every_check():
+    from benchmarks.later_cohort_candidates import RULES, decide
+
+    def row(site_auc, comm_acc, val_auc, stress, default_acc):
+        return {"site": {"auc": site_auc}, "commissioned": {"accuracy": comm_acc}, "validation": {"auc": val_auc},
+                "stress_mean_worst_balanced_accuracy": stress, "default_on_site": {"accuracy": default_acc}}
+
+    base = row(0.975, 0.930, 0.9961, 0.886, 0.899)
+    good = row(0.976, 0.935, 0.9960, 0.880, 0.91)
+    out = decide({"M": base, "H": good}, "M", RULES[2])
+    assert out["choice"] == "H" and all(out["verdicts"]["H"]["checks"].values())
+    for i, bad in enumerate([row(0.974, 0.935, 0.996, 0.88, 0.91), row(0.976, 0.92, 0.996, 0.88, 0.91),
+                             row(0.976, 0.935, 0.994, 0.88, 0.91), row(0.976, 0.935, 0.996, 0.86, 0.91),
+                             row(0.976, 0.935, 0.996, None, 0.91), row(0.976, 0.935, 0.996, 0.88, 0.89)]):
+        out = decide({"M": base, "H": bad}, "M", RULES[2])
+        assert out["choice"] == "M" and not out["verdicts"]["H"]["passes"], i
+    # round 1 has no default-accuracy check but needs a 0.010 AUC gain
+    out = decide({"M": base, "H": row(0.986, 0.935, 0.996, 0.88, 0.5)}, "M", RULES[1])
+    assert out["choice"] == "H" and "default_accuracy" not in out["verdicts"]["H"]["checks"]
