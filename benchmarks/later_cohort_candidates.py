@@ -42,6 +42,8 @@ RULES = {
         "preference": ["F", "M", "G"], "min_default_accuracy": None},
     2: {"min_site_auc_gain": 0.0, "min_validation_auc": 0.995, "stress_margin": 0.020, "tie": 0.005,
         "preference": ["H"], "min_default_accuracy": 0.90},
+    3: {"min_site_auc_gain": 0.0, "min_validation_auc": 0.995, "stress_margin": 0.020, "tie": 0.005,
+        "preference": ["R"], "min_default_accuracy": 0.90},  # round 2's rule, the candidate trained at 224 px
 }
 
 
@@ -169,19 +171,24 @@ def main(argv: list[str] | None = None) -> int:
     from cxr_monai.data import class_folder_datalist, training_split
     from cxr_monai.metrics.classification import roc_auc
 
-    site_x, site_y = _inputs(class_folder_datalist(SHARED / "kermany_site_sample"), 160)
-    val_x, val_y = _inputs(training_split(SHARED / "kermany224" / "train", 0.15, 0)[1], 160)
+    inputs: dict[int, tuple] = {}  # per input size (each candidate's own, from its calibration.json)
     rows, site_p = {}, {}
     for spec in args.candidate:
         name, paths = spec.split("=", 1)
         models_dir, commission_dir, stress_json = paths.split(",")
         net, cal = load_candidate(models_dir)
+        size = int(cal.get("image_size", 160))
+        if size not in inputs:
+            inputs[size] = (*_inputs(class_folder_datalist(SHARED / "kermany_site_sample"), size),
+                            *_inputs(training_split(SHARED / "kermany224" / "train", 0.15, 0)[1], size))
+        site_x, site_y, val_x, val_y = inputs[size]
         thr = float(cal["threshold"])
         ps, pv = _probs(net, site_x), _probs(net, val_x)
         site_p[name] = ps
         commissioned, default_on_site = _commissioned(Path(commission_dir))
         rows[name] = {
             "models_dir": models_dir, "members": [m.get("dir") for m in cal["members"]], "threshold": thr,
+            "image_size": size,
             "site": {"n": len(site_y), "auc": roc_auc(ps, site_y),
                      "specificity": float((ps[site_y == 0] < thr).mean()),
                      "sensitivity": float((ps[site_y == 1] >= thr).mean())},
