@@ -34,6 +34,7 @@ SR_ENV = {"CXR_SR_MAX_SIDE": "512"}
 PODMAN_RUN = ["--runtime", "runc", "--network", "none", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
 
 sys.path.insert(0, str(PACKAGING))
+import build_image  # noqa: E402
 import run_map  # noqa: E402
 
 sys.path.remove(str(PACKAGING))
@@ -78,6 +79,12 @@ def map_image(models: Path, tmp_path_factory) -> dict:
     if reason:
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("map")
+    # a stand-in for the previous build of this tag: the build must remove it once the tag has moved on
+    podman("rmi", "-f", IMAGE)
+    (out / "Containerfile.old").write_text("FROM scratch\nLABEL org.cxr-monai.test=replaced\n")
+    old = podman("build", "-q", "--network", "none", "-f", str(out / "Containerfile.old"), "-t", IMAGE, str(out))
+    assert old.returncode == 0, old.stderr[-2000:]
+    replaced = build_image.image_id("podman", IMAGE)
     t0 = time.monotonic()
     for cmd in ([sys.executable, str(PACKAGING / "make_map.py"), "--models", str(models), "--out", str(out), "--tag", TAG],
                 [sys.executable, str(PACKAGING / "build_image.py"), "--models", str(models), "--map-dir", str(out),
@@ -86,7 +93,15 @@ def map_image(models: Path, tmp_path_factory) -> dict:
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert proc.stdout.strip().splitlines()[-1] == f"MAP image built: {IMAGE}"
     return {"dir": out, "app": json.loads((out / "app.json").read_text()), "pkg": json.loads((out / "pkg.json").read_text()),
-            "build_s": time.monotonic() - t0}
+            "build_s": time.monotonic() - t0, "replaced": replaced}
+
+
+def test_rebuild_leaves_no_untagged_images_behind(map_image: dict) -> None:
+    assert map_image["replaced"] and map_image["replaced"] != build_image.image_id("podman", IMAGE)
+    assert podman("image", "exists", map_image["replaced"]).returncode != 0  # the image the tag named before: gone
+    left = podman("images", "-q", "--filter", "dangling=true", "--filter", f"label={build_image.PROJECT_STAGE_LABEL}")
+    assert left.returncode == 0 and left.stdout.split() == []  # the project stage's image: gone
+    assert podman("image", "exists", build_image.DEPS_IMAGE).returncode == 0  # the third-party cache: kept
 
 
 def test_layout_manifests_labels_user_and_entrypoint(map_image: dict) -> None:
