@@ -181,36 +181,55 @@ class CXRImageLoaderOperator(Operator):
         op_output.emit(records, RECORDS)
 
 
-class ScopeGateOperator(Operator):
-    """The intended-population check (:func:`cxr_monai.inference.check_scope`: header rules + the image
-    check on the un-enhanced image): an image outside the population gets status ``out_of_scope`` with the
-    reason; it is still super-resolved (when SR applies) and gets a report saying it was not assessed, but no
-    classification and no Grad-CAM. Model ``cxr_scope`` from the app's models folder."""
+class _ModelOperator(Operator):
+    """An operator with one model file, loaded on first use by :meth:`load_model`, passing the record list from
+    its input port to its output port."""
 
-    def __init__(self, fragment: Fragment, *args, model_file: Path, device: str, classifier_info: dict,
-                 **kwargs) -> None:
+    def __init__(self, fragment: Fragment, *args, model_file: Path, device: str, **kwargs) -> None:
         self.model_file = Path(model_file)
         self.device = device
-        self.classifier_info = dict(classifier_info)
-        self._gate = None
+        self._model = None
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input(RECORDS)
         spec.output(RECORDS)
 
-    def compute(self, op_input, op_output, context) -> None:
-        from cxr_monai.inference import check_scope
+    def load_model(self):
+        raise NotImplementedError
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self.load_model()
+        return self._model
+
+
+class ScopeGateOperator(_ModelOperator):
+    """The intended-population check (:func:`cxr_monai.inference.check_scope`: header rules + the image
+    check on the un-enhanced image): an image outside the population gets status ``out_of_scope`` with the
+    reason; it is still super-resolved (when SR applies) and gets a report saying it was not assessed, but no
+    classification and no Grad-CAM. Model ``cxr_scope`` from the app's models folder."""
+
+    def __init__(self, fragment: Fragment, *args, classifier_info: dict, **kwargs) -> None:
+        self.classifier_info = dict(classifier_info)
+        super().__init__(fragment, *args, **kwargs)
+
+    def load_model(self):
         from cxr_monai.scope import load_scope_gate
 
+        return load_scope_gate(self.model_file, self.device)
+
+    def compute(self, op_input, op_output, context) -> None:
+        from cxr_monai.inference import check_scope
+
         records = op_input.receive(RECORDS)
-        if self._gate is None:
-            self._gate = load_scope_gate(self.model_file, self.device)
+        gate = self.model
 
         def check(rec: dict) -> None:
-            decision = check_scope(self._gate, rec["image"], rec.get("meta"),
+            decision = check_scope(gate, rec["image"], rec.get("meta"),
                                    image_size=int(self.classifier_info.get("image_size", 160)))
-            rec["scope"] = {**decision.as_dict(), "gate": self._gate.info.get("name"),
+            rec["scope"] = {**decision.as_dict(), "gate": gate.info.get("name"),
                             "classifier": self.classifier_info.get("model_name"),
                             "classifier_version": self.classifier_info.get("version")}
             if not decision.in_scope:
@@ -221,31 +240,25 @@ class ScopeGateOperator(Operator):
         op_output.emit(records, RECORDS)
 
 
-class SuperResolutionOperator(Operator):
+class SuperResolutionOperator(_ModelOperator):
     """4x tiled super-resolution (:func:`cxr_monai.inference.super_resolve`) of images whose longest side
     is at most ``sr_max_side`` (:func:`cxr_monai.inference.sr_decision`); larger ones pass unchanged with
     the reason recorded. Model ``cxr_sr`` from the app's models folder."""
 
-    def __init__(self, fragment: Fragment, *args, model_file: Path, device: str, sr_max_side: int = 1024,
-                 **kwargs) -> None:
-        self.model_file = Path(model_file)
-        self.device = device
+    def __init__(self, fragment: Fragment, *args, sr_max_side: int = 1024, **kwargs) -> None:
         self.sr_max_side = int(sr_max_side)
-        self._model = None
         super().__init__(fragment, *args, **kwargs)
 
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input(RECORDS)
-        spec.output(RECORDS)
+    def load_model(self):
+        from cxr_monai.export import load_deploy_model
+
+        return load_deploy_model(self.model_file, self.device, kind="super_resolution")
 
     def compute(self, op_input, op_output, context) -> None:
-        from cxr_monai.export import load_deploy_model
         from cxr_monai.inference import sr_decision, super_resolve
 
         records = op_input.receive(RECORDS)
-        if self._model is None:
-            self._model = load_deploy_model(self.model_file, self.device, kind="super_resolution")
-        model, info = self._model
+        model, info = self.model
 
         def enhance(rec: dict) -> None:
             apply, why = sr_decision(rec["image"].shape, self.sr_max_side)
@@ -260,27 +273,14 @@ class SuperResolutionOperator(Operator):
         op_output.emit(records, RECORDS)
 
 
-class PneumoniaClassifierOperator(Operator):
+class PneumoniaClassifierOperator(_ModelOperator):
     """Calibrated pneumonia probability (:func:`cxr_monai.inference.classify`) of the image the app
     reports on: the enhanced one when SR ran (the un-enhanced probability is recorded beside it)."""
 
-    def __init__(self, fragment: Fragment, *args, model_file: Path, device: str, **kwargs) -> None:
-        self.model_file = Path(model_file)
-        self.device = device
-        self._model = None
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input(RECORDS)
-        spec.output(RECORDS)
-
-    @property
-    def model(self):
+    def load_model(self):
         from cxr_monai.export import load_deploy_model
 
-        if self._model is None:
-            self._model = load_deploy_model(self.model_file, self.device, kind="classifier")
-        return self._model
+        return load_deploy_model(self.model_file, self.device, kind="classifier")
 
     def compute(self, op_input, op_output, context) -> None:
         from cxr_monai.inference import classify
