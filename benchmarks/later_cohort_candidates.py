@@ -42,9 +42,8 @@ RULES = {
         "preference": ["F", "M", "G"], "min_default_accuracy": None},
     2: {"min_site_auc_gain": 0.0, "min_validation_auc": 0.995, "stress_margin": 0.020, "tie": 0.005,
         "preference": ["H"], "min_default_accuracy": 0.90},
-    3: {"min_site_auc_gain": 0.0, "min_validation_auc": 0.995, "stress_margin": 0.020, "tie": 0.005,
-        "preference": ["R"], "min_default_accuracy": 0.90},  # round 2's rule, the candidate trained at 224 px
 }
+RULES[3] = {**RULES[2], "preference": ["R"]}  # round 2's rule, the candidate trained at 224 px
 
 
 def load_candidate(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:

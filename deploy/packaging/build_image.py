@@ -19,7 +19,7 @@ packager's rendered Dockerfile:
 4. ``podman build --network none``; the last line printed is ``MAP image built: NAME:TAG``;
 5. clean-up (unless ``--keep-old``): the image this tag named before the build, once nothing else names it, and
    the leftover images of the ``project`` stage (label ``org.cxr-monai.build-stage=project``). Without it every
-   rebuild left about 2 GB of untagged images behind. The ``deps`` stage is built first and tagged
+   rebuild left gigabytes of untagged images behind. The ``deps`` stage is built first and tagged
    ``DEPS_IMAGE``, so it stays: it is the cache that spares re-installing the third-party packages while the
    lock is unchanged (the one it replaces when the lock changes is removed).
 """
@@ -83,15 +83,18 @@ def image_id(podman: str, name: str) -> str | None:
     return proc.stdout.strip() or None
 
 
-def remove_leftovers(podman: str, replaced: str | None, current: str | None) -> list[str]:
-    """Remove the image a rebuild replaced (only when no tag names it any more and no container uses it) and the
-    untagged images of the ``project`` build stage; return what was removed."""
+def remove_leftovers(podman: str, replaced: dict[str, str | None]) -> list[str]:
+    """Remove each image a rebuild replaced (``{name: ID the name had before}``; only when no tag names it any
+    more and no container uses it) and the untagged images of the ``project`` build stage; return what was
+    removed."""
     removed = []
-    if replaced and replaced != current:
-        tags = subprocess.run([podman, "image", "inspect", replaced, "--format", "{{len .RepoTags}}"],
+    for name, old in replaced.items():
+        if not old or old == image_id(podman, name):
+            continue
+        tags = subprocess.run([podman, "image", "inspect", old, "--format", "{{len .RepoTags}}"],
                               capture_output=True, text=True).stdout.strip()
-        if tags == "0" and subprocess.run([podman, "rmi", replaced], capture_output=True).returncode == 0:
-            removed.append(replaced[:12])
+        if tags == "0" and subprocess.run([podman, "rmi", old], capture_output=True).returncode == 0:
+            removed.append(old[:12])
     proc = subprocess.run([podman, "image", "prune", "-f", "--filter", f"label={PROJECT_STAGE_LABEL}"],
                           capture_output=True, text=True)
     removed += [line[:12] for line in proc.stdout.split() if line.strip()]
@@ -273,14 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     wheelhouse = build_wheelhouse(args.python, Path(args.wheelhouse).resolve() if args.wheelhouse else map_dir / "wheelhouse")
     ctx = make_context(map_dir, Path(args.models).resolve(), wheelhouse, base)
     name = args.tag if "/" in args.tag.split(":")[0] else f"localhost/{args.tag}"
-    replaced, replaced_deps = image_id(podman, name), image_id(podman, DEPS_IMAGE)
+    replaced = {n: image_id(podman, n) for n in (name, DEPS_IMAGE)}
     build = [podman, "build", "--network", "none", "--layers", "-f", str(ctx / "Containerfile")]
     run([*build, "--target", "deps", "-t", DEPS_IMAGE, str(ctx)])  # tagged, so no clean-up removes the cache
     run([*build, "-t", name, str(ctx)])
     shutil.rmtree(ctx / "wheels", ignore_errors=True)  # a copy of the wheelhouse; the build cache keeps its layer
     if not args.keep_old:
-        removed = remove_leftovers(podman, replaced, image_id(podman, name))
-        removed += remove_leftovers(podman, replaced_deps, image_id(podman, DEPS_IMAGE))
+        removed = remove_leftovers(podman, replaced)
         log(f"removed {len(removed)} replaced or leftover image(s): {' '.join(removed) or '-'}")
     size = subprocess.run([podman, "image", "inspect", name, "--format", "{{.Size}}"], capture_output=True,
                           text=True).stdout.strip()
