@@ -44,6 +44,7 @@ RULES = {
         "preference": ["H"], "min_default_accuracy": 0.90},
 }
 RULES[3] = {**RULES[2], "preference": ["R"]}  # round 2's rule, the candidate trained at 224 px
+RULES[4] = {**RULES[2], "preference": ["L"]}  # round 2's rule, M's members behind a 3x3 low-pass input filter
 
 
 def load_candidate(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -51,7 +52,7 @@ def load_candidate(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:
     from cxr_monai.utils import bare_state_dict, read_json
 
     cal = read_json(Path(models_dir) / "calibration.json")
-    net = classifier_ensemble(cal.get("network_preset", "slim"), len(cal["members"]))
+    net = classifier_ensemble(cal.get("network_preset", "slim"), len(cal["members"]), int(cal.get("input_blur", 0)))
     net.load_state_dict(bare_state_dict(torch.load(Path(models_dir) / "model.pt", map_location="cpu", weights_only=True)))
     return net.eval(), cal
 

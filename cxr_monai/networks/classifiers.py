@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import SpatialAttention
@@ -200,11 +201,22 @@ class ClassifierEnsemble(nn.Module):
             same feature-map size.
         temperatures: one calibration temperature (> 0) per member (default 1).
         biases: one additive bias of the positive-class logit per member (default 0).
+        input_blur: side of a fixed box low-pass filter (reflect padding) applied to the input before every
+            member; 0 (default) for none, else an odd size >= 3. Part of the weights: a non-zero filter is a
+            state-dict entry (``input_kernel``), so weights saved with a filter do not load into an ensemble
+            built without it, nor the other way round.
     """
 
     def __init__(self, members: Sequence[nn.Module], temperatures: Sequence[float] | None = None,
-                 biases: Sequence[float] | None = None) -> None:
+                 biases: Sequence[float] | None = None, input_blur: int = 0) -> None:
         super().__init__()
+        input_blur = int(input_blur)
+        if input_blur != 0 and (input_blur < 3 or input_blur % 2 == 0):
+            raise ValueError(f"input_blur must be 0 or an odd size >= 3, got {input_blur}")
+        self.input_blur = input_blur
+        side = max(input_blur, 1)
+        self.register_buffer("input_kernel", torch.full((1, 1, side, side), 1.0 / (side * side)),
+                             persistent=input_blur > 0)
         k = len(members)
         if k < 1:
             raise ValueError("an ensemble needs at least one member")
@@ -222,10 +234,20 @@ class ClassifierEnsemble(nn.Module):
     @torch.jit.export
     def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities of each member, (K, N, num_classes)."""
+        x = self.low_pass(x)
         out: list[torch.Tensor] = []
         for i, m in enumerate(self.members):
             out.append(self._calibrated(m.cam_head(m.cam_features(x)), i).softmax(dim=1))
         return torch.stack(out)
+
+    @torch.jit.export
+    def low_pass(self, x: torch.Tensor) -> torch.Tensor:
+        """The input filter (identity when ``input_blur`` is 0)."""
+        if self.input_blur == 0:
+            return x
+        p = self.input_blur // 2
+        k = self.input_kernel.to(dtype=x.dtype).expand(x.shape[1], 1, self.input_blur, self.input_blur)
+        return F.conv2d(F.pad(x, [p, p, p, p], mode="reflect"), k, groups=x.shape[1])
 
     def _calibrated(self, z: torch.Tensor, i: int) -> torch.Tensor:
         z = z / self.temperatures[i]
@@ -236,6 +258,7 @@ class ClassifierEnsemble(nn.Module):
     @torch.jit.export
     def cam_features(self, x: torch.Tensor) -> torch.Tensor:
         """The members' last feature maps, concatenated along the channels (N, sum C_k, h, w)."""
+        x = self.low_pass(x)
         return torch.cat([m.cam_features(x) for m in self.members], dim=1)
 
     @torch.jit.export
@@ -251,18 +274,20 @@ class ClassifierEnsemble(nn.Module):
         return self.cam_head(self.cam_features(x))
 
 
-def classifier_ensemble(preset: str = "slim", members: int = 3, **kwargs) -> ClassifierEnsemble:
+def classifier_ensemble(preset: str = "slim", members: int = 3, input_blur: int = 0,
+                        **kwargs) -> ClassifierEnsemble:
     """``members`` :func:`resnet18_sa` networks of one preset as a :class:`ClassifierEnsemble` with identity
     calibration (load the trained state dict, which carries the members' temperatures and biases, after).
 
     Args:
         preset: the members' :func:`resnet18_sa` preset.
         members: number of members (>= 1).
+        input_blur: the ensemble's input filter (:class:`ClassifierEnsemble`; 0: none).
         kwargs: override any :class:`ResNet18SA` argument of every member.
     """
     if int(members) < 1:
         raise ValueError(f"members must be >= 1, got {members}")
-    return ClassifierEnsemble([resnet18_sa(preset, **kwargs) for _ in range(int(members))])
+    return ClassifierEnsemble([resnet18_sa(preset, **kwargs) for _ in range(int(members))], input_blur=input_blur)
 
 
 class PneumoniaCNN(nn.Module):
