@@ -45,6 +45,7 @@ RULES = {
 }
 RULES[3] = {**RULES[2], "preference": ["R"]}  # round 2's rule, the candidate trained at 224 px
 RULES[4] = {**RULES[2], "preference": ["L"]}  # round 2's rule, M's members behind a 3x3 low-pass input filter
+RULES[5] = {**RULES[2], "preference": ["E", "N"]}  # round 2's rule; framing members trained 24 epochs (E), in M (N)
 
 
 def load_candidate(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:
