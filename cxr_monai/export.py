@@ -9,6 +9,9 @@ as the extra file ``cxr_monai.json`` (``torch.jit.save(..., _extra_files=...)``)
   probabilities (softmax of logits / temperature), plus two exported methods for Grad-CAM,
   ``cam_features(x)`` (last feature maps) and ``cam_head(f)`` (calibrated logits from them).
 * ``cxr_sr/model.ts``: the 4x generator, ``forward(x) -> (N, 1, 4H, 4W)``.
+* ``cxr_scope/model.ts``: the intended-population gate (:mod:`cxr_monai.scope`).
+* ``cxr_lung/model.ts``: the lung-field network whose view the classifier and the gate read
+  (:mod:`cxr_monai.transforms.lung_field`); the classifier and the gate carry its hash and refuse another one.
 
 :func:`export_deploy_models` writes both from the bundles (``make deploy-models``);
 :func:`load_deploy_model` reads one back with its metadata, refusing files that lack it. Bundle
@@ -36,7 +39,9 @@ __all__ = [
     "CLASSIFIER_NAME",
     "SR_NAME",
     "SCOPE_NAME",
+    "LUNG_NAME",
     "export_scope_gate",
+    "export_lung_field",
     "META_FILE",
     "CalibratedClassifier",
     "DeployModelError",
@@ -50,6 +55,9 @@ __all__ = [
 CLASSIFIER_NAME = "cxr_pneumonia"
 SR_NAME = "cxr_sr"
 SCOPE_NAME = "cxr_scope"
+LUNG_NAME = "cxr_lung"
+LUNG_FILE = "lung_field.ts"
+"""The lung-field network in the classifier bundle's ``models/`` (written by ``configs/lung_train.json``)."""
 SCOPE_FILE = "scope_gate.ts"
 """The intended-population gate in the classifier bundle's ``models/`` (written by ``configs/scope_train.json``)."""
 FORMAT_VERSION = 1
@@ -152,7 +160,9 @@ def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLik
                            cal.get("threshold_rule", "Youden point on the patient-aware validation split")),
         "calibration": calibration,
         "image_size": int(cal.get("image_size", 224)),
-        "preprocessing": "cxr_monai.transforms.classifier_preprocessing",
+        "lung_field_sha256": cal.get("lung_field_sha256"),
+        "preprocessing": "cxr_monai.transforms.classifier_preprocessing" + (
+            " (lung-field view: deploy model cxr_lung)" if cal.get("lung_field_sha256") else ""),
         "output": ("calibrated probabilities (N, 2): softmax(site_a * logits / temperature + [0, site_b]); "
                    "site_a = 1, site_b = 0 unless a site calibration is in force (calibration.source)"),
         "gradcam": {"features": "cam_features", "head": "cam_head"},
@@ -214,10 +224,28 @@ def export_scope_gate(bundle_root: str | os.PathLike, out_file: str | os.PathLik
     return save_scope_gate(gate.module, info, out_file)
 
 
+def export_lung_field(bundle_root: str | os.PathLike, out_file: str | os.PathLike) -> Path:
+    """Copy the classifier bundle's lung-field network (``models/lung_field.ts``) into the deploy layout, adding
+    the bundle's name, version and the source file's hash (``source_sha256``: what the classifier and the gate
+    were trained through, :func:`cxr_monai.inference.check_lung_field`)."""
+    from cxr_monai.transforms.lung_field import LUNG_FIELD_KIND
+    from cxr_monai.utils import load_torchscript_with_meta
+
+    root = Path(bundle_root)
+    src = root / "models" / LUNG_FILE
+    if not src.is_file():
+        raise DeployModelError(f"{src}: lung-field network missing (train it with configs/lung_train.json)")
+    module, info = load_torchscript_with_meta(src, kind=LUNG_FIELD_KIND)
+    meta = _bundle_meta(root)
+    info = {**info, "format_version": FORMAT_VERSION, "bundle": meta.get("name", "cxr_pneumonia_classifier"),
+            "bundle_version": meta["version"], "source_sha256": _sha256(src)}
+    return _save_atomic(module, info, Path(out_file))
+
+
 def export_deploy_models(classifier_bundle: str | os.PathLike, sr_bundle: str | os.PathLike,
                          out_dir: str | os.PathLike, site_dir: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Write ``out_dir/cxr_pneumonia/model.ts`` and ``out_dir/cxr_sr/model.ts`` (the SDK's named-model
-    layout: one file per model folder). Returns ``{name: path}``. ``site_dir``: embed that site's calibration
+    """Write ``out_dir/cxr_pneumonia/model.ts``, ``out_dir/cxr_sr/model.ts``, ``out_dir/cxr_scope/model.ts`` and
+    ``out_dir/cxr_lung/model.ts`` (the SDK's named-model layout: one file per model folder). Returns ``{name: path}``. ``site_dir``: embed that site's calibration
     in the classifier (:func:`export_classifier`)."""
     out = Path(out_dir)
     written = {
@@ -225,6 +253,8 @@ def export_deploy_models(classifier_bundle: str | os.PathLike, sr_bundle: str | 
         SR_NAME: export_sr(sr_bundle, out / SR_NAME / "model.ts"),
         SCOPE_NAME: export_scope_gate(classifier_bundle, out / SCOPE_NAME / "model.ts"),
     }
+    if (Path(classifier_bundle) / "models" / LUNG_FILE).is_file():
+        written[LUNG_NAME] = export_lung_field(classifier_bundle, out / LUNG_NAME / "model.ts")
     for name, path in written.items():
         extra = [p for p in path.parent.iterdir() if p != path]
         if extra:

@@ -27,6 +27,8 @@ __all__ = [
     "sr_decision",
     "super_resolve",
     "classifier_input",
+    "check_lung_field",
+    "view_to_film",
     "classify",
     "check_scope",
 ]
@@ -125,19 +127,67 @@ def super_resolve(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info
     return y
 
 
-def classifier_input(image: np.ndarray | torch.Tensor, image_size: int = 224) -> torch.Tensor:
-    """``(1, 1, S, S)`` network input from a ``(1, H, W)`` image, through the one classifier
-    preprocessing definition (:func:`cxr_monai.transforms.classifier_preprocessing`)."""
+def classifier_input(image: np.ndarray | torch.Tensor, image_size: int = 224, lung_field: Any = None) -> torch.Tensor:
+    """``(1, 1, S, S)`` network input from a ``(1, H, W)`` image, through the one classifier preprocessing
+    definition (:func:`cxr_monai.transforms.classifier_preprocessing`); with ``lung_field`` (a
+    :class:`~cxr_monai.transforms.LungField` or its file) the lung-field view, whose box is in the returned
+    MetaTensor's ``meta["lung_field"]``."""
+    from monai.data import MetaTensor
+
     from cxr_monai.transforms import classifier_preprocessing
 
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, dtype=np.float32)
-    out = Compose(classifier_preprocessing(["image"], int(image_size)))({"image": arr})["image"]
-    out = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
-    return out[None].float()
+    out = Compose(classifier_preprocessing(["image"], int(image_size), lung_field=lung_field))({"image": arr})["image"]
+    meta = dict(getattr(out, "meta", {}) or {})
+    x = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
+    return MetaTensor(x[None].float(), meta={"lung_field": meta["lung_field"]} if "lung_field" in meta else {})
+
+
+def check_lung_field(info: Mapping[str, Any], lung_field: Any) -> None:
+    """Refuse to run a model trained on the lung-field view without that lung-field network, or with another one.
+
+    Args:
+        info: the classifier's or gate's embedded metadata (``lung_field_sha256``: the lung-field network it was
+            trained through; absent for models that read the whole film).
+        lung_field: the :class:`~cxr_monai.transforms.LungField` given (``None``: none).
+
+    Raises:
+        DeployModelError: the model needs a lung-field network and none was given, or its hash differs.
+    """
+    from cxr_monai.utils import DeployModelError
+
+    want = info.get("lung_field_sha256")
+    if not want:
+        if lung_field is not None:
+            raise DeployModelError(f"{info.get('name', 'model')} reads the whole film: no lung-field network expected")
+        return
+    if lung_field is None:
+        raise DeployModelError(f"{info.get('name', 'model')} reads the lung-field view: give it the lung-field "
+                               "network it was trained with (deploy model cxr_lung, `make deploy-models`)")
+    have = lung_field.info.get("source_sha256") or lung_field.info.get("weights_sha256")
+    if have and have != want:
+        raise DeployModelError(f"{info.get('name', 'model')} was trained through lung-field network {want[:12]}, "
+                               f"given {have[:12]}: export the models together (`make deploy-models`)")
+
+
+def view_to_film(cam: np.ndarray, box: Mapping[str, Any] | None, shape: tuple[int, int]) -> np.ndarray:
+    """A map on the lung-field view (``(S, S)``) placed back on the film (``shape``): resized into the view's box,
+    zero outside it. Without a box the map is resized to the whole film."""
+    t = torch.as_tensor(np.asarray(cam, dtype=np.float32))[None, None]
+    h, w = int(shape[0]), int(shape[1])
+    if not box:
+        return torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    from cxr_monai.transforms.lung_field import LungBox
+
+    y0, x0, y1, x1 = LungBox(**{k: box[k] for k in LungBox.__dataclass_fields__}).pixels(h, w)
+    out = np.zeros((h, w), np.float32)
+    out[y0:y1, x0:x1] = torch.nn.functional.interpolate(t, size=(y1 - y0, x1 - x0), mode="bilinear",
+                                                        align_corners=False)[0, 0].numpy()
+    return out
 
 
 def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Mapping[str, Any],
-             device: str | torch.device = "cpu", with_cam: bool = False) -> dict[str, Any]:
+             device: str | torch.device = "cpu", with_cam: bool = False, lung_field: Any = None) -> dict[str, Any]:
     """Calibrated pneumonia probability of one image (and optionally its Grad-CAM).
 
     Args:
@@ -146,16 +196,22 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
         image: ``(1, H, W)`` in ``[0, 1]``, any size (resized by the preprocessing).
         info: the model's embedded metadata (``threshold``, ``image_size``, ``class_names``).
         device: device of ``model``.
-        with_cam: also compute Grad-CAM of the predicted class (``cam``: ``(S, S)`` in ``[0, 1]``,
-            ``cam_class``: its name), see :func:`cxr_monai.explain.gradcam_split`.
+        with_cam: also compute Grad-CAM of the predicted class (``cam``: on the film, ``(H, W)`` in ``[0, 1]``,
+            zero outside the lung-field view; ``cam_view``: ``(S, S)`` on the network input; ``cam_class``: its
+            name), see :func:`cxr_monai.explain.gradcam_split`.
+        lung_field: the lung-field network the classifier was trained through (:func:`check_lung_field`).
 
     Returns:
-        ``{"probability": p(PNEUMONIA), "label", "threshold", "probabilities": [p0, p1], "calibration"}`` (+ cam);
-        ``calibration`` is the calibration in force (the model's embedded record: ``source`` ``"default"`` or
-        ``"site"``, ``id``, ``date``, ...; :data:`DEFAULT_CALIBRATION` for a model exported without one).
+        ``{"probability": p(PNEUMONIA), "label", "threshold", "probabilities": [p0, p1], "calibration",
+        "lung_field"}`` (+ cam); ``calibration`` is the calibration in force (the model's embedded record:
+        ``source`` ``"default"`` or ``"site"``, ``id``, ``date``, ...; :data:`DEFAULT_CALIBRATION` for a model
+        exported without one); ``lung_field`` the view's box on the film (``None`` without a lung field).
     """
+    check_lung_field(info, lung_field)
     device = torch.device(device)
-    x = classifier_input(image, int(info.get("image_size", 224))).to(device)
+    x = classifier_input(image, int(info.get("image_size", 224)), lung_field)
+    box = x.meta.get("lung_field") if hasattr(x, "meta") else None
+    x = x.as_tensor().to(device) if hasattr(x, "as_tensor") else x.to(device)
     model = inference_layout(model, device)
     with torch.inference_mode():
         probs = model(x)[0].float().cpu().numpy()
@@ -165,25 +221,36 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
     label_idx = int(p >= threshold)
     out: dict[str, Any] = {"probability": p, "label": names[label_idx], "label_index": label_idx,
                            "threshold": threshold, "probabilities": [float(v) for v in probs],
-                           "calibration": dict(info.get("calibration") or DEFAULT_CALIBRATION)}
+                           "calibration": dict(info.get("calibration") or DEFAULT_CALIBRATION),
+                           "lung_field": dict(box) if box else None}
     if with_cam:
         from cxr_monai.explain import gradcam_split
 
-        out["cam"] = gradcam_split(model.cam_features, model.cam_head, x, label_idx)[0]
+        cam = gradcam_split(model.cam_features, model.cam_head, x, label_idx)[0]
+        shape = tuple(np.asarray(image.shape if not isinstance(image, torch.Tensor) else tuple(image.shape))[-2:])
+        out["cam_view"] = cam
+        out["cam"] = view_to_film(cam, box, shape)
         out["cam_class"] = names[label_idx]
         out["network_input"] = x[0, 0].cpu().numpy()
     return out
 
 
 def check_scope(gate: Any, image: np.ndarray | torch.Tensor, meta: Mapping[str, Any] | None = None,
-                image_size: int = 160):
+                image_size: int = 160, lung_field: Any = None):
     """The intended-population decision (:class:`cxr_monai.scope.ScopeDecision`) of one image: the header
-    rules on ``meta`` and the image check on the classifier's network input of ``image``.
+    rules on ``meta``, the lung-field rule (with ``lung_field``) and the image check on the classifier's network
+    input of ``image``.
 
     Args:
         gate: :class:`cxr_monai.scope.ScopeGate` (:func:`cxr_monai.scope.load_scope_gate`).
         image: ``(1, H, W)`` in ``[0, 1]``: the image as read, before any super-resolution.
         meta: its metadata from :func:`cxr_monai.io.load_cxr` (``None``: no headers, image check only).
         image_size: the classifier's input side (the model's embedded ``image_size``).
+        lung_field: the lung-field network the gate was trained through (:func:`check_lung_field`).
     """
-    return gate.check(classifier_input(image, int(image_size)), [meta])[0]
+    check_lung_field(gate.info, lung_field)
+    x = classifier_input(image, int(image_size), lung_field)
+    box = x.meta.get("lung_field") if hasattr(x, "meta") else None
+    merged = {**dict(meta or {}), "lung_field": box} if box else meta
+    x = x.as_tensor() if hasattr(x, "as_tensor") else x
+    return gate.check(x, [merged])[0]

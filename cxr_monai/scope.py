@@ -27,7 +27,7 @@ import datetime as _dt
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ __all__ = [
     "ScopeGate",
     "patient_age_years",
     "header_scope_reason",
+    "lung_field_reason",
+    "MAX_LUNG_EDGE_CONTACT",
+    "MIN_LUNG_FRACTION",
     "save_scope_gate",
     "load_scope_gate",
 ]
@@ -69,6 +72,14 @@ OUT_OF_SCOPE = "OUT_OF_SCOPE"
 
 SCOPE_KIND = "scope_gate"
 
+MIN_LUNG_FRACTION = 0.08
+"""A film on which the lung-field network finds lungs over less than this share of the area does not show a
+chest (another body part, a document) or shows too little of it; refused before the image check."""
+
+MAX_LUNG_EDGE_CONTACT = 0.5
+"""Lungs touching one edge of the film over more than this share of it are cut off by the collimation or the
+crop; refused before the image check (the lung field the classifier was validated on is in view)."""
+
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
@@ -82,12 +93,15 @@ class ScopeDecision:
         reason: a sentence naming the rule that refused it (``""`` when in scope).
         probability: the image check's out-of-scope probability (``None`` when it did not run).
         distance: the image check's feature distance (``None`` when it did not run).
+        lung_field: the lung-field view's box on the film (:class:`cxr_monai.transforms.LungBox` as a dict;
+            ``None`` without a lung-field view).
     """
 
     in_scope: bool
     reason: str = ""
     probability: float | None = None
     distance: float | None = None
+    lung_field: dict | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +132,28 @@ def patient_age_years(tags: Mapping[str, Any] | None) -> float | None:
     if birth is None or study is None or study < birth:
         return None
     return (study - birth).days / 365.25
+
+
+def lung_field_reason(box: Mapping[str, Any] | None, min_fraction: float = MIN_LUNG_FRACTION,
+                      max_edge_contact: float = MAX_LUNG_EDGE_CONTACT) -> str | None:
+    """Why the lung-field view puts an image out of scope (lungs not found, too small, cut off), or ``None``.
+
+    Args:
+        box: the :class:`cxr_monai.transforms.LungBox` as a dict (metadata key ``lung_field``); ``None``: no
+            lung-field view was taken (classifiers before 0.5.0), nothing to refuse.
+        min_fraction: the least share of the film the lungs must cover.
+        max_edge_contact: the largest share of one film edge the lungs may touch.
+    """
+    if not box:
+        return None
+    fraction, edge = float(box.get("lung_fraction", 0.0)), float(box.get("edge_contact", 0.0))
+    if not box.get("found", False) or fraction < min_fraction:
+        return (f"lung field: lungs cover {100 * fraction:.1f} % of the film (< {100 * min_fraction:g} %): no chest "
+                "in view, or too little of it")
+    if edge > max_edge_contact:
+        return (f"lung field: lungs cut off by the film edge ({100 * edge:.0f} % of one edge is lung, "
+                f"> {100 * max_edge_contact:g} %)")
+    return None
 
 
 def header_scope_reason(meta: Mapping[str, Any] | None, max_age_years: float = MAX_AGE_YEARS) -> str | None:
@@ -167,6 +203,8 @@ class ScopeGate:
         self.distance_threshold = float(th["distance"])
         self.image_size = int(info.get("image_size", 160))
         self.max_age_years = float(info.get("max_age_years", MAX_AGE_YEARS))
+        self.min_lung_fraction = float(info.get("min_lung_fraction", MIN_LUNG_FRACTION))
+        self.max_lung_edge_contact = float(info.get("max_lung_edge_contact", MAX_LUNG_EDGE_CONTACT))
 
     def _fit_size(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 1:
@@ -198,7 +236,8 @@ class ScopeGate:
 
         Args:
             x: the classifier's network input (N, 1, S, S) (:func:`cxr_monai.transforms.classifier_preprocessing`).
-            metas: per-image metadata for the header rules (``None`` entries or ``None``: no headers).
+            metas: per-image metadata for the header rules and the lung-field rule (its ``lung_field`` box)
+                (``None`` entries or ``None``: no headers, no lung-field rule).
         """
         metas = list(metas) if metas is not None else [None] * int(x.shape[0])
         if len(metas) != int(x.shape[0]):
@@ -207,10 +246,15 @@ class ScopeGate:
         out = []
         for meta, (p, d) in zip(metas, s.tolist()):
             reason = header_scope_reason(meta, self.max_age_years)
+            box = (meta or {}).get("lung_field") or None
+            lungs = lung_field_reason(box, self.min_lung_fraction, self.max_lung_edge_contact)
             if reason:
-                out.append(ScopeDecision(False, f"header: {reason}", p, d))
+                decision = ScopeDecision(False, f"header: {reason}", p, d)
+            elif lungs:
+                decision = ScopeDecision(False, lungs, p, d)
             else:
-                out.append(self.decide(p, d))
+                decision = self.decide(p, d)
+            out.append(replace(decision, lung_field=dict(box)) if box else decision)
         return out
 
 

@@ -191,3 +191,14 @@ def item_name(item: dict, key: str = "image", index: int = 0) -> str:
     meta = getattr(img, "meta", None) or item.get(f"{key}_meta_dict") or {}
     name = meta.get("filename_or_obj") if isinstance(meta, dict) else None
     return str(name) if name else f"item_{index}"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file (read in 1 MiB blocks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["NEGATIVE_KINDS", "make_negative", "negative_set"]
+__all__ = ["NEGATIVE_KINDS", "make_negative", "negative_set", "bedside_like"]
 
 
 def _norm(a: np.ndarray) -> np.ndarray:
@@ -142,3 +142,48 @@ def negative_set(n_per_kind: int, seed: int, size: int = 224,
             images.append(make_negative(kind, rng, size))
             names.append(kind)
     return images, names
+
+
+def bedside_like(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An adult film made to look like a bedside (portable) one: lines and tubes (bright curves: an
+    endotracheal tube down the midline, central lines, ECG leads with round electrodes), patchy opacities in
+    the lung zones and a lower contrast. For training and checking the gate against the bedside films of other
+    hospitals that the repository does not hold (a simulation: the card says so).
+
+    Args:
+        image: ``(1, H, W)`` in [0, 1].
+        rng: the random source (deterministic per generator state).
+    """
+    x = np.asarray(image, dtype=np.float32)[0].copy()
+    h, w = x.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    lines = np.zeros_like(x)
+
+    def curve(p0, p1, p2, width, value):
+        t = np.linspace(0, 1, 4 * max(h, w))[:, None]
+        pts = (1 - t) ** 2 * np.asarray(p0) + 2 * (1 - t) * t * np.asarray(p1) + t ** 2 * np.asarray(p2)
+        r, c = np.clip(pts[:, 0].round().astype(int), 0, h - 1), np.clip(pts[:, 1].round().astype(int), 0, w - 1)
+        canvas = np.zeros_like(x)
+        canvas[r, c] = 1.0
+        canvas = ndimage.maximum_filter(canvas, size=max(1, int(width)))
+        np.maximum(lines, value * canvas, out=lines)
+
+    if rng.random() < 0.8:  # endotracheal / nasogastric tube near the midline
+        cx = w * rng.uniform(0.45, 0.55)
+        curve((0, cx), (h * 0.3, cx + w * rng.uniform(-0.05, 0.05)), (h * rng.uniform(0.35, 0.9), cx + w * rng.uniform(-0.1, 0.1)),
+              max(2, w // 60), rng.uniform(0.6, 1.0))
+    for _ in range(rng.integers(1, 4)):  # central lines, leads
+        p0 = (rng.uniform(0, h * 0.3), rng.choice([rng.uniform(0, w * 0.2), rng.uniform(w * 0.8, w)]))
+        curve(p0, (rng.uniform(0, h), rng.uniform(0, w)), (rng.uniform(h * 0.2, h * 0.7), rng.uniform(w * 0.3, w * 0.7)),
+              max(1, w // 100), rng.uniform(0.5, 1.0))
+    for _ in range(rng.integers(0, 5)):  # ECG electrodes
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.015, 0.03) * w
+        lines = np.maximum(lines, 0.9 * (((yy - cy) ** 2 + (xx - cx) ** 2) < r ** 2))
+    opac = np.zeros_like(x)
+    for _ in range(rng.integers(1, 5)):  # patchy opacities in the lung zones
+        cy, cx = rng.uniform(0.3, 0.75) * h, rng.choice([rng.uniform(0.2, 0.4), rng.uniform(0.6, 0.8)]) * w
+        r = rng.uniform(0.05, 0.15) * w
+        opac += rng.uniform(0.1, 0.4) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r ** 2))
+    x = 0.15 + 0.75 * x + opac
+    x = np.maximum(x, lines)
+    return _norm(x)[None].astype(np.float32)

@@ -31,9 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxr_monai.utils import file_sha256
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["preprocess_images", "augment_batch", "train_scope_gate", "scope_check_report", "fit_feature_stats"]
+ADULT_FRAMINGS = ("whole", "crop:0.85", "crop:0.7", "crop:0.5", "pad:1.3")
+"""Framings of the adult films the gate trains against (and is checked on, held out)."""
+
+__all__ = ["ADULT_FRAMINGS", "preprocess_images", "augment_batch", "train_scope_gate", "scope_check_report", "fit_feature_stats"]
 
 
 def _progress(iterable, total: int | None = None, desc: str = "", enabled: bool = True):
@@ -46,19 +51,39 @@ def _progress(iterable, total: int | None = None, desc: str = "", enabled: bool 
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
-def preprocess_images(items: Sequence[Any], image_size: int, progress: bool = False, desc: str = "") -> torch.Tensor:
+def preprocess_images(items: Sequence[Any], image_size: int, progress: bool = False, desc: str = "",
+                      lung_field: Any = None, framing: str | Sequence[str] | None = None,
+                      return_boxes: bool = False):
     """The classifier's network input (N, 1, S, S) for paths or ``(1, H, W)`` arrays, through the one
-    classifier preprocessing (:func:`cxr_monai.transforms.classifier_preprocessing`), stored as uint8."""
+    classifier preprocessing (:func:`cxr_monai.transforms.classifier_preprocessing`, with its lung-field view
+    when ``lung_field`` is given), stored as uint8.
+
+    Args:
+        items: paths or arrays.
+        image_size: the network input side.
+        progress: show a progress bar named ``desc``.
+        lung_field: the lung-field network (path or :class:`~cxr_monai.transforms.LungField`); ``None``: whole film.
+        framing: re-frame each film first (:func:`cxr_monai.transforms.reframe`): one framing for all, or one per item.
+        return_boxes: also return each image's lung-field box (dicts; empty without ``lung_field``).
+    """
     from monai.transforms import Compose
 
-    from cxr_monai.transforms import classifier_preprocessing
+    from cxr_monai.io import load_cxr
+    from cxr_monai.transforms import classifier_preprocessing, reframe
 
-    pre = Compose(classifier_preprocessing(["image"], int(image_size)))
+    pre = Compose(classifier_preprocessing(["image"], int(image_size), lung_field=lung_field))
+    framings = [framing] * len(items) if framing is None or isinstance(framing, str) else list(framing)
     out = torch.empty((len(items), 1, image_size, image_size), dtype=torch.uint8)
+    boxes = []
     for i, item in enumerate(_progress(items, len(items), desc, progress)):
-        x = torch.as_tensor(pre({"image": item})["image"]).float()
+        if framings[i] not in (None, "whole"):
+            img = load_cxr(item)[0] if isinstance(item, (str, Path)) else np.asarray(item, dtype=np.float32)
+            item = reframe(img, framings[i])
+        y = pre({"image": item})["image"]
+        boxes.append(dict(getattr(y, "meta", {}).get("lung_field") or {}))
+        x = torch.as_tensor(y).float()
         out[i] = (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-    return out
+    return (out, boxes) if return_boxes else out
 
 
 def _percentile_normalise(x: torch.Tensor, lower: float = 0.01, upper: float = 0.99) -> torch.Tensor:
@@ -172,6 +197,9 @@ def train_scope_gate(
     site_dir: str | Path | None = None,
     progress: bool = True,
     max_in_scope: int | None = None,
+    lung_field: Any = None,
+    min_crop: float = 0.6,
+    orientation_every: int = 4,
 ) -> dict[str, Any]:
     """Train the gate, calibrate its thresholds and write it (:func:`cxr_monai.scope.save_scope_gate`).
 
@@ -192,38 +220,63 @@ def train_scope_gate(
         site_dir: a class-folder sample of the intended population from another time or site, reported as
             in population (not used for training or thresholds).
         max_in_scope: use at most this many in-population training images (tests).
+        lung_field: the lung-field network the classifier reads through (path); ``None``: the whole film.
+        min_crop: in-population films are also read at a random central crop in ``[min_crop, 0.95]``
+            (validation too, for the distance threshold): tight collimation stays in scope.
+        orientation_every: every n-th in-population training film, turned by 90, 180 or 270 degrees, is a
+            negative (a turned film is out of scope).
     """
-    from cxr_monai.data import negative_set, training_split
+    from cxr_monai.data import bedside_like, negative_set, training_split
+    from cxr_monai.io import load_cxr
     from cxr_monai.networks import ScopeGateModule, scope_net
     from cxr_monai.scope import MAX_AGE_YEARS, save_scope_gate
 
     t0 = time.time()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    lf = lung_field
     train_items, val_items = training_split(dataset_dir, val_fraction, split_seed)
     if max_in_scope:
         train_items, val_items = train_items[:max_in_scope], val_items[: max(20, max_in_scope // 4)]
     adult_train, adult_test = _adult_split(Path(adult_dir))
     if max_in_scope:
         adult_train, adult_test = adult_train[:max_in_scope // 2], adult_test[: max(20, max_in_scope // 4)]
-    x_in = preprocess_images([it["image"] for it in train_items], image_size, progress, "in population")
-    x_val = preprocess_images([it["image"] for it in val_items], image_size, progress, "validation")
-    x_adult = preprocess_images(adult_train, image_size, progress, "adults (train)")
+    paths = [it["image"] for it in train_items]
+    # in population: every training film whole and once more at a random central crop (tight collimation)
+    crops = [f"crop:{c:.3f}" for c in rng.uniform(min_crop, 0.95, len(paths))]
+    x_in = torch.cat([preprocess_images(paths, image_size, progress, "in population", lf),
+                      preprocess_images(paths, image_size, progress, "in population, cropped", lf, crops)])
+    val_paths = [it["image"] for it in val_items]
+    val_crops = [f"crop:{c:.3f}" for c in rng.uniform(min_crop, 0.95, len(val_paths))]
+    x_val = torch.cat([preprocess_images(val_paths, image_size, progress, "validation", lf),
+                       preprocess_images(val_paths, image_size, progress, "validation, cropped", lf, val_crops)])
+    # adults at every framing, and made bedside-like (lines, tubes, opacities)
+    adult_imgs = [load_cxr(f)[0] for f in adult_train]
+    bedside = [bedside_like(a, rng) for a in adult_imgs]
+    x_adult = torch.cat([preprocess_images(adult_imgs, image_size, progress, f"adults {fr}", lf, fr)
+                         for fr in ADULT_FRAMINGS]
+                        + [preprocess_images(bedside, image_size, progress, f"adults bedside {fr}", lf, fr)
+                           for fr in ("whole", "crop:0.7")])
+    # orientation: children's films turned by 90, 180 or 270 degrees
+    turns = [f"rot:{int(r)}" for r in rng.choice([90, 180, 270], len(paths[::orientation_every]))]
+    x_rot = preprocess_images(paths[::orientation_every], image_size, progress, "turned", lf, turns)
     gen, _ = negative_set(n_generated_per_kind, seed, size=224)
-    x_gen = preprocess_images(gen, image_size, progress, "generated negatives")
+    x_gen = preprocess_images(gen, image_size, progress, "generated negatives", lf)
 
     net = scope_net(preset)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=iterations, pct_start=0.15)
-    n_in, n_ad = batch_size // 2, batch_size // 4
-    n_gen = batch_size - n_in - n_ad
+    n_in, n_ad, n_rot = batch_size // 2, batch_size // 4, batch_size // 8
+    n_gen = batch_size - n_in - n_ad - n_rot
     losses = []
     net.train()
     for it in _progress(range(iterations), iterations, "scope gate", progress):
         xb = torch.cat([x_in[torch.randint(len(x_in), (n_in,), generator=g)],
                         x_adult[torch.randint(len(x_adult), (n_ad,), generator=g)],
+                        x_rot[torch.randint(len(x_rot), (n_rot,), generator=g)],
                         x_gen[torch.randint(len(x_gen), (n_gen,), generator=g)]]).float() / 255.0
-        yb = torch.cat([torch.zeros(n_in), torch.ones(n_ad + n_gen)])
+        yb = torch.cat([torch.zeros(n_in), torch.ones(n_ad + n_rot + n_gen)])
         xb = augment_batch(xb, g)
         loss = F.binary_cross_entropy_with_logits(net(xb), yb)
         opt.zero_grad(set_to_none=True)
@@ -245,11 +298,15 @@ def train_scope_gate(
         "thresholds": thresholds,
         "threshold_rule": f"probability > {probability_threshold:g}; distance > its {distance_quantile:g} quantile "
                           f"on the in-population validation split (training_split(dataset_dir, {val_fraction}, "
-                          f"{split_seed})[1], n={len(x_val)})",
+                          f"{split_seed})[1], each film whole and at a random central crop in [{min_crop:g}, 0.95], "
+                          f"n={len(x_val)})",
         "max_age_years": MAX_AGE_YEARS,
         "preprocessing": "cxr_monai.transforms.classifier_preprocessing (the classifier's network input)",
         "output": "(N, 2): out-of-scope probability, Mahalanobis feature distance",
-        "training": {"in_population": len(x_in), "adults": len(adult_train), "generated": len(x_gen),
+        "lung_field_sha256": file_sha256(lf) if isinstance(lf, (str, Path)) else None,
+        "training": {"in_population": len(x_in), "adults": len(adult_train), "adult_inputs": len(x_adult),
+                     "adult_framings": list(ADULT_FRAMINGS) + ["bedside_like whole", "bedside_like crop:0.7"],
+                     "turned": len(x_rot), "min_crop": min_crop, "generated": len(x_gen),
                      "iterations": iterations, "batch_size": batch_size, "lr": lr, "seed": seed,
                      "final_loss_mean_last_50": float(np.mean(losses[-50:])),
                      "seconds": round(time.time() - t0, 1)},
@@ -263,38 +320,60 @@ def train_scope_gate(
 
         gate = load_scope_gate(path)
         report = scope_check_report(gate, x_val=x_val, adult_test=adult_test, image_size=image_size, seed=seed + 1,
-                                    extra_checks=extra_checks, site_dir=site_dir, progress=progress)
+                                    extra_checks=extra_checks, site_dir=site_dir, progress=progress, lung_field=lf,
+                                    val_paths=val_paths)
         report["gate"] = {k: info[k] for k in ("thresholds", "threshold_rule", "training", "image_size", "preset")}
         Path(report_file).parent.mkdir(parents=True, exist_ok=True)
         Path(report_file).write_text(json.dumps(report, indent=1))
     return {"path": str(path), "info": info, "report": report}
 
 
-def _rate(gate, x_uint8: torch.Tensor) -> dict[str, Any]:
-    decisions = [gate.decide(p, d) for p, d in gate.scores(x_uint8.float() / 255.0).tolist()]
+def _rate(gate, x_uint8: torch.Tensor | tuple[torch.Tensor, list[dict]]) -> dict[str, Any]:
+    """Out-of-scope counts of the image check and (with boxes) the lung-field rule on network inputs."""
+    x, boxes = x_uint8 if isinstance(x_uint8, tuple) else (x_uint8, [])
+    metas = [{"lung_field": b} for b in boxes] if boxes else None
+    decisions = gate.check(x.float() / 255.0, metas)
     n_out = sum(not d.in_scope for d in decisions)
     by_p = sum("probability" in d.reason for d in decisions)
+    by_lungs = sum(d.reason.startswith("lung field") for d in decisions)
     return {"n": len(decisions), "out_of_scope": n_out, "fraction_out_of_scope": n_out / max(1, len(decisions)),
-            "refused_by_probability": by_p, "refused_by_distance": n_out - by_p}
+            "refused_by_lung_field": by_lungs, "refused_by_probability": by_p,
+            "refused_by_distance": n_out - by_p - by_lungs}
 
 
 def scope_check_report(gate, x_val: torch.Tensor, adult_test: Sequence[Path], image_size: int, seed: int = 1,
                        extra_checks: Mapping[str, Sequence[Any]] | None = None, site_dir: str | Path | None = None,
-                       progress: bool = False) -> dict[str, Any]:
-    """Out-of-scope rates of the image check (no header rules) on held-out sets: in-population validation,
-    a site sample of the intended population (when given), held-out adults clean and under each simulated
+                       progress: bool = False, lung_field: Any = None,
+                       val_paths: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Out-of-scope rates of the image check and the lung-field rule (no header rules) on held-out sets:
+    in-population validation (whole, cropped, turned), a site sample of the intended population (when given;
+    whole, cropped, upside down), held-out adults at every framing, bedside-like and under each simulated
     acquisition shift, new procedural negatives by kind, and ``extra_checks``."""
-    from cxr_monai.data import NEGATIVE_KINDS, class_folder_datalist, negative_set
+    from cxr_monai.data import NEGATIVE_KINDS, bedside_like, class_folder_datalist, negative_set
     from cxr_monai.metrics.stress import load_images
     from cxr_monai.transforms.stress import make_stress_transform
 
-    report: dict[str, Any] = {"in_population_validation": _rate(gate, x_val)}
+    lf = lung_field
+
+    def pre(items, desc="", framing=None):
+        return preprocess_images(list(items), image_size, progress, desc, lf, framing, return_boxes=True)
+
+    report: dict[str, Any] = {"in_population_validation_whole_and_cropped_image_check_only": _rate(gate, x_val)}
+    if val_paths is not None:
+        report["in_population_validation"] = {fr: _rate(gate, pre(val_paths, f"validation {fr}", fr))
+                                              for fr in ("whole", "crop:0.85", "crop:0.7", "crop:0.6", "crop:0.5",
+                                                         "pad:1.3", "rot:10", "rot:-10", "rot:180", "rot:90")}
     if site_dir is not None and Path(site_dir).is_dir():
-        items = class_folder_datalist(site_dir)
-        report["site_sample_in_population"] = _rate(
-            gate, preprocess_images([it["image"] for it in items], image_size, progress, "site sample"))
+        items = [it["image"] for it in class_folder_datalist(site_dir)]
+        report["site_sample_in_population"] = {fr: _rate(gate, pre(items, f"site sample {fr}", fr))
+                                               for fr in ("whole", "crop:0.85", "crop:0.7", "crop:0.6", "rot:180")}
     adults, _ = load_images([{"image": str(p), "label": 1} for p in adult_test])
-    report["adults_held_out"] = _rate(gate, preprocess_images(adults, image_size, progress, "adults (held out)"))
+    report["adults_held_out"] = {fr: _rate(gate, pre(adults, f"adults (held out) {fr}", fr))
+                                 for fr in ADULT_FRAMINGS + ("crop:0.6", "rot:180")}
+    rng = np.random.default_rng(seed + 7)
+    bedside = [bedside_like(a, rng) for a in adults]
+    report["adults_held_out_bedside_like"] = {fr: _rate(gate, pre(bedside, f"bedside-like {fr}", fr))
+                                              for fr in ("whole", "crop:0.7", "crop:0.5")}
     shifts = {"gamma_0.5": ("gamma", 0.5, {}), "gamma_2.0": ("gamma", 2.0, {}), "contrast_0.5": ("contrast", 0.5, {}),
               "lut_-4": ("lut", -4.0, {}), "lut_4": ("lut", 4.0, {}), "blur_2.25": ("blur", 2.25, {}),
               "noise_1e3": ("noise", 1e3, {"electronic_std": 2e-4, "seed": seed}), "jpeg_20": ("jpeg", 20, {}),
@@ -304,13 +383,14 @@ def scope_check_report(gate, x_val: torch.Tensor, adult_test: Sequence[Path], im
     shifted = {}
     for name, (kind, value, kw) in shifts.items():
         t = make_stress_transform(kind, value, **kw)
-        shifted[name] = _rate(gate, preprocess_images([np.asarray(t(a), dtype=np.float32) for a in adults], image_size))
+        shifted[name] = _rate(gate, pre([np.asarray(t(a), dtype=np.float32) for a in adults]))
     report["adults_held_out_shifted"] = shifted
     report["adults_held_out_shifted_min_fraction"] = min(v["fraction_out_of_scope"] for v in shifted.values())
     gen, kinds = negative_set(20, seed + 1000, size=224)
-    x_gen = preprocess_images(gen, image_size)
-    report["generated_held_out"] = {k: _rate(gate, x_gen[[i for i, kk in enumerate(kinds) if kk == k]])
-                                    for k in NEGATIVE_KINDS}
+    x_gen, b_gen = pre(gen)
+    report["generated_held_out"] = {k: _rate(gate, (x_gen[idx], [b_gen[i] for i in idx]))
+                                    for k in NEGATIVE_KINDS
+                                    for idx in [[i for i, kk in enumerate(kinds) if kk == k]]}
     for name, items in (extra_checks or {}).items():
-        report[name] = _rate(gate, preprocess_images(list(items), image_size))
+        report[name] = _rate(gate, pre(items))
     return report

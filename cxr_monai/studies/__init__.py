@@ -4,3 +4,4 @@
 from __future__ import annotations
 
 from .sr_downstream import *  # noqa: F401,F403
+from .framing import *  # noqa: F401,F403

@@ -16,6 +16,7 @@ from monai.transforms import EnsureTyped, MapTransform, Resized, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
 from cxr_monai.transforms.augmentation import cxr_augmentation, cxr_framing_augmentation, cxr_strong_augmentation
+from cxr_monai.transforms.lung_field import LungField, LungFieldCropd
 
 __all__ = [
     "PercentileNormalize",
@@ -109,20 +110,26 @@ class LoadCXRImaged(MapTransform):
 
 
 def classifier_preprocessing(keys: Sequence[str] = ("image",), spatial_size: int = 224,
-                             max_pixels: int = 50_000_000) -> list:
-    """Deterministic classifier preprocessing: load (display orientation, [0, 1]) -> resize the whole
-    image to ``spatial_size`` squared (as the Kermany images were stretched) with anti-aliasing ->
-    robust intensity normalisation (1st-99th percentile to [0, 1], clipped; removes exposure and
-    windowing differences between sites) -> float32 tensor.
+                             max_pixels: int = 50_000_000, lung_field: LungField | str | None = None) -> list:
+    """Deterministic classifier preprocessing: load (display orientation, [0, 1]) -> with ``lung_field``,
+    crop the film to its lung-field view (:class:`~cxr_monai.transforms.LungFieldCropd`: the box the lungs
+    define, found by the lung-field network, so that collimation and zoom change the view little; the box is
+    kept in the image's metadata) -> resize to ``spatial_size`` squared (stretched, as the Kermany images were)
+    with anti-aliasing -> robust intensity normalisation (1st-99th percentile to [0, 1], clipped; removes
+    exposure and windowing differences between sites) -> float32 tensor.
 
     Args:
         keys: image keys.
-        spatial_size: side of the square network input (224 for Kermany, 28 for PneumoniaMNIST).
+        spatial_size: side of the square network input (160 for the shipped classifier, 28 for PneumoniaMNIST).
         max_pixels: refuse larger images (see :func:`cxr_monai.io.load_cxr`).
+        lung_field: the lung-field network (:class:`~cxr_monai.transforms.LungField` or the path of its
+            TorchScript file); ``None``: the whole film (the PneumoniaMNIST model and classifiers before 0.5).
     """
     keys = list(keys)
+    crop = [LungFieldCropd(keys, lung_field)] if lung_field is not None else []
     return [
         LoadCXRImaged(keys, max_pixels=max_pixels),
+        *crop,
         Resized(keys, spatial_size=(spatial_size, spatial_size), mode="bilinear", anti_aliasing=True),
         PercentileNormalized(keys, lower=1.0, upper=99.0),
         EnsureTyped(keys, dtype=torch.float32, track_meta=True),
@@ -130,7 +137,8 @@ def classifier_preprocessing(keys: Sequence[str] = ("image",), spatial_size: int
 
 
 def classifier_train_transforms(keys: Sequence[str] = ("image",), spatial_size: int = 224, augment: bool | str = True,
-                                flip: bool = False, label_key: str = "label") -> list:
+                                flip: bool = False, label_key: str = "label",
+                                lung_field: LungField | str | None = None) -> list:
     """:func:`classifier_preprocessing` followed by an augmentation preset and the label cast.
 
     Args:
@@ -145,13 +153,14 @@ def classifier_train_transforms(keys: Sequence[str] = ("image",), spatial_size: 
             ``"none"``: no augmentation.
         flip: add a horizontal flip to the mild preset (off: the heart is on the left).
         label_key: the label key, cast to ``torch.long``.
+        lung_field: the lung-field network of :func:`classifier_preprocessing` (``None``: the whole film).
     """
 
     presets = {True: "mild", False: "none", "mild": "mild", "strong": "strong", "framing": "framing",
                "framing_half": "framing_half", "none": "none"}
     if augment not in presets:
         raise ValueError(f"augment must be one of {sorted(map(str, presets))}, got {augment!r}")
-    xs = classifier_preprocessing(keys, spatial_size)
+    xs = classifier_preprocessing(keys, spatial_size, lung_field=lung_field)
     if presets[augment] == "mild":
         xs += list(cxr_augmentation(keys=list(keys), flip=flip))
     elif presets[augment] == "strong":

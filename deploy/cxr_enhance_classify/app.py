@@ -63,7 +63,9 @@ class CXREnhanceClassifyApp(Application):
         import torch
 
         from cxr_monai import __version__ as cxr_version
-        from cxr_monai.export import CLASSIFIER_NAME, SCOPE_NAME, SR_NAME, DeployModelError, find_model_file, load_deploy_model
+        from cxr_monai.export import (
+            CLASSIFIER_NAME, LUNG_NAME, SCOPE_NAME, SR_NAME, DeployModelError, find_model_file, load_deploy_model,
+        )
         from cxr_monai.inference import select_device
         from cxr_monai.utils import configure_threads
 
@@ -79,8 +81,14 @@ class CXREnhanceClassifyApp(Application):
             sr_file = find_model_file(model_path, SR_NAME)
             cls_file = find_model_file(model_path, CLASSIFIER_NAME)
             scope_file = find_model_file(model_path, SCOPE_NAME)
-            infos = {n: load_deploy_model(f)[1] for n, f in ((SR_NAME, sr_file), (CLASSIFIER_NAME, cls_file),
-                                                             (SCOPE_NAME, scope_file))}
+            files = {SR_NAME: sr_file, CLASSIFIER_NAME: cls_file, SCOPE_NAME: scope_file}
+            lung_file = None
+            if (model_path / LUNG_NAME).is_dir():  # classifiers from 0.5.0 read the lung-field view
+                lung_file = files[LUNG_NAME] = find_model_file(model_path, LUNG_NAME)
+            infos = {n: load_deploy_model(f)[1] for n, f in files.items()}
+            if infos[CLASSIFIER_NAME].get("lung_field_sha256") and lung_file is None:
+                raise DeployModelError(f"{model_path}: the classifier reads the lung-field view but model {LUNG_NAME!r} "
+                                       "is missing (run `make deploy-models`)")
         except DeployModelError as err:
             raise AppSetupError(str(err)) from err
         device = str(select_device(self.device_name))
@@ -91,7 +99,8 @@ class CXREnhanceClassifyApp(Application):
             "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "host": platform.node(), "sr_max_side": self.sr_max_side,
             "models": {n: {k: i.get(k) for k in ("model_name", "version", "weights_sha256", "threshold",
-                                                 "temperature", "tile_size", "tile_overlap", "thresholds")
+                                                 "temperature", "tile_size", "tile_overlap", "thresholds",
+                                                 "source_sha256")
                            if i.get(k) is not None} for n, i in infos.items()},
             "input": str(input_path), "output": str(output_path),
         }
@@ -100,11 +109,12 @@ class CXREnhanceClassifyApp(Application):
         selector = DICOMSeriesSelectorOperator(self, rules=SELECTION_RULES, all_matched=True, name="series_selector")
         images = CXRImageLoaderOperator(self, name="cxr_image_loader")
         scope = ScopeGateOperator(self, model_file=scope_file, device=device, classifier_info=infos[CLASSIFIER_NAME],
-                                  name="scope_gate")
+                                  lung_file=lung_file, name="scope_gate")
         sr = SuperResolutionOperator(self, model_file=sr_file, device=device, sr_max_side=self.sr_max_side,
                                      name="super_resolution")
-        cls = PneumoniaClassifierOperator(self, model_file=cls_file, device=device, name="pneumonia_classifier")
-        cam = GradCAMOperator(self, model_file=cls_file, device=device, name="gradcam")
+        cls = PneumoniaClassifierOperator(self, model_file=cls_file, device=device, lung_file=lung_file,
+                                          name="pneumonia_classifier")
+        cam = GradCAMOperator(self, model_file=cls_file, device=device, lung_file=lung_file, name="gradcam")
         self.writer = ResultsWriterOperator(self, output_folder=output_path, run_info=run_info, name="results_writer")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})

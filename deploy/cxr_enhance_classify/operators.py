@@ -185,11 +185,22 @@ class _ModelOperator(Operator):
     """An operator with one model file, loaded on first use by :meth:`load_model`, passing the record list from
     its input port to its output port."""
 
-    def __init__(self, fragment: Fragment, *args, model_file: Path, device: str, **kwargs) -> None:
+    def __init__(self, fragment: Fragment, *args, model_file: Path, device: str, lung_file: Path | None = None,
+                 **kwargs) -> None:
         self.model_file = Path(model_file)
+        self.lung_file = Path(lung_file) if lung_file is not None else None
         self.device = device
         self._model = None
         super().__init__(fragment, *args, **kwargs)
+
+    @property
+    def lung_field(self):
+        """The lung-field network (model ``cxr_lung``) whose view the classifier and the gate read, or ``None``."""
+        if self.lung_file is None:
+            return None
+        from cxr_monai.transforms import load_lung_field
+
+        return load_lung_field(self.lung_file, self.device)
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input(RECORDS)
@@ -228,7 +239,8 @@ class ScopeGateOperator(_ModelOperator):
 
         def check(rec: dict) -> None:
             decision = check_scope(gate, rec["image"], rec.get("meta"),
-                                   image_size=int(self.classifier_info.get("image_size", 160)))
+                                   image_size=int(self.classifier_info.get("image_size", 160)),
+                                   lung_field=self.lung_field)
             rec["scope"] = {**decision.as_dict(), "gate": gate.info.get("name"),
                             "classifier": self.classifier_info.get("model_name"),
                             "classifier_version": self.classifier_info.get("version")}
@@ -289,9 +301,10 @@ class PneumoniaClassifierOperator(_ModelOperator):
         model, info = self.model
 
         def run(rec: dict) -> None:
-            result = classify(model, rec.get("enhanced", rec["image"]), info, self.device)
+            result = classify(model, rec.get("enhanced", rec["image"]), info, self.device, lung_field=self.lung_field)
             result["probability_unenhanced"] = (
-                classify(model, rec["image"], info, self.device)["probability"] if "enhanced" in rec else None)
+                classify(model, rec["image"], info, self.device, lung_field=self.lung_field)["probability"]
+                if "enhanced" in rec else None)
             result.update(model=info["model_name"], version=info["version"], device=self.device,
                           read_enhanced="enhanced" in rec)
             rec["classification"] = result
@@ -312,8 +325,11 @@ class GradCAMOperator(PneumoniaClassifierOperator):
         model, info = self.model
 
         def explain(rec: dict) -> None:
-            out = classify(model, rec.get("enhanced", rec["image"]), info, self.device, with_cam=True)
-            rec["gradcam"] = {"class": out["cam_class"], "normalisation": "divided by the map's maximum"}
+            out = classify(model, rec.get("enhanced", rec["image"]), info, self.device, with_cam=True,
+                           lung_field=self.lung_field)
+            rec["gradcam"] = {"class": out["cam_class"], "normalisation": "divided by the map's maximum",
+                              "region": ("the lung-field view (zero outside it)" if out.get("lung_field")
+                                         else "the whole film")}
             rec["overlay"] = overlay_rgb(rec["image"], out["cam"])
 
         _each_ok(records, "gradcam", explain)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from cxr_monai.export import CLASSIFIER_NAME, SCOPE_NAME, SR_NAME, find_model_file, load_deploy_model
+from cxr_monai.export import CLASSIFIER_NAME, LUNG_NAME, SCOPE_NAME, SR_NAME, find_model_file, load_deploy_model
 from cxr_monai.scope import load_scope_gate
+from cxr_monai.transforms import load_lung_field
 
 from lib.configs.base import CXRTaskConfig
 from lib.infers import CXRPneumoniaInfer
@@ -18,5 +19,8 @@ class CXRPneumoniaConfig(CXRTaskConfig):
         sr = load_deploy_model(find_model_file(self.model_dir, SR_NAME), self.device, kind="super_resolution")
         # the intended-population gate (the same file and check as the deploy app)
         gate = load_scope_gate(find_model_file(self.model_dir, SCOPE_NAME), self.device)
+        # the lung-field network whose view the classifier and the gate read (classifiers from 0.5.0)
+        lung = (load_lung_field(find_model_file(self.model_dir, LUNG_NAME), self.device)
+                if self.model_info.get("lung_field_sha256") else None)
         return CXRPneumoniaInfer(self.model, self.model_info, self.device, sr_model=sr, sr_max_side=self.sr_max_side,
-                                 model_file=self.path, scope_gate=gate)
+                                 model_file=self.path, scope_gate=gate, lung_field=lung)

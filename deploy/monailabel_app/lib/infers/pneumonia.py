@@ -40,12 +40,15 @@ class CXRPneumoniaInfer(InferTask):
         scope_gate: the intended-population gate (:class:`cxr_monai.scope.ScopeGate`). The JSON always has
             ``in_scope`` (1/0) and ``scope_reason``; an image outside the population gets no label (``label``
             null, no Grad-CAM: the image output is the input itself), its probability is still reported.
+        lung_field: the lung-field network (:class:`cxr_monai.transforms.LungField`) the classifier and the gate
+            read through (``None`` for classifiers that read the whole film).
     """
 
     def __init__(self, model: torch.nn.Module, info: dict[str, Any], device: torch.device,
                  sr_model: tuple[torch.nn.Module, dict[str, Any]] | None = None, sr_max_side: int = 1024,
-                 model_file: str = "", scope_gate: Any | None = None) -> None:
+                 model_file: str = "", scope_gate: Any | None = None, lung_field: Any | None = None) -> None:
         self.model, self.model_info, self.device = model, dict(info), torch.device(device)
+        self.lung_field = lung_field
         self.scope_gate = scope_gate
         self.sr_model, self.sr_max_side, self.model_file = sr_model, int(sr_max_side), str(model_file)
         names = list(info.get("class_names", ["NORMAL", "PNEUMONIA"]))
@@ -83,10 +86,10 @@ class CXRPneumoniaInfer(InferTask):
 
         from cxr_monai.scope import INTENDED_USE
 
-        decision = (check_scope(self.scope_gate, image, meta, int(self.model_info.get("image_size", 160)))
-                    if self.scope_gate is not None else None)
+        decision = (check_scope(self.scope_gate, image, meta, int(self.model_info.get("image_size", 160)),
+                                lung_field=self.lung_field) if self.scope_gate is not None else None)
         in_scope = decision is None or decision.in_scope
-        out = classify(self.model, read, self.model_info, self.device, with_cam=in_scope)
+        out = classify(self.model, read, self.model_info, self.device, with_cam=in_scope, lung_field=self.lung_field)
         names = list(self.model_info.get("class_names", ["NORMAL", "PNEUMONIA"]))
         if in_scope:
             overlay_file = result_file("cxr_pneumonia_gradcam_")
@@ -114,7 +117,10 @@ class CXRPneumoniaInfer(InferTask):
             "enhanced": read is not image,
             "note": note,
             "gradcam": {"class": out["cam_class"], "image": "RGB PNG overlay on the input, same size",
-                        "normalisation": "divided by the map's maximum"} if in_scope else None,
+                        "normalisation": "divided by the map's maximum",
+                        "region": "the lung-field view (zero outside it)" if out.get("lung_field") else "the whole film"}
+            if in_scope else None,
+            "lung_field": out.get("lung_field"),
             "input": image_summary(image, meta),
             "latency": round(time.perf_counter() - start, 3),
         }

@@ -1,0 +1,129 @@
+"""The lung-field view: box rule, crop, scope rule, re-framing, the model-pairing check, and the shipped network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cxr_monai.inference import check_lung_field, classifier_input, view_to_film
+from cxr_monai.networks import lung_field_net
+from cxr_monai.scope import lung_field_reason
+from cxr_monai.transforms import LungField, LungFieldCrop, lung_box, reframe
+from cxr_monai.utils import DeployModelError
+
+BUNDLE_LUNG = "bundles/cxr_pneumonia_classifier/models/lung_field.ts"
+
+
+def _two_lungs(size: int = 128, top: int = 30, bottom: int = 100, left: int = 20, right: int = 108) -> np.ndarray:
+    p = np.zeros((size, size), np.float32)
+    mid = (left + right) // 2
+    p[top:bottom, left:mid - 6] = 0.9
+    p[top:bottom, mid + 6:right] = 0.9
+    return p
+
+
+def test_lung_box_is_the_lung_extent_widened_by_the_margin():
+    box = lung_box(_two_lungs(), margin=0.1, tail=0.0)
+    assert box.found
+    h, w = 100 - 30, 108 - 20
+    assert box.top == pytest.approx((30 - 0.1 * h) / 128)
+    assert box.bottom == pytest.approx((100 + 0.1 * h) / 128)
+    assert box.left == pytest.approx((20 - 0.1 * w) / 128)
+    assert box.right == pytest.approx(min(1.0, (108 + 0.1 * w) / 128))
+    assert box.edge_contact == 0.0
+    assert box.lung_fraction == pytest.approx((_two_lungs() > 0.5).mean())
+
+
+def test_lung_box_ignores_specks_and_reports_edges_and_absence():
+    p = _two_lungs()
+    p[2, 2] = 1.0  # a speck far away: inside the 0.5 % tails
+    assert lung_box(p, margin=0.0).top == pytest.approx(30 / 128)
+    cut = _two_lungs(top=0)  # lungs run off the top edge
+    assert lung_box(cut).edge_contact > 0.5
+    empty = lung_box(np.zeros((64, 64)))
+    assert not empty.found and (empty.top, empty.left, empty.bottom, empty.right) == (0.0, 0.0, 1.0, 1.0)
+    with pytest.raises(ValueError):
+        lung_box(np.zeros((2, 3, 4)))
+
+
+def test_lung_field_rule_refuses_missing_small_and_cut_off_lungs():
+    ok = lung_box(_two_lungs()).as_dict()
+    assert lung_field_reason(ok) is None
+    assert lung_field_reason(None) is None  # no view taken: nothing to refuse
+    assert "cover" in lung_field_reason({**ok, "found": False})
+    assert "cover" in lung_field_reason({**ok, "lung_fraction": 0.01})
+    assert "cut off" in lung_field_reason({**ok, "edge_contact": 0.9})
+
+
+class _Fixed(torch.nn.Module):
+    """A stand-in lung network that answers a fixed mask (logits), to test the crop plumbing exactly."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("logits", torch.as_tensor(np.where(mask > 0.5, 10.0, -10.0), dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], 1, *self.logits.shape)
+
+
+def test_crop_takes_the_box_at_the_films_own_resolution_and_keeps_it_in_meta():
+    lf = LungField(_Fixed(_two_lungs()), {"input_size": 128, "margin": 0.0})
+    film = np.random.default_rng(0).random((1, 512, 512)).astype(np.float32)
+    out = LungFieldCrop(lf)(film)
+    box = out.meta["lung_field"]
+    y0, x0, y1, x1 = int(np.floor(box["top"] * 512)), int(np.floor(box["left"] * 512)), \
+        int(np.ceil(box["bottom"] * 512)), int(np.ceil(box["right"] * 512))
+    assert tuple(out.shape) == (1, y1 - y0, x1 - x0)
+    np.testing.assert_array_equal(out.numpy(), film[:, y0:y1, x0:x1])
+    x = classifier_input(film, 160, lf)  # the one preprocessing, box carried through
+    assert tuple(x.shape) == (1, 1, 160, 160) and x.meta["lung_field"]["top"] == box["top"]
+
+
+def test_view_to_film_places_the_map_in_the_box_and_zero_outside():
+    box = {"top": 0.25, "left": 0.5, "bottom": 0.75, "right": 1.0, "lung_fraction": 0.3, "edge_contact": 0.0,
+           "found": True}
+    film = view_to_film(np.ones((16, 16), np.float32), box, (100, 80))
+    assert film.shape == (100, 80)
+    assert film[25:75, 40:80].min() == pytest.approx(1.0) and film[:25].max() == 0 and film[:, :40].max() == 0
+
+
+def test_reframe_crops_pads_and_turns():
+    x = np.arange(1 * 10 * 8, dtype=np.float32).reshape(1, 10, 8) / 80
+    assert reframe(x, "crop:0.5").shape == (1, 5, 4)
+    np.testing.assert_array_equal(reframe(x, "crop:0.5"), x[:, 2:7, 2:6])
+    padded = reframe(x, "pad:1.4")
+    assert padded.shape == (1, 14, 12) and padded[:, :2].max() == 0
+    np.testing.assert_array_equal(reframe(x, "rot:180"), x[:, ::-1, ::-1])
+    assert reframe(x, "rot:90").shape == (1, 8, 10)
+    with pytest.raises(ValueError):
+        reframe(x, "crop:1.5")
+    with pytest.raises(ValueError):
+        reframe(x, "zoom:2")
+
+
+def test_models_trained_through_a_lung_field_refuse_to_run_without_it_or_with_another():
+    lf = LungField(lung_field_net("tiny"), {"source_sha256": "a" * 64})
+    check_lung_field({"lung_field_sha256": "a" * 64}, lf)
+    check_lung_field({}, None)
+    with pytest.raises(DeployModelError, match="lung-field view"):
+        check_lung_field({"lung_field_sha256": "a" * 64}, None)
+    with pytest.raises(DeployModelError, match="trained through"):
+        check_lung_field({"lung_field_sha256": "b" * 64}, lf)
+    with pytest.raises(DeployModelError, match="whole film"):
+        check_lung_field({}, lf)
+
+
+def test_shipped_lung_field_network_finds_the_lungs_of_held_out_films_at_every_framing(shared_data, project_root):
+    """Weights check: Dice >= 0.9 on masks of the classifier's validation images (never trained on), whole and
+    at a 0.7 central crop; a wrong or untrained network fails."""
+    from cxr_monai.engines.lung import central_crop, dice_score, load_lung_pairs, lung_datalists
+    from cxr_monai.transforms import load_lung_field
+
+    _, val = lung_datalists(shared_data / "kermany224" / "train", shared_data / "kermany_lung_masks")
+    x, y = load_lung_pairs(val[:24])
+    lf = load_lung_field(project_root / BUNDLE_LUNG)
+    with torch.no_grad():
+        whole = dice_score(torch.sigmoid(lf.module(x)), y).mean()
+        crop = dice_score(torch.sigmoid(lf.module(central_crop(x, 0.7))), (central_crop(y, 0.7) > 0.5).float()).mean()
+    assert whole >= 0.9 and crop >= 0.9, (float(whole), float(crop))
