@@ -39,8 +39,10 @@ def test_lung_box_ignores_specks_and_reports_edges_and_absence():
     p = _two_lungs()
     p[2, 2] = 1.0  # a speck far away: inside the 0.5 % tails
     assert lung_box(p, margin=0.0).top == pytest.approx(30 / 128)
-    cut = _two_lungs(top=0)  # lungs run off the top edge
-    assert lung_box(cut).edge_contact > 0.5
+    cut = _two_lungs(top=0, bottom=128, left=0, right=128)  # lungs run off all four edges, but for the midline
+    assert lung_box(cut).edge_contact == pytest.approx((1 + 1 + (116 / 128) * 2) / 4)
+    top_only = lung_box(_two_lungs(top=0))
+    assert top_only.edge_contact == pytest.approx((38 + 38) / 128 / 4)
     empty = lung_box(np.zeros((64, 64)))
     assert not empty.found and (empty.top, empty.left, empty.bottom, empty.right) == (0.0, 0.0, 1.0, 1.0)
     with pytest.raises(ValueError):

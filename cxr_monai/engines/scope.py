@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 ADULT_FRAMINGS = ("whole", "crop:0.85", "crop:0.7", "crop:0.5", "pad:1.3")
 """Framings of the adult films the gate trains against (and is checked on, held out)."""
 
-__all__ = ["ADULT_FRAMINGS", "preprocess_images", "augment_batch", "train_scope_gate", "scope_check_report", "fit_feature_stats"]
+__all__ = ["ADULT_FRAMINGS", "adult_split", "preprocess_images", "augment_batch", "train_scope_gate", "scope_check_report", "fit_feature_stats"]
 
 
 def _progress(iterable, total: int | None = None, desc: str = "", enabled: bool = True):
@@ -170,7 +170,7 @@ def _load_dir(folder: Path) -> list[Path]:
     return sorted(list_images(folder))
 
 
-def _adult_split(adult_dir: Path, held_out_every: int = 10, held_out: tuple[int, ...] = (0, 1, 2)):
+def adult_split(adult_dir: Path, held_out_every: int = 10, held_out: tuple[int, ...] = (0, 1, 2)):
     files = _load_dir(adult_dir)
     test = [f for i, f in enumerate(files) if i % held_out_every in held_out]
     train = [f for i, f in enumerate(files) if i % held_out_every not in held_out]
@@ -239,7 +239,7 @@ def train_scope_gate(
     train_items, val_items = training_split(dataset_dir, val_fraction, split_seed)
     if max_in_scope:
         train_items, val_items = train_items[:max_in_scope], val_items[: max(20, max_in_scope // 4)]
-    adult_train, adult_test = _adult_split(Path(adult_dir))
+    adult_train, adult_test = adult_split(Path(adult_dir))
     if max_in_scope:
         adult_train, adult_test = adult_train[:max_in_scope // 2], adult_test[: max(20, max_in_scope // 4)]
     paths = [it["image"] for it in train_items]

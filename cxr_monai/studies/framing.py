@@ -28,7 +28,7 @@ from cxr_monai.metrics.classification import roc_auc
 from cxr_monai.transforms import classifier_preprocessing
 from cxr_monai.transforms.framing import FRAMINGS, reframe
 
-__all__ = ["read_framings", "framing_study"]
+__all__ = ["read_framings", "framing_study", "framing_table", "held_out_adults", "load_ensemble"]
 
 def read_framings(images: Sequence[np.ndarray], framing: str, image_size: int, lung_field: Any,
                   desc: str = "") -> tuple[torch.Tensor, list[dict]]:
@@ -81,7 +81,8 @@ def framing_study(network: torch.nn.Module, calibration: Mapping[str, Any], gate
     report: dict[str, Any] = {"model": dict(model or {}), "threshold": threshold, "image_size": image_size,
                               "lung_field": lung_field is not None, "sets": {}}
     for name, items in sets.items():
-        images = [load_cxr(it["image"])[0] for it in tqdm(items, desc=f"loading {name}", leave=False)]
+        images = [load_cxr(it["image"])[0] if isinstance(it["image"], (str, Path)) else np.asarray(it["image"], np.float32)
+                  for it in tqdm(items, desc=f"loading {name}", leave=False)]
         labelled = all("label" in it for it in items)
         y = np.asarray([int(it["label"]) for it in items]) if labelled else None
         rows = {}
@@ -102,6 +103,7 @@ def framing_study(network: torch.nn.Module, calibration: Mapping[str, Any], gate
                 try:
                     site = commission(z, y, dict(model or {}), f"{name}-{framing}", in_scope=keep.tolist(),
                                       files=[str(it["image"]) for it in items], groups=groups,
+                                      scope_reasons=[d.reason for d in decisions] if decisions else None,
                                       default_threshold=threshold, default_temperature=1.0, scope_check="gate",
                                       n_boot=n_boot, seed=seed)
                     row["commissioned"] = {k: (v.get("estimate") if isinstance(v, Mapping) else v)
@@ -118,3 +120,55 @@ def framing_study(network: torch.nn.Module, calibration: Mapping[str, Any], gate
     Path(output_file).parent.mkdir(parents=True, exist_ok=True)
     Path(output_file).write_text(json.dumps(report, indent=1))
     return report
+
+
+def held_out_adults(adult_dir: str | Path, bedside: bool = False, seed: int = 0) -> list[dict]:
+    """The adult films no gate trained on (the gate training's held-out 30 %,
+    :func:`cxr_monai.engines.scope.adult_split`), as they are or made bedside-like
+    (:func:`cxr_monai.data.bedside_like`, seeded): items without labels (no finding is due)."""
+    from cxr_monai.data import bedside_like
+    from cxr_monai.engines.scope import adult_split
+
+    _, test = adult_split(Path(adult_dir))
+    if not bedside:
+        return [{"image": str(f)} for f in test]
+    rng = np.random.default_rng(seed)
+    return [{"image": bedside_like(load_cxr(f)[0], rng), "file": str(f)} for f in test]
+
+
+def load_ensemble(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The classifier ensemble of a models folder (``model.pt`` + ``calibration.json`` as ``ensemble.json`` writes
+    them), in eval mode, with its calibration."""
+    from cxr_monai.networks import classifier_ensemble
+    from cxr_monai.utils import bare_state_dict, read_json
+
+    cal = read_json(Path(models_dir) / "calibration.json")
+    net = classifier_ensemble(cal.get("network_preset", "slim"), len(cal["members"]), int(cal.get("input_blur", 0)))
+    net.load_state_dict(bare_state_dict(torch.load(Path(models_dir) / "model.pt", map_location="cpu", weights_only=True)))
+    return net.eval(), cal
+
+
+def framing_table(report: Mapping[str, Any]) -> str:
+    """The study as a Markdown table: per set and framing, share in scope, findings, default and commissioned
+    accuracy / AUC / specificity / sensitivity (in-scope images)."""
+
+    def f(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+    lines = ["| set | framing | in scope | PNEUMONIA findings | default acc / AUC / spec / sens | "
+             "commissioned acc / AUC / spec / sens / ECE |", "|---|---|---|---|---|---|"]
+    for name, rows in report["sets"].items():
+        for framing, r in rows.items():
+            d, c = r.get("default") or {}, r.get("commissioned") or {}
+            dflt = " / ".join(f(d.get(k)) for k in ("accuracy", "auc", "specificity", "sensitivity")) if d else "-"
+            comm = (c["refused"][:60] if "refused" in c else
+                    " / ".join(f(c.get(k)) for k in ("accuracy", "auc", "specificity", "sensitivity", "ece"))) if c else "-"
+            lines.append(f"| {name} | {framing} | {r['in_scope']}/{r['n']} ({100 * r['in_scope_share']:.0f} %) | "
+                         f"{r['pneumonia_findings']} | {dflt} | {comm} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m cxr_monai.studies.framing REPORT.json: print the table
+    import sys
+
+    print(framing_table(json.loads(Path(sys.argv[1]).read_text())))

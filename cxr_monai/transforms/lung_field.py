@@ -53,7 +53,9 @@ class LungBox:
     Attributes:
         top, left, bottom, right: the view's box (lung extent widened by the margin, clipped to the film).
         lung_fraction: share of the film's area that the lung mask covers.
-        edge_contact: the largest share of one film edge (top, bottom, left or right) that lung touches.
+        edge_contact: the share of the film's perimeter that is lung (mean over the four edges of the share of
+            each edge that the lung mask touches): 0 when the whole lung field is in view, about 0.2 at a 0.7
+            central crop of a paediatric film, 0.4 at 0.6, 0.55 at 0.5 (medians on validation films).
         found: a lung mask was found at all (``lung_fraction`` above the minimum); when not, the box is the whole film.
     """
 
@@ -104,7 +106,7 @@ def lung_box(probability: np.ndarray | torch.Tensor, margin: float = 0.08, min_l
     m = p > 0.5
     h, w = m.shape
     fraction = float(m.mean())
-    edge = float(max(m[0].mean(), m[-1].mean(), m[:, 0].mean(), m[:, -1].mean()))
+    edge = float((m[0].mean() + m[-1].mean() + m[:, 0].mean() + m[:, -1].mean()) / 4)
     if fraction < min_lung_fraction:
         return LungBox(0.0, 0.0, 1.0, 1.0, fraction, edge, False)
     r0, r1 = _extent(m.sum(1), tail)
