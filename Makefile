@@ -70,15 +70,18 @@ test-core: venv tools
 test-deploy: deploy-venv tools map-tools deploy-models
 	ulimit -s 32768 && $(DPY) -m pytest -q tests/deploy
 
-# Export the bundles into the SDK's named-model layout: MODELS/cxr_pneumonia/model.ts, MODELS/cxr_sr/model.ts and
-# MODELS/cxr_scope/model.ts (the classifier's intended-population gate).
+# Export the bundles into the SDK's named-model layout: MODELS/cxr_pneumonia/model.ts, MODELS/cxr_sr/model.ts,
+# MODELS/cxr_scope/model.ts (the classifier's intended-population gate) and MODELS/cxr_lung/model.ts (the
+# lung-field network whose view the classifier and the gate read).
 # SITE=dir (a configs/commission.json output folder) embeds that site's calibration in the classifier.
 deploy-models: venv
 	$(PY) -m cxr_monai deploy_models --classifier_bundle $(CLS_BUNDLE) --sr_bundle $(SR_BUNDLE) --out_dir "$(MODELS)" $(if $(SITE),--site_dir "$(SITE)")
 
-# The deploy app on the phantom study (default) or on INPUT=dir_of_dicom.
+# The deploy app on the two real example films (examples/kermany: one NORMAL, one PNEUMONIA) and the phantom
+# (default), or on INPUT=dir_of_dicom.
 demo: deploy-venv deploy-models
-	@if [ -z "$(INPUT)" ]; then rm -rf "$(OUTPUT)/input"; $(PY) -m cxr_monai phantom --out_dir "$(OUTPUT)/input"; fi
+	@if [ -z "$(INPUT)" ]; then rm -rf "$(OUTPUT)/input"; mkdir -p "$(OUTPUT)/input"; cp examples/kermany/*.dcm "$(OUTPUT)/input/"; \
+		$(PY) -m cxr_monai phantom --out_dir "$(OUTPUT)/input"; fi
 	$(DPY) deploy/cxr_enhance_classify -i "$(if $(INPUT),$(INPUT),$(OUTPUT)/input)" -o "$(OUTPUT)/results" -m "$(MODELS)"
 	@echo "outputs: $(OUTPUT)/results (results.json, <StudyUID>/enhanced, report, gradcam, summary)"
 

@@ -40,21 +40,34 @@ def run_bundle(name: str, config: str | list[str], workflow_type: str = "infer",
     run_workflow(Path(bundles_dir) / name, config, workflow_type, **overrides)
 
 
-def _inputs(input: str | None, output_dir: Path) -> list[Path]:
+EXAMPLES_DIR = Path("examples") / "kermany"
+"""The two real paediatric films shipped with the repository (one NORMAL, one PNEUMONIA; CC BY 4.0, see
+``examples/kermany/README.md``), relative to the working directory, like :data:`BUNDLES_DIR`."""
+
+
+def _inputs(input: str | None, output_dir: Path, examples_dir: Path = EXAMPLES_DIR) -> list[Path]:
     from cxr_monai.data import list_images
 
     if input is None:
+        import shutil
+
         from cxr_monai.data.phantom import write_phantom_dicom
 
+        films = sorted(Path(examples_dir).glob("*.dcm"))
+        if len(films) < 2:
+            raise SystemExit(f"{Path(examples_dir).resolve()}: the example films are missing; pass --input")
+        (output_dir / "input").mkdir(parents=True, exist_ok=True)
+        copies = [Path(shutil.copy(f, output_dir / "input" / f.name)) for f in films]
         path = write_phantom_dicom(output_dir / "input" / "phantom_cxr.dcm", size=512, seed=7, consolidation=True)
-        logger.info("no --input given: wrote a phantom chest radiograph to %s", path)
-        return [Path(path)]
+        logger.info("no --input given: the example films %s and a phantom %s", [f.name for f in films], path)
+        return [*copies, Path(path)]
     return list_images(input)
 
 
 def demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side: int = 640,
-         bundles_dir: str | Path = BUNDLES_DIR) -> dict:
-    """Run the end-to-end pipeline on a DICOM/PNG/JPEG/NIfTI file or folder (default: a phantom CXR DICOM).
+         bundles_dir: str | Path = BUNDLES_DIR, examples_dir: str | Path = EXAMPLES_DIR) -> dict:
+    """Run the end-to-end pipeline on a DICOM/PNG/JPEG/NIfTI file or folder (default: the two real example films
+    of ``examples_dir``, one NORMAL and one PNEUMONIA, and the procedural phantom, which is not a child's film).
 
     Steps: load and validate every input (non-chest or unreadable files are reported and skipped) ->
     4x super-resolution (when the SR bundle ships weights) -> pneumonia classification with Grad-CAM.
@@ -69,7 +82,7 @@ def demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side:
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"inputs": [], "skipped": [], "steps": []}
     accepted = []
-    for path in _inputs(input, out):
+    for path in _inputs(input, out, Path(examples_dir)):
         try:
             image, meta = load_cxr(path)
         except CXRInputError as err:
@@ -141,8 +154,8 @@ def main() -> None:
 
     logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     def _demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side: int = 640,
-              bundles_dir: str = "bundles") -> None:
-        demo(input, output_dir, sr_max_side, bundles_dir)
+              bundles_dir: str = "bundles", examples_dir: str = str(EXAMPLES_DIR)) -> None:
+        demo(input, output_dir, sr_max_side, bundles_dir, examples_dir)
 
     _demo.__doc__ = demo.__doc__
     fire.Fire({"demo": _demo, "deploy_models": deploy_models, "phantom": phantom})

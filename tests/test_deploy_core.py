@@ -15,8 +15,10 @@ import torch
 
 from cxr_monai.data.phantom import write_phantom_dicom
 from cxr_monai.export import (DeployModelError, export_deploy_models, find_model_file, load_deploy_model)
-from cxr_monai.inference import classifier_input, classify, sr_decision, super_resolve
+from cxr_monai.inference import check_lung_field, classifier_input, classify, sr_decision, super_resolve
 from cxr_monai.io import load_cxr, skip_reason
+from cxr_monai.transforms import load_lung_field
+from cxr_monai.utils import file_sha256
 from tests.conftest import PROJECT_ROOT, require_shared
 from tests.dicom_checks import dciodvfy_errors, dciodvfy_exe
 
@@ -32,8 +34,8 @@ def models(tmp_path_factory) -> Path:
 
 
 def test_named_model_layout_and_embedded_metadata(models: Path) -> None:
-    assert sorted(p.name for p in models.iterdir()) == ["cxr_pneumonia", "cxr_scope", "cxr_sr"]
-    for name in ("cxr_pneumonia", "cxr_scope", "cxr_sr"):
+    assert sorted(p.name for p in models.iterdir()) == ["cxr_lung", "cxr_pneumonia", "cxr_scope", "cxr_sr"]
+    for name in ("cxr_lung", "cxr_pneumonia", "cxr_scope", "cxr_sr"):
         assert [p.name for p in (models / name).iterdir()] == ["model.ts"]  # the SDK wants exactly one file
     _, info = load_deploy_model(find_model_file(models, "cxr_pneumonia"), kind="classifier")
     cal = json.loads((CLS_BUNDLE / "models" / "calibration.json").read_text())
@@ -46,6 +48,14 @@ def test_named_model_layout_and_embedded_metadata(models: Path) -> None:
     shipped = json.loads((CLS_BUNDLE / "docs" / "results" / "scope_gate.json").read_text())["gate"]["thresholds"]
     assert ginfo["thresholds"] == shipped and ginfo["bundle_version"] == meta["version"]
     assert oct((models / "cxr_scope" / "model.ts").stat().st_mode & 0o777) == "0o644"  # readable by a container user
+    # the classifier and the gate name the lung-field network they were trained through; the deploy copy carries
+    # the same source hash, so the pairing check passes with it and with nothing else
+    lung = load_lung_field(models / "cxr_lung" / "model.ts")
+    source = file_sha256(CLS_BUNDLE / "models" / "lung_field.ts")
+    assert info["lung_field_sha256"] == ginfo["lung_field_sha256"] == lung.info["source_sha256"] == source
+    check_lung_field(info, lung)
+    with pytest.raises(DeployModelError):
+        check_lung_field(info, None)
 
 
 def test_load_deploy_model_refuses_wrong_files(models: Path, tmp_path: Path) -> None:
@@ -67,17 +77,25 @@ def test_exported_classifier_equals_bundle_network_with_temperature(models: Path
 
     module, info = load_deploy_model(models / "cxr_pneumonia" / "model.ts")
     net = load_bundle_network(CLS_BUNDLE)
+    lung = load_lung_field(models / "cxr_lung" / "model.ts")
     image, _ = load_cxr(require_shared("dicom", "dx_thorax_mono1_small.dcm"))
-    x = classifier_input(image, info["image_size"])
+    x = classifier_input(image, info["image_size"], lung)
     with torch.no_grad():
-        ref = torch.softmax(net(x) / info["temperature"], dim=1)
-        got = module(x)
+        ref = torch.softmax(net(x.as_tensor()) / info["temperature"], dim=1)
+        got = module(x.as_tensor())
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
-    out = classify(module, image, info, with_cam=True)
+    out = classify(module, image, info, with_cam=True, lung_field=lung)
     assert out["probability"] == pytest.approx(float(ref[0, 1]), abs=1e-5)
     assert out["label"] == ("PNEUMONIA" if out["probability"] >= info["threshold"] else "NORMAL")
-    cam = out["cam"]
-    assert cam.shape == (info["image_size"],) * 2 and 0.0 <= cam.min() and cam.max() == pytest.approx(1.0)
+    view = out["cam_view"]
+    assert view.shape == (info["image_size"],) * 2 and 0.0 <= view.min() and view.max() == pytest.approx(1.0)
+    cam, box = out["cam"], out["lung_field"]  # on the film: the view's map inside its box, zero outside
+    assert cam.shape == image.shape[1:] and box["found"]
+    y0, x0 = int(np.floor(box["top"] * image.shape[1])), int(np.floor(box["left"] * image.shape[2]))
+    y1, x1 = int(np.ceil(box["bottom"] * image.shape[1])), int(np.ceil(box["right"] * image.shape[2]))
+    outside = np.ones(cam.shape, bool)
+    outside[y0:y1, x0:x1] = False
+    assert cam[outside].max(initial=0.0) == 0.0 and cam.max() == pytest.approx(1.0, abs=0.02)
 
 
 def test_gradcam_split_matches_monai_gradcam(models: Path) -> None:
@@ -91,7 +109,7 @@ def test_gradcam_split_matches_monai_gradcam(models: Path) -> None:
     ens = load_bundle_network(CLS_BUNDLE)
     member = ens.members[0]
     image, _ = load_cxr(require_shared("dicom", "cr_chest_pa_mono2_jpeg.dcm"))
-    x = classifier_input(image, info["image_size"])
+    x = classifier_input(image, info["image_size"], load_lung_field(models / "cxr_lung" / "model.ts")).as_tensor()
     scripted = torch.jit.script(CalibratedClassifier(member, 1.0).eval())
     ours = gradcam_split(scripted.cam_features, scripted.cam_head, x, 1)[0]
     ref = gradcam(member, x, "layer4", class_idx=1)[0]  # min-max normalised
@@ -152,15 +170,16 @@ def _results_inputs(models: Path, src: Path):
     ds = pydicom.dcmread(src)
     image, _ = load_cxr(ds)
     enhanced = super_resolve(sr, image, sinfo)
-    result = classify(cls, enhanced, cinfo, with_cam=True)
+    lung = load_lung_field(models / "cxr_lung" / "model.ts")
+    result = classify(cls, enhanced, cinfo, with_cam=True, lung_field=lung)
     result.update(model=cinfo["model_name"], version=cinfo["version"],
-                  probability_unenhanced=classify(cls, image, cinfo)["probability"])
+                  probability_unenhanced=classify(cls, image, cinfo, lung_field=lung)["probability"])
     return {"file": str(src), "study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
             "sop_uid": str(ds.SOPInstanceUID), "status": "ok", "reason": None, "seconds": {}, "dataset": ds,
             "image": image, "enhanced": enhanced,
             "sr": {"applied": True, "model": sinfo["model_name"], "version": sinfo["version"],
                    "weights_sha256": sinfo["weights_sha256"]},
-            "classification": {k: v for k, v in result.items() if k not in ("cam", "network_input")},
+            "classification": {k: v for k, v in result.items() if k not in ("cam", "cam_view", "network_input")},
             "overlay": overlay_rgb(image, result["cam"])}
 
 

@@ -129,3 +129,21 @@ def test_shipped_lung_field_network_finds_the_lungs_of_held_out_films_at_every_f
         whole = dice_score(torch.sigmoid(lf.module(x)), y).mean()
         crop = dice_score(torch.sigmoid(lf.module(central_crop(x, 0.7))), (central_crop(y, 0.7) > 0.5).float()).mean()
     assert whole >= 0.9 and crop >= 0.9, (float(whole), float(crop))
+
+
+def test_lung_train_config_writes_a_loadable_network_with_its_rule(shared_data, project_root, tmp_path):
+    """configs/lung_train.json end to end on a few pairs (one epoch): the TorchScript file loads as a lung field
+    with the box rule embedded, the report holds the Dice at each framing."""
+    import json
+
+    from cxr_monai.cli import run_workflow
+    from cxr_monai.transforms import load_lung_field
+
+    run_workflow(project_root / "bundles" / "cxr_pneumonia_classifier", "lung_train.json", "infer",
+                 output_file=str(tmp_path / "lung.ts"), report_file=str(tmp_path / "lung.json"), max_items=16,
+                 epochs=1, preset="tiny", margin=0.05)
+    lf = load_lung_field(tmp_path / "lung.ts")
+    assert lf.margin == 0.05 and lf.input_size == 128 and lf.info["preset"] == "tiny"
+    report = json.loads((tmp_path / "lung.json").read_text())
+    assert report["n_train"] == 16 and set(report["val_dice"]) == {"1", "0.85", "0.7", "0.5"}
+    assert lf.box(np.random.default_rng(0).random((1, 200, 180)).astype(np.float32)).lung_fraction >= 0

@@ -142,13 +142,13 @@ def test_shipped_gate_keeps_validation_radiographs_and_refuses_held_out_adults(g
     """In-population validation images (the classifier's own validation split) are kept at the calibrated rate;
     adults the gate never trained on (the held-out 30 %) are refused."""
     from cxr_monai.data import training_split
-    from cxr_monai.engines.scope import _adult_split
+    from cxr_monai.engines.scope import adult_split
 
     val = training_split(SHARED / "kermany224" / "train", 0.15, 0)[1][::4]  # every 4th: ~200 images
     x = preprocess_images([it["image"] for it in val], gate.image_size).float() / 255.0
     refused_val = np.mean([not d.in_scope for d in gate.check(x)])
     assert refused_val <= 0.03, refused_val  # calibrated to at most 2 % on the whole split
-    adults = _adult_split(SHARED / "adult_normal_nih")[1][::3]  # ~80 of the 240 held out
+    adults = adult_split(SHARED / "adult_normal_nih")[1][::3]  # ~80 of the 240 held out
     xa = preprocess_images(adults, gate.image_size).float() / 255.0
     refused_adults = np.mean([not d.in_scope for d in gate.check(xa)])
     assert refused_adults >= 0.9, refused_adults

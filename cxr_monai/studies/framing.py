@@ -28,7 +28,7 @@ from cxr_monai.metrics.classification import roc_auc
 from cxr_monai.transforms import classifier_preprocessing
 from cxr_monai.transforms.framing import FRAMINGS, reframe
 
-__all__ = ["read_framings", "framing_study", "framing_table", "held_out_adults", "load_ensemble"]
+__all__ = ["read_framings", "framing_study", "framing_table", "gradcam_in_lungs", "held_out_adults", "load_ensemble"]
 
 def read_framings(images: Sequence[np.ndarray], framing: str, image_size: int, lung_field: Any,
                   desc: str = "") -> tuple[torch.Tensor, list[dict]]:
@@ -172,3 +172,62 @@ if __name__ == "__main__":  # python -m cxr_monai.studies.framing REPORT.json: p
     import sys
 
     print(framing_table(json.loads(Path(sys.argv[1]).read_text())))
+
+
+def gradcam_in_lungs(network: torch.nn.Module, calibration: Mapping[str, Any], lung_field: Any,
+                     items: Sequence[dict], image_size: int = 160, phantom_seeds: Sequence[int] = range(6),
+                     output_file: str | Path | None = None) -> dict[str, Any]:
+    """Where Grad-CAM puts the evidence: the share of its mass (on the film) inside the lung mask.
+
+    Args:
+        network: the classifier ensemble (calibrated logits).
+        calibration: its ``calibration.json`` (``temperature``).
+        lung_field: the lung-field network it reads through (``None``: the whole film).
+        items: ``{"image": path, "mask": path}`` films with a lung mask (validation images only).
+        image_size: the classifier input side.
+        phantom_seeds: phantoms with a consolidation: share of the mass inside the lungs and inside the lesion,
+            and the PNEUMONIA probability with and without the consolidation (same seed).
+        output_file: JSON written when given.
+    """
+    from PIL import Image
+
+    from cxr_monai.data.phantom import make_phantom, phantom_anatomy
+    from cxr_monai.explain import cam_mass_inside, gradcam_split
+    from cxr_monai.inference import view_to_film
+
+    temperature = float(calibration.get("temperature", 1.0))
+
+    def cam_and_p(img: np.ndarray) -> tuple[np.ndarray, float]:
+        pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field))
+        y = pre({"image": img})["image"]
+        box = dict(getattr(y, "meta", {}).get("lung_field") or {})
+        x = torch.as_tensor(y).float()[None]
+        with torch.no_grad():
+            p = float(torch.softmax(network(x) / temperature, 1)[0, 1])
+        cam = gradcam_split(network.cam_features, lambda f: network.cam_head(f) / temperature, x, 1)[0]
+        return view_to_film(cam, box or None, img.shape[-2:]), p
+
+    shares = []
+    for it in tqdm(items, desc="Grad-CAM in lungs", leave=False):
+        img = load_cxr(it["image"])[0]
+        mask = np.asarray(Image.open(it["mask"]).convert("L").resize(img.shape[::-1][:2], Image.NEAREST)) > 127
+        cam, _ = cam_and_p(img)
+        shares.append(cam_mass_inside(cam, mask))
+    phantoms = []
+    for s in phantom_seeds:
+        with_c, lesion = make_phantom(512, seed=int(s), consolidation=True)
+        without, _ = make_phantom(512, seed=int(s), consolidation=False)
+        cam, p1 = cam_and_p(with_c)
+        _, p0 = cam_and_p(without)
+        lungs = phantom_anatomy(512, int(s))["lungs"]
+        phantoms.append({"seed": int(s), "p_with": p1, "p_without": p0,
+                         "mass_in_lungs": cam_mass_inside(cam, lungs), "mass_in_lesion": cam_mass_inside(cam, lesion[0]),
+                         "lesion_area_share": float(lesion[0].mean())})
+    out = {"lung_field": lung_field is not None, "n_validation_films": len(shares),
+           "validation_mass_in_lung_mask": {"mean": float(np.mean(shares)), "median": float(np.median(shares)),
+                                            "p10": float(np.percentile(shares, 10))} if shares else None,
+           "phantoms": phantoms}
+    if output_file is not None:
+        Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_file).write_text(json.dumps(out, indent=1))
+    return out
