@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 ADULT_FRAMINGS = ("whole", "crop:0.85", "crop:0.7", "crop:0.5", "pad:1.3")
 """Framings of the adult films the gate trains against (and is checked on, held out)."""
 
-__all__ = ["ADULT_FRAMINGS", "adult_split", "preprocess_images", "augment_batch", "train_scope_gate", "scope_check_report", "fit_feature_stats"]
+__all__ = ["ADULT_FRAMINGS", "adult_split", "report_scope_gate", "preprocess_images", "augment_batch", "train_scope_gate", "scope_check_report", "fit_feature_stats"]
 
 
 def _progress(iterable, total: int | None = None, desc: str = "", enabled: bool = True):
@@ -326,6 +326,34 @@ def train_scope_gate(
         Path(report_file).parent.mkdir(parents=True, exist_ok=True)
         Path(report_file).write_text(json.dumps(report, indent=1))
     return {"path": str(path), "info": info, "report": report}
+
+
+def report_scope_gate(gate_file: str | Path, dataset_dir: str | Path, adult_dir: str | Path, report_file: str | Path,
+                      lung_field: Any = None, val_fraction: float = 0.15, split_seed: int = 0, seed: int = 0,
+                      min_crop: float = 0.6, extra_checks: Mapping[str, Sequence[Any]] | None = None,
+                      site_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write the check report of an already trained gate (what :func:`train_scope_gate` writes after training),
+    for example after a change of the scope rules: the same held-out sets, the rules as they are now."""
+    from cxr_monai.data import training_split
+    from cxr_monai.scope import load_scope_gate
+
+    gate = load_scope_gate(gate_file)
+    rng = np.random.default_rng(seed)
+    _, val_items = training_split(dataset_dir, val_fraction, split_seed)
+    rng.uniform(min_crop, 0.95, len(training_split(dataset_dir, val_fraction, split_seed)[0]))  # as training drew
+    val_paths = [it["image"] for it in val_items]
+    val_crops = [f"crop:{c:.3f}" for c in rng.uniform(min_crop, 0.95, len(val_paths))]
+    x_val = torch.cat([preprocess_images(val_paths, gate.image_size, progress, "validation", lung_field),
+                       preprocess_images(val_paths, gate.image_size, progress, "validation, cropped", lung_field,
+                                         val_crops)])
+    _, adult_test = adult_split(Path(adult_dir))
+    report = scope_check_report(gate, x_val=x_val, adult_test=adult_test, image_size=gate.image_size, seed=seed + 1,
+                                extra_checks=extra_checks, site_dir=site_dir, progress=progress, lung_field=lung_field,
+                                val_paths=val_paths)
+    report["gate"] = {k: gate.info[k] for k in ("thresholds", "threshold_rule", "training", "image_size", "preset")}
+    Path(report_file).parent.mkdir(parents=True, exist_ok=True)
+    Path(report_file).write_text(json.dumps(report, indent=1))
+    return report
 
 
 def _rate(gate, x_uint8: torch.Tensor | tuple[torch.Tensor, list[dict]]) -> dict[str, Any]:

@@ -132,7 +132,8 @@ def test_shipped_threshold_and_calibration_reproduce_the_committed_validation() 
     cal, committed = _calibration("calibration.json"), _committed("metrics_val.json")
     (tn, fp), (fn, tp) = cal["calibration_split"]["confusion_matrix"]
     assert cal["threshold"] == committed["threshold"] == pytest.approx((fn + tp) / (tn + fp + fn + tp), abs=1e-12)
-    logits, labels = W.classifier_logits(W.classifier_network(), W.kermany_val_items(), W.classifier_image_size())
+    logits, labels = W.classifier_logits(W.classifier_network(), W.kermany_val_items(), W.classifier_image_size(),
+                                         W.classifier_lung_field())
     _assert_reproduces(W.committed_metrics(logits, labels, cal["temperature"], cal["threshold"]), committed)
     # the same check fails on a shifted threshold and on a wrong temperature
     shifted = W.committed_metrics(logits, labels, cal["temperature"], cal["threshold"] + 0.05)

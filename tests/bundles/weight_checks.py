@@ -44,6 +44,19 @@ def classifier_image_size() -> int:
     return int(read_json(BUNDLES / "cxr_pneumonia_classifier" / "models" / "calibration.json")["image_size"])
 
 
+def classifier_lung_field() -> Path | None:
+    """The lung-field network the shipped classifier reads through (``models/lung_field.ts``, named by its hash in
+    ``models/calibration.json``), or ``None`` for a classifier that reads the whole film."""
+    from cxr_monai.utils import file_sha256, read_json
+
+    cal = read_json(BUNDLES / "cxr_pneumonia_classifier" / "models" / "calibration.json")
+    if not cal.get("lung_field_sha256"):
+        return None
+    path = BUNDLES / "cxr_pneumonia_classifier" / "models" / "lung_field.ts"
+    assert file_sha256(path) == cal["lung_field_sha256"], "models/lung_field.ts is not the one the classifier was trained through"
+    return path
+
+
 def classifier_auc(net: nn.Module, per_class: int = 30) -> float:
     """AUC of PNEUMONIA on the first ``per_class`` images of each class of the patient-aware validation split
     of kermany224/train (the split the shipped model was validated on, never trained on)."""
@@ -55,7 +68,7 @@ def classifier_auc(net: nn.Module, per_class: int = 30) -> float:
 
     _, val = training_split(require_shared("kermany224", "train"), 0.15, 0)
     items = [d for d in val if int(d["label"]) == 0][:per_class] + [d for d in val if int(d["label"]) == 1][:per_class]
-    pre = Compose(classifier_preprocessing(["image"], classifier_image_size()))
+    pre = Compose(classifier_preprocessing(["image"], classifier_image_size(), lung_field=classifier_lung_field()))
     x = torch.stack([torch.as_tensor(pre({"image": d["image"]})["image"]) for d in items])
     with torch.no_grad():
         p = torch.softmax(net.eval()(x), 1)[:, 1].numpy()
@@ -118,7 +131,7 @@ def generator_fidelity(net: nn.Module, per_class: int = 24) -> tuple[float, floa
 
     cls = classifier_network()
     cal = read_json(BUNDLES / "cxr_pneumonia_classifier" / "models" / "calibration.json")
-    pre = Compose(classifier_preprocessing(["image"], classifier_image_size()))
+    pre = Compose(classifier_preprocessing(["image"], classifier_image_size(), lung_field=classifier_lung_field()))
     out = []
     for c in (0, 1):
         imgs, _ = generate(net, per_class, c, seed=123)
@@ -130,13 +143,15 @@ def generator_fidelity(net: nn.Module, per_class: int = 24) -> tuple[float, floa
     return out[0], out[1]
 
 
-def classifier_logits(net: nn.Module, items: list[dict], image_size: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Logits of ``net`` on ``items`` (the bundle's classifier preprocessing) and their labels."""
+def classifier_logits(net: nn.Module, items: list[dict], image_size: int,
+                      lung_field: Path | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits of ``net`` on ``items`` (the bundle's classifier preprocessing, with ``lung_field``'s view when given)
+    and their labels."""
     from monai.transforms import Compose
 
     from cxr_monai.transforms import classifier_preprocessing
 
-    pre = Compose(classifier_preprocessing(["image"], image_size))
+    pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field))
     logits = []
     for i in range(0, len(items), 64):
         x = torch.stack([torch.as_tensor(pre({"image": d["image"]})["image"]) for d in items[i:i + 64]])
