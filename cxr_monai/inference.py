@@ -143,13 +143,13 @@ def classifier_input(image: np.ndarray | torch.Tensor, image_size: int = 224, lu
     return MetaTensor(x[None].float(), meta={"lung_field": meta["lung_field"]} if "lung_field" in meta else {})
 
 
-def check_lung_field(info: Mapping[str, Any], lung_field: Any) -> None:
-    """Refuse to run a model trained on the lung-field view without that lung-field network, or with another one.
+def check_lung_field(info: Mapping[str, Any], lung_field: Any) -> Any:
+    """The lung-field network a model reads through, checked: ``lung_field`` when the model's embedded metadata
+    names one (``lung_field_sha256``), ``None`` for a model that reads the whole film (whatever was given).
 
     Args:
-        info: the classifier's or gate's embedded metadata (``lung_field_sha256``: the lung-field network it was
-            trained through; absent for models that read the whole film).
-        lung_field: the :class:`~cxr_monai.transforms.LungField` given (``None``: none).
+        info: the classifier's or gate's embedded metadata.
+        lung_field: the :class:`~cxr_monai.transforms.LungField` at hand (``None``: none).
 
     Raises:
         DeployModelError: the model needs a lung-field network and none was given, or its hash differs.
@@ -158,9 +158,7 @@ def check_lung_field(info: Mapping[str, Any], lung_field: Any) -> None:
 
     want = info.get("lung_field_sha256")
     if not want:
-        if lung_field is not None:
-            raise DeployModelError(f"{info.get('name', 'model')} reads the whole film: no lung-field network expected")
-        return
+        return None
     if lung_field is None:
         raise DeployModelError(f"{info.get('name', 'model')} reads the lung-field view: give it the lung-field "
                                "network it was trained with (deploy model cxr_lung, `make deploy-models`)")
@@ -168,6 +166,7 @@ def check_lung_field(info: Mapping[str, Any], lung_field: Any) -> None:
     if have and have != want:
         raise DeployModelError(f"{info.get('name', 'model')} was trained through lung-field network {want[:12]}, "
                                f"given {have[:12]}: export the models together (`make deploy-models`)")
+    return lung_field
 
 
 def view_to_film(cam: np.ndarray, box: Mapping[str, Any] | None, shape: tuple[int, int]) -> np.ndarray:
@@ -199,7 +198,7 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
         with_cam: also compute Grad-CAM of the predicted class (``cam``: on the film, ``(H, W)`` in ``[0, 1]``,
             zero outside the lung-field view; ``cam_view``: ``(S, S)`` on the network input; ``cam_class``: its
             name), see :func:`cxr_monai.explain.gradcam_split`.
-        lung_field: the lung-field network the classifier was trained through (:func:`check_lung_field`).
+        lung_field: the lung-field network at hand; used when the model names one (:func:`check_lung_field`).
 
     Returns:
         ``{"probability": p(PNEUMONIA), "label", "threshold", "probabilities": [p0, p1], "calibration",
@@ -207,7 +206,7 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
         ``source`` ``"default"`` or ``"site"``, ``id``, ``date``, ...; :data:`DEFAULT_CALIBRATION` for a model
         exported without one); ``lung_field`` the view's box on the film (``None`` without a lung field).
     """
-    check_lung_field(info, lung_field)
+    lung_field = check_lung_field(info, lung_field)
     device = torch.device(device)
     x = classifier_input(image, int(info.get("image_size", 224)), lung_field)
     box = x.meta.get("lung_field") if hasattr(x, "meta") else None
@@ -246,9 +245,9 @@ def check_scope(gate: Any, image: np.ndarray | torch.Tensor, meta: Mapping[str, 
         image: ``(1, H, W)`` in ``[0, 1]``: the image as read, before any super-resolution.
         meta: its metadata from :func:`cxr_monai.io.load_cxr` (``None``: no headers, image check only).
         image_size: the classifier's input side (the model's embedded ``image_size``).
-        lung_field: the lung-field network the gate was trained through (:func:`check_lung_field`).
+        lung_field: the lung-field network at hand; used when the gate names one (:func:`check_lung_field`).
     """
-    check_lung_field(gate.info, lung_field)
+    lung_field = check_lung_field(gate.info, lung_field)
     x = classifier_input(image, int(image_size), lung_field)
     box = x.meta.get("lung_field") if hasattr(x, "meta") else None
     merged = {**dict(meta or {}), "lung_field": box} if box else meta

@@ -106,14 +106,30 @@ def test_reframe_crops_pads_and_turns():
 
 def test_models_trained_through_a_lung_field_refuse_to_run_without_it_or_with_another():
     lf = LungField(lung_field_net("tiny"), {"source_sha256": "a" * 64})
-    check_lung_field({"lung_field_sha256": "a" * 64}, lf)
-    check_lung_field({}, None)
+    assert check_lung_field({"lung_field_sha256": "a" * 64}, lf) is lf
+    assert check_lung_field({}, lf) is None and check_lung_field({}, None) is None  # a whole-film model
     with pytest.raises(DeployModelError, match="lung-field view"):
         check_lung_field({"lung_field_sha256": "a" * 64}, None)
     with pytest.raises(DeployModelError, match="trained through"):
         check_lung_field({"lung_field_sha256": "b" * 64}, lf)
-    with pytest.raises(DeployModelError, match="whole film"):
-        check_lung_field({}, lf)
+
+
+def test_bundle_configs_take_the_lung_field_the_calibration_names(tmp_path):
+    from cxr_monai.transforms import lung_field_of
+    from cxr_monai.utils import file_sha256
+
+    (tmp_path / "calibration.json").write_text('{"threshold": 0.5}')
+    assert lung_field_of(tmp_path) is None  # a whole-film classifier
+    lung = tmp_path / "lung_field.ts"
+    lung.write_bytes(b"weights")
+    (tmp_path / "calibration.json").write_text('{"lung_field_sha256": "%s"}' % file_sha256(lung))
+    assert lung_field_of(tmp_path) == str(lung)
+    lung.write_bytes(b"other weights")
+    with pytest.raises(ValueError, match="is not the lung-field network"):
+        lung_field_of(tmp_path)
+    lung.unlink()
+    with pytest.raises(ValueError, match="missing"):
+        lung_field_of(tmp_path)
 
 
 def test_shipped_lung_field_network_finds_the_lungs_of_held_out_films_at_every_framing(shared_data, project_root):

@@ -32,6 +32,7 @@ __all__ = [
     "lung_box",
     "lung_net_input",
     "load_lung_field",
+    "lung_field_of",
     "LungField",
     "LungFieldCrop",
     "LungFieldCropd",
@@ -176,6 +177,31 @@ def load_lung_field(path: str | os.PathLike, device: str | torch.device = "cpu")
         module, info = load_torchscript_with_meta(path, device, kind=LUNG_FIELD_KIND)
         _CACHE[key] = LungField(module, info, device)
     return _CACHE[key]
+
+
+def lung_field_of(models_dir: str | os.PathLike, calibration_name: str = "calibration.json",
+                  file_name: str = "lung_field.ts") -> str | None:
+    """The lung-field network a classifier reads through: ``models_dir/file_name`` when the classifier's
+    calibration file names one (``lung_field_sha256``, written by its training), else ``None`` (a classifier that
+    reads the whole film). Bundle configs use it so that the preprocessing follows the weights in force.
+
+    Raises:
+        ValueError: the calibration names a lung-field network and the file is missing or has another hash.
+    """
+    from cxr_monai.utils import file_sha256, read_json
+
+    root = Path(models_dir)
+    want = read_json(root / calibration_name, default={}).get("lung_field_sha256")
+    if not want:
+        return None
+    path = root / file_name
+    if not path.is_file():
+        raise ValueError(f"{root / calibration_name} names lung-field network {want[:12]} but {path} is missing")
+    have = file_sha256(path)
+    if have != want:
+        raise ValueError(f"{path} (sha256 {have[:12]}) is not the lung-field network {want[:12]} that "
+                         f"{root / calibration_name} was trained through")
+    return str(path)
 
 
 def _as_lung_field(lung_field: LungField | str | os.PathLike) -> LungField:

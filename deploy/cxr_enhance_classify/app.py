@@ -86,9 +86,10 @@ class CXREnhanceClassifyApp(Application):
             if (model_path / LUNG_NAME).is_dir():  # classifiers from 0.5.0 read the lung-field view
                 lung_file = files[LUNG_NAME] = find_model_file(model_path, LUNG_NAME)
             infos = {n: load_deploy_model(f)[1] for n, f in files.items()}
-            if infos[CLASSIFIER_NAME].get("lung_field_sha256") and lung_file is None:
-                raise DeployModelError(f"{model_path}: the classifier reads the lung-field view but model {LUNG_NAME!r} "
-                                       "is missing (run `make deploy-models`)")
+            for name in (CLASSIFIER_NAME, SCOPE_NAME):
+                if infos[name].get("lung_field_sha256") and lung_file is None:
+                    raise DeployModelError(f"{model_path}: model {name!r} reads the lung-field view but model "
+                                           f"{LUNG_NAME!r} is missing (run `make deploy-models`)")
         except DeployModelError as err:
             raise AppSetupError(str(err)) from err
         device = str(select_device(self.device_name))
