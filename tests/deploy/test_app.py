@@ -26,6 +26,7 @@ from tests.conftest import PROJECT_ROOT, SHARED_DATA  # noqa: E402
 from tests.dicom_checks import c_store, dciodvfy_errors, dciodvfy_exe, orthanc_server  # noqa: E402
 
 APP_DIR = PROJECT_ROOT / "deploy" / "cxr_enhance_classify"
+NORMAL_FILM, PNEUMONIA_FILM = "NORMAL_IM-0261-0001.dcm", "PNEUMONIA_person1030_virus_1722.dcm"  # examples/kermany
 pytestmark = pytest.mark.slow
 
 
@@ -64,6 +65,8 @@ def study_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("input")
     write_phantom_dicom(d / "phantom_512.dcm", size=512, seed=7, consolidation=True)
     write_phantom_dicom(d / "sub" / "phantom_2048.dcm", size=2048, seed=8, consolidation=False)
+    for f in sorted((PROJECT_ROOT / "examples" / "kermany").glob("*.dcm")):  # two real films, one of each class
+        shutil.copy(f, d / f.name)
     for f in sorted(dicom.glob("*.dcm")):
         shutil.copy(f, d / f.name)
     # an image of the intended population (a child of the Kermany cohort) as a CR, and the same pixels with an
@@ -137,7 +140,7 @@ def test_every_input_is_processed_skipped_or_failed_with_a_reason(in_process, st
     images = _images(summary)
     assert json.loads((out / "results.json").read_text())["counts"] == summary["counts"]
     ok = {n for n, i in images.items() if i["status"] == "ok"}
-    assert ok == {"phantom_512.dcm", "phantom_2048.dcm", "kermany_child.dcm"}
+    assert ok == {"phantom_512.dcm", "phantom_2048.dcm", "kermany_child.dcm", NORMAL_FILM, PNEUMONIA_FILM}
     # the intended-population gate: the shared CRs are adults (their pixels; PatientAge 62Y), the DX thorax too
     # (its pixels), the extremity by its header, the child's pixels with an adult age by the age rule
     out_of_scope = {n: i for n, i in images.items() if i["status"] == "out_of_scope"}
@@ -195,8 +198,28 @@ def test_size_policy_and_probabilities(in_process) -> None:
     assert small["sr"]["applied"] is True and small["sr"]["output_shape"] == [2048, 2048]
     cls = small["classification"]
     assert cls["read_enhanced"] and 0 <= cls["probability"] <= 1 and 0 <= cls["probability_unenhanced"] <= 1
-    # the phantom carries a consolidation: the shipped classifier must call it PNEUMONIA
-    assert cls["label"] == "PNEUMONIA"
+    # the two real films (never trained on) get their own class, enhanced or not: a constant model fails here
+    assert_reads_both_classes(images)
+
+
+def assert_reads_both_classes(images: dict[str, dict]) -> None:
+    """The NORMAL example film is called NORMAL and the PNEUMONIA one PNEUMONIA, on the enhanced image (the
+    reported finding) and on the image as stored (``probability_unenhanced`` against the threshold)."""
+    for name, label in ((NORMAL_FILM, "NORMAL"), (PNEUMONIA_FILM, "PNEUMONIA")):
+        cls = images[name]["classification"]
+        assert images[name]["status"] == "ok" and cls["label"] == label, (name, cls)
+        assert (cls["probability_unenhanced"] >= cls["threshold"]) == (label == "PNEUMONIA"), (name, cls)
+
+
+def test_reads_both_classes_fails_for_a_constant_pneumonia_answer(in_process) -> None:
+    """The check above must fail when every film is called PNEUMONIA (what a constant model would answer)."""
+    _, summary = in_process
+    images = _images(summary)
+    constant = {n: {**i, "classification": {**i["classification"], "label": "PNEUMONIA", "probability": 1.0,
+                                            "probability_unenhanced": 1.0}} if "classification" in i else i
+                for n, i in images.items()}
+    with pytest.raises(AssertionError):
+        assert_reads_both_classes(constant)
 
 
 def test_finding_is_burned_into_the_gradcam_sc(in_process) -> None:
@@ -353,8 +376,7 @@ def test_subprocess_strict_exit_status_and_memory(models: Path, small_dir: Path,
     summary = json.loads((out / "results.json").read_text())
     assert summary["counts"]["ok"] == 1 and summary["counts"]["failed"] == 1 and summary["counts"]["files_rejected"] == 2
     images = _images(summary)
-    assert images["phantom_512.dcm"]["status"] == "ok" and images["phantom_512.dcm"]["classification"]["label"] == \
-        "PNEUMONIA"
+    assert images["phantom_512.dcm"]["status"] == "ok"  # classified (which class: the real films of the in-process run)
     assert "truncated" in images["phantom_512_truncated.dcm"]["reason"]
     _assert_every_file_once(small_dir, summary)
     assert "below the recommended minimum" not in stderr  # the launcher raised the stack limit
@@ -389,7 +411,8 @@ def test_map_manifests_without_docker(models: Path, tmp_path: Path) -> None:
     assert json.loads(app["command"]) == ["python3", "/opt/holoscan/app"]
     assert app["sdk"] == "monai-deploy" and app["sdkVersion"] == "4.0.0" and app["timeout"] == 600
     assert app["input"]["formats"] == ["file"] and app["environment"]["HOLOSCAN_MODEL_PATH"] == "/opt/holoscan/models"
-    assert pkg["models"] == {"cxr_pneumonia": "/opt/holoscan/models/cxr_pneumonia",
+    assert pkg["models"] == {"cxr_lung": "/opt/holoscan/models/cxr_lung",
+                             "cxr_pneumonia": "/opt/holoscan/models/cxr_pneumonia",
                              "cxr_scope": "/opt/holoscan/models/cxr_scope",
                              "cxr_sr": "/opt/holoscan/models/cxr_sr"}
     assert pkg["resources"]["cpu"] == 2 and pkg["resources"]["memory"] == "4Gi" and pkg["version"] == "0.1.0"

@@ -68,7 +68,7 @@ def run_in_image(*cmd: str, entrypoint: str | None = None, extra: tuple[str, ...
 def models() -> Path:
     """The named-model folder (``make deploy-models``), exported into a temp folder when absent."""
     d = PROJECT_ROOT / ".deploy_models"
-    if not all((d / n / "model.ts").is_file() for n in ("cxr_sr", "cxr_pneumonia", "cxr_scope")):
+    if not all((d / n / "model.ts").is_file() for n in ("cxr_sr", "cxr_pneumonia", "cxr_scope", "cxr_lung")):
         pytest.skip(f"{d} lacks the exported models: run `make deploy-models`")
     return d
 

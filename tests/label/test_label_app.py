@@ -37,6 +37,7 @@ from cxr_monai.data.phantom import write_phantom_dicom
 from cxr_monai.explain import overlay_rgb
 from cxr_monai.export import export_deploy_models, find_model_file, load_deploy_model
 from cxr_monai.inference import check_scope, classify, super_resolve
+from cxr_monai.transforms import load_lung_field
 from cxr_monai.io import load_cxr, save_png
 from cxr_monai.scope import load_scope_gate
 from tests.conftest import PROJECT_ROOT, SHARED_DATA
@@ -184,7 +185,9 @@ def models(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models")
     given = os.environ.get("CXR_LABEL_MODELS")
     if given:
-        for name in ("cxr_pneumonia", "cxr_sr", "cxr_scope"):
+        for name in ("cxr_pneumonia", "cxr_sr", "cxr_scope", "cxr_lung"):
+            if name == "cxr_lung" and not (Path(given) / name).is_dir():
+                continue  # models from before the lung-field view
             (out / name).mkdir()
             shutil.copy(find_model_file(given, name), out / name / "model.ts")
     else:
@@ -199,6 +202,7 @@ def reference(models: Path):
     cls = load_deploy_model(find_model_file(models, "cxr_pneumonia"), "cpu", kind="classifier")
     sr = load_deploy_model(find_model_file(models, "cxr_sr"), "cpu", kind="super_resolution")
     gate = load_scope_gate(find_model_file(models, "cxr_scope"), "cpu")
+    lung = load_lung_field(find_model_file(models, "cxr_lung")) if (models / "cxr_lung").is_dir() else None
     cache: dict[tuple[str, str], object] = {}
 
     def ref(path: Path, what: str = "classify"):
@@ -206,8 +210,8 @@ def reference(models: Path):
         if key not in cache:
             image, meta = load_cxr(path)
             if what == "classify":
-                result = classify(cls[0], image, cls[1], "cpu", with_cam=True)
-                result["scope"] = check_scope(gate, image, meta, int(cls[1].get("image_size", 160)))
+                result = classify(cls[0], image, cls[1], "cpu", with_cam=True, lung_field=lung)
+                result["scope"] = check_scope(gate, image, meta, int(cls[1].get("image_size", 160)), lung_field=lung)
                 cache[key] = (image, result)
             else:
                 cache[key] = (image, super_resolve(sr[0], image, sr[1], "cpu"))
