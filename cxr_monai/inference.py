@@ -195,9 +195,10 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
         image: ``(1, H, W)`` in ``[0, 1]``, any size (resized by the preprocessing).
         info: the model's embedded metadata (``threshold``, ``image_size``, ``class_names``).
         device: device of ``model``.
-        with_cam: also compute Grad-CAM of the predicted class (``cam``: on the film, ``(H, W)`` in ``[0, 1]``,
-            zero outside the lung-field view; ``cam_view``: ``(S, S)`` on the network input; ``cam_class``: its
-            name), see :func:`cxr_monai.explain.gradcam_split`.
+        with_cam: also compute Grad-CAM of the predicted class (``cam``: on the film, ``(H, W)`` in ``[0, 1]``;
+            with a lung field it is shown inside the lung mask widened by 5 % of the film and zero elsewhere, and
+            divided by its maximum there; ``cam_view``: ``(S, S)`` on the network input, as computed; ``cam_class``:
+            its name), see :func:`cxr_monai.explain.gradcam_split`.
         lung_field: the lung-field network at hand; used when the model names one (:func:`check_lung_field`).
 
     Returns:
@@ -229,6 +230,10 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
         shape = tuple(np.asarray(image.shape if not isinstance(image, torch.Tensor) else tuple(image.shape))[-2:])
         out["cam_view"] = cam
         out["cam"] = view_to_film(cam, box, shape)
+        if lung_field is not None:  # shown inside the lung field (the mask widened by 5 % of the film)
+            out["cam"] = out["cam"] * lung_field.mask_on_film(image)
+            peak = float(out["cam"].max())
+            out["cam"] = out["cam"] / peak if peak > 0 else out["cam"]
         out["cam_class"] = names[label_idx]
         out["network_input"] = x[0, 0].cpu().numpy()
     return out

@@ -163,3 +163,24 @@ def test_lung_train_config_writes_a_loadable_network_with_its_rule(shared_data, 
     report = json.loads((tmp_path / "lung.json").read_text())
     assert report["n_train"] == 16 and set(report["val_dice"]) == {"1", "0.85", "0.7", "0.5"}
     assert lf.box(np.random.default_rng(0).random((1, 200, 180)).astype(np.float32)).lung_fraction >= 0
+
+
+def test_gradcam_is_shown_inside_the_lung_field(project_root):
+    """classify(with_cam) through the shipped lung-field network: the map on the film is zero outside the lung
+    mask widened by 5 %, and its peak is 1 inside."""
+    from cxr_monai.data.phantom import make_phantom
+    from cxr_monai.export import CalibratedClassifier
+    from cxr_monai.inference import classify
+    from cxr_monai.networks import classifier_ensemble
+    from cxr_monai.transforms import load_lung_field
+
+    lf = load_lung_field(project_root / BUNDLE_LUNG)
+    image, _ = make_phantom(256, seed=3, consolidation=True)
+    torch.manual_seed(0)
+    model = torch.jit.script(CalibratedClassifier(classifier_ensemble("slim", 1).eval()))
+    info = {"threshold": 0.5, "image_size": 96, "lung_field_sha256": lf.info.get("source_sha256") or "x" * 64}
+    lf_for_test = LungField(lf.module, {**lf.info, "source_sha256": info["lung_field_sha256"]})
+    out = classify(model, image, info, with_cam=True, lung_field=lf_for_test)
+    mask = lf_for_test.mask_on_film(image)
+    assert out["cam"].shape == image.shape[1:] and 0.05 < mask.mean() < 0.95
+    assert out["cam"][~mask].max(initial=0.0) == 0.0 and out["cam"][mask].max() == pytest.approx(1.0)

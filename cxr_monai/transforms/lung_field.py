@@ -156,6 +156,17 @@ class LungField:
         """The :class:`LungBox` of each film of a batch."""
         return [lung_box(p[0], self.margin, self.min_lung_fraction) for p in self.probability(images)]
 
+    def mask_on_film(self, image: np.ndarray | torch.Tensor, widen: float = 0.05) -> np.ndarray:
+        """``(H, W)`` boolean lung mask of one ``(1, H, W)`` film, widened by ``widen`` of the film's side (a
+        max filter), at the film's size: where Grad-CAM is shown."""
+        x = torch.as_tensor(np.asarray(image, dtype=np.float32) if not isinstance(image, torch.Tensor) else image)
+        if x.ndim != 3 or x.shape[0] != 1:
+            raise ValueError(f"image must be (1, H, W), got {tuple(x.shape)}")
+        m = (self.probability(x[None].float()) > 0.5).float()
+        k = 2 * max(1, round(widen * self.input_size)) + 1
+        m = F.max_pool2d(m, k, stride=1, padding=k // 2)
+        return F.interpolate(m, size=tuple(x.shape[-2:]), mode="nearest")[0, 0].numpy() > 0.5
+
     def box(self, image: np.ndarray | torch.Tensor) -> LungBox:
         """The :class:`LungBox` of one ``(1, H, W)`` film."""
         x = torch.as_tensor(np.asarray(image, dtype=np.float32) if not isinstance(image, torch.Tensor) else image)
