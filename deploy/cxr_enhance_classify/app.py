@@ -63,6 +63,7 @@ class CXREnhanceClassifyApp(Application):
         import torch
 
         from cxr_monai import __version__ as cxr_version
+        from cxr_monai.commissioning import CommissioningError, check_deployed_gate
         from cxr_monai.export import CLASSIFIER_NAME, SCOPE_NAME, SR_NAME, DeployModelError, find_model_file, load_deploy_model
         from cxr_monai.inference import select_device
         from cxr_monai.utils import configure_threads
@@ -81,7 +82,9 @@ class CXREnhanceClassifyApp(Application):
             scope_file = find_model_file(model_path, SCOPE_NAME)
             infos = {n: load_deploy_model(f)[1] for n, f in ((SR_NAME, sr_file), (CLASSIFIER_NAME, cls_file),
                                                              (SCOPE_NAME, scope_file))}
-        except DeployModelError as err:
+            # a site calibration runs only with the gate it was commissioned with
+            check_deployed_gate(infos[CLASSIFIER_NAME], infos[SCOPE_NAME])
+        except (DeployModelError, CommissioningError) as err:
             raise AppSetupError(str(err)) from err
         device = str(select_device(self.device_name))
         threads = configure_threads()  # the container's CPU quota, not the host's cores (or CXR_NUM_THREADS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cxr_monai.commissioning import check_deployed_gate
 from cxr_monai.export import CLASSIFIER_NAME, SCOPE_NAME, SR_NAME, find_model_file, load_deploy_model
 from cxr_monai.scope import load_scope_gate
 
@@ -18,5 +19,6 @@ class CXRPneumoniaConfig(CXRTaskConfig):
         sr = load_deploy_model(find_model_file(self.model_dir, SR_NAME), self.device, kind="super_resolution")
         # the intended-population gate (the same file and check as the deploy app)
         gate = load_scope_gate(find_model_file(self.model_dir, SCOPE_NAME), self.device)
+        check_deployed_gate(self.model_info, gate.info)  # a site calibration runs only with its own gate
         return CXRPneumoniaInfer(self.model, self.model_info, self.device, sr_model=sr, sr_max_side=self.sr_max_side,
                                  model_file=self.path, scope_gate=gate)
