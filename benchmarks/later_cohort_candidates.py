@@ -4,7 +4,8 @@ The rule and the candidates are in ``bundles/cxr_pneumonia_classifier/docs/recip
 (committed before any candidate was trained). Each candidate is a models folder as ``ensemble.json`` writes it
 (``model.pt`` = a ``ClassifierEnsemble`` state dict, ``calibration.json`` with its threshold and members).
 
-Measured here, inference only: (a) AUC on the 101-image site sample (nothing fitted on it), with a paired
+Measured here, inference only: (a) AUC on the 101-image site sample (no parameter fitted on it; but these figures
+choose the candidate, so after the five rounds they are selection-biased, as is the validation AUC), with a paired
 stratified bootstrap (2,000 resamples) of the difference to the baseline, and specificity / sensitivity at the
 candidate's own threshold; (c) validation AUC on the 785-image validation split. Read from files written by the
 bundle's own commands: (b) ``commission.json``'s cross-validated estimates (``site_calibration.json``) and (d) the

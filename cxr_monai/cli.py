@@ -1,10 +1,13 @@
-"""Command line: ``python -m cxr_monai demo [--input PATH] [--output_dir DIR]``."""
+"""Command line: ``python -m cxr_monai demo [--input PATH] [--output_dir DIR]``, ``deploy_models``, ``phantom``, and
+``monitor --site_dir SITE --results PATH... --output_dir OUT`` (the drift monitor,
+:func:`cxr_monai.commissioning.monitor.main`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 __all__ = ["BUNDLES_DIR", "demo", "deploy_models", "main", "phantom", "run_bundle", "run_workflow"]
@@ -153,6 +156,11 @@ def main() -> None:
     import fire
 
     logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    if sys.argv[1:2] == ["monitor"]:  # several --results paths: argparse, not fire
+        from cxr_monai.commissioning.monitor import main as monitor_main
+
+        raise SystemExit(monitor_main(sys.argv[2:]))
+
     def _demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side: int = 640,
               bundles_dir: str = "bundles", examples_dir: str = str(EXAMPLES_DIR)) -> None:
         demo(input, output_dir, sr_max_side, bundles_dir, examples_dir)

@@ -128,8 +128,11 @@ def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLik
         out_file: the ``.ts`` file to write (atomically).
         site_dir: a site's commissioning folder (``site_calibration.json`` of ``configs/commission.json``): its
             recalibration and threshold replace the default ones (the weights' sha256 must match, else
-            :class:`cxr_monai.commissioning.ModelMismatchError`). The embedded ``calibration`` record says which
-            is in force (``source`` ``"default"`` or ``"site"``, ``id``, ``date``).
+            :class:`cxr_monai.commissioning.ModelMismatchError`), and the bundle's ``models/scope_gate.ts`` must
+            be the gate it was commissioned with (:class:`cxr_monai.commissioning.ScopeGateError`). The embedded
+            ``calibration`` record says which is in force (``source`` ``"default"`` or ``"site"``, ``id``,
+            ``date``, ``scope_gate_sha256``, checked against the deployed gate by
+            :func:`cxr_monai.commissioning.check_deployed_gate`).
     """
     from cxr_monai.commissioning import THRESHOLD_RULE, calibration_in_force, load_site_calibration
     from cxr_monai.utils import load_bundle_network, read_json
@@ -140,7 +143,8 @@ def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLik
     if not cal_file.is_file():
         raise DeployModelError(f"{cal_file}: calibration file missing")
     cal = read_json(cal_file)
-    site = load_site_calibration(site_dir, weights=root / "models" / "model.pt") if site_dir is not None else None
+    site = (load_site_calibration(site_dir, weights=root / "models" / "model.pt", scope_gate=root / "models" / SCOPE_FILE)
+            if site_dir is not None else None)
     net = load_bundle_network(root)
     module = torch.jit.script(CalibratedClassifier(net, float(cal["temperature"]), site.a if site else 1.0,
                                                    site.b if site else 0.0).eval())

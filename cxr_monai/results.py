@@ -33,8 +33,8 @@ __all__ = ["SERIES_NUMBERS", "write_study_results"]
 logger = logging.getLogger("cxr_monai.results")
 
 SERIES_NUMBERS = {"enhanced": 9001, "report": 9002, "gradcam": 9003, "summary": 9004}
-_PUBLIC = ("file", "study_uid", "series_uid", "sop_uid", "modality", "status", "reason", "shape", "scope", "sr",
-           "classification", "gradcam", "seconds", "outputs")
+_PUBLIC = ("file", "study_uid", "series_uid", "sop_uid", "modality", "status", "reason", "shape", "scope",
+           "image_stats", "sr", "classification", "gradcam", "seconds", "outputs")
 
 
 def _png_bytes(rgb) -> bytes:

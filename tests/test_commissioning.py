@@ -117,7 +117,9 @@ def test_cross_validation_never_scores_the_fitted_images(monkeypatch) -> None:
         seen.append(np.asarray(lx).copy())
         return real(lx, ly, ridge)
 
-    monkeypatch.setattr(C, "fit_site_calibration", spy)
+    import cxr_monai.commissioning.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "fit_site_calibration", spy)
     cv = C.cross_validate(x, y, n_folds=5, n_repeats=3, seed=1)
     assert len(seen) == 15
     for r in range(3):  # every image scored once per repeat, by a fit on the other folds
@@ -158,7 +160,8 @@ def test_site_calibration_changes_the_deployed_answer(tmp_path: Path) -> None:
     report = {"kind": "site_calibration", "site_id": "test-site", "date": "2026-02-03",
               "model": {"name": identity["name"], "version": identity["version"],
                         "weights_sha256": identity["weights_sha256"]},
-              "calibration": {"a": a, "b": b, "threshold": thr}}
+              "calibration": {"a": a, "b": b, "threshold": thr,
+                              "scope_gate_sha256": C.sha256_file(BUNDLE / "models" / "scope_gate.ts")}}
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / C.SITE_FILE).write_text(json.dumps(report))
     default = load_deploy_model(export_classifier(BUNDLE, tmp_path / "d" / "model.ts"), kind="classifier")
@@ -174,6 +177,12 @@ def test_site_calibration_changes_the_deployed_answer(tmp_path: Path) -> None:
     assert r1["probability"] == pytest.approx(expected, abs=1e-5)
     assert r1["threshold"] == thr and r1["label"] == ("PNEUMONIA" if r1["probability"] >= thr else "NORMAL")
     assert r0["calibration"]["source"] == "default" and r1["calibration"]["id"] == "test-site"
+    assert cal["scope_gate_sha256"] == C.sha256_file(BUNDLE / "models" / "scope_gate.ts")
+    # a site file commissioned with another scope gate is refused at export
+    report["calibration"]["scope_gate_sha256"] = "1" * 64
+    (tmp_path / "site" / C.SITE_FILE).write_text(json.dumps(report))
+    with pytest.raises(C.ScopeGateError):
+        export_classifier(BUNDLE, tmp_path / "g" / "model.ts", site_dir=tmp_path / "site")
     # a site file fitted for other weights is refused at export
     report["model"]["weights_sha256"] = "0" * 64
     (tmp_path / "site" / C.SITE_FILE).write_text(json.dumps(report))
@@ -206,6 +215,10 @@ def test_commission_bundle_on_the_site_sample(tmp_path: Path) -> None:
     assert sum(s["in_scope_per_class"].values()) == s["n_in_scope"] and len(s["out_of_scope"]) == s["n_out_of_scope"]
     cal = rep["calibration"]
     assert cal["threshold"] == pytest.approx(s["in_scope_per_class"]["PNEUMONIA"] / s["n_in_scope"])
+    # no --prevalence: the sample's, said loudly; patients from the Kermany names, said so
+    assert cal["prevalence"] == cal["threshold"] and rep["warnings"][0].startswith("PREVALENCE NOT STATED")
+    assert s["patients"]["images_by_source"]["kermany_file_name_rule"] == 101
+    assert s["n_patients_in_scope"] == 65 and rep["expected"]["resampled"] == "patients"
     assert 0.2 < cal["a"] < 2.0 and np.isfinite(cal["b"])
     for name in ("accuracy", "sensitivity", "specificity", "auc", "ece"):
         e = rep["expected"][name]

@@ -8,24 +8,32 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["patient_id", "patient_aware_split", "calibration_split"]
+__all__ = ["kermany_patient_id", "patient_id", "patient_aware_split", "calibration_split"]
 
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
 _IM = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)-\d+", re.IGNORECASE)
 
 
-def patient_id(filename: str | Path) -> str:
-    """Patient key of a Kermany file name.
+def kermany_patient_id(filename: str | Path) -> str | None:
+    """Patient key of a Kermany-style file name, ``None`` for any other name (the rule knows only Kermany's names).
 
     ``person123_bacteria_4.jpeg`` -> ``person123``; ``IM-0115-0001.jpeg`` -> ``IM-0115``;
-    ``NORMAL2-IM-1427-0001.jpeg`` -> ``NORMAL2-IM-1427``. Any other name is its own patient (its stem).
+    ``NORMAL2-IM-1427-0001.jpeg`` -> ``NORMAL2-IM-1427``.
     """
     name = Path(filename).name
     for pattern in (_PERSON, _IM):
         m = pattern.match(name)
         if m:
             return m.group(1).upper() if pattern is _IM else m.group(1).lower()
-    return name.split(".")[0]
+    return None
+
+
+def patient_id(filename: str | Path) -> str:
+    """Patient key of a Kermany file name (:func:`kermany_patient_id`); any other name is its own patient (its
+    stem). For training splits of Kermany-style data; a site's sample gets its patients from
+    :func:`cxr_monai.commissioning.patients.resolve_patients`."""
+    key = kermany_patient_id(filename)
+    return key if key is not None else Path(filename).name.split(".")[0]
 
 
 def patient_aware_split(

@@ -63,6 +63,7 @@ class CXREnhanceClassifyApp(Application):
         import torch
 
         from cxr_monai import __version__ as cxr_version
+        from cxr_monai.commissioning import CommissioningError, check_deployed_gate
         from cxr_monai.export import (
             CLASSIFIER_NAME, LUNG_NAME, SCOPE_NAME, SR_NAME, DeployModelError, find_model_file, load_deploy_model,
         )
@@ -90,7 +91,9 @@ class CXREnhanceClassifyApp(Application):
                 if infos[name].get("lung_field_sha256") and lung_file is None:
                     raise DeployModelError(f"{model_path}: model {name!r} reads the lung-field view but model "
                                            f"{LUNG_NAME!r} is missing (run `make deploy-models`)")
-        except DeployModelError as err:
+            # a site calibration runs only with the gate it was commissioned with
+            check_deployed_gate(infos[CLASSIFIER_NAME], infos[SCOPE_NAME])
+        except (DeployModelError, CommissioningError) as err:
             raise AppSetupError(str(err)) from err
         device = str(select_device(self.device_name))
         threads = configure_threads()  # the container's CPU quota, not the host's cores (or CXR_NUM_THREADS)

@@ -232,6 +232,7 @@ class ScopeGateOperator(_ModelOperator):
         return load_scope_gate(self.model_file, self.device)
 
     def compute(self, op_input, op_output, context) -> None:
+        from cxr_monai.commissioning.monitor import image_statistics
         from cxr_monai.inference import check_scope
 
         records = op_input.receive(RECORDS)
@@ -244,6 +245,7 @@ class ScopeGateOperator(_ModelOperator):
             rec["scope"] = {**decision.as_dict(), "gate": gate.info.get("name"),
                             "classifier": self.classifier_info.get("model_name"),
                             "classifier_version": self.classifier_info.get("version")}
+            rec["image_stats"] = image_statistics(rec["image"])  # what the drift monitor compares (as read, pre-SR)
             if not decision.in_scope:
                 rec["status"], rec["reason"] = "out_of_scope", decision.reason
                 logger.info("%s out of scope: %s", rec["sop_uid"] or rec["file"], decision.reason)
