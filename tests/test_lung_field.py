@@ -184,3 +184,32 @@ def test_gradcam_is_shown_inside_the_lung_field(project_root):
     mask = lf_for_test.mask_on_film(image)
     assert out["cam"].shape == image.shape[1:] and 0.05 < mask.mean() < 0.95
     assert out["cam"][~mask].max(initial=0.0) == 0.0 and out["cam"][mask].max() == pytest.approx(1.0)
+
+
+def test_framing_rule_verdict_on_synthetic_reports():
+    """judge_framing applies points 1-4 of the framing plan: a report meeting every floor passes, and moving any one
+    figure below its floor fails that point only."""
+    import copy
+
+    from cxr_monai.studies.framing import judge_framing
+
+    good = {"model": {"validation_auc": 0.995}, "sets": {
+        "site_sample": {
+            "whole": {"in_scope_share": 0.97, "commissioned": {"accuracy": 0.95, "auc": 0.98, "specificity": 0.9,
+                                                               "sensitivity": 0.96, "ece": 0.03}},
+            "crop:0.7": {"in_scope_share": 0.95, "commissioned": {"accuracy": 0.93, "auc": 0.975, "specificity": 0.87,
+                                                                  "sensitivity": 0.96, "ece": 0.04}},
+            "rot:180": {"in_scope": 0, "pneumonia_findings": 0}},
+        "adults_held_out": {"whole": {"out_of_scope_share": 0.99}, "crop:0.5": {"out_of_scope_share": 0.95}}}}
+    assert judge_framing(good)["passes"]
+    for path, value, point in ((("sets", "site_sample", "crop:0.7", "in_scope_share"), 0.8, "1_tight_collimation"),
+                               (("sets", "site_sample", "whole", "commissioned", "auc"), 0.96, "2_uncropped"),
+                               (("sets", "adults_held_out", "crop:0.5", "out_of_scope_share"), 0.5, "3_adults_and_turned"),
+                               (("model", "validation_auc"), 0.985, "4_validation_auc")):
+        bad = copy.deepcopy(good)
+        node = bad
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        verdict = judge_framing(bad)
+        assert not verdict["passes"] and [k for k, v in verdict["points"].items() if not v["holds"]] == [point]

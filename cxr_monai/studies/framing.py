@@ -28,7 +28,7 @@ from cxr_monai.metrics.classification import roc_auc
 from cxr_monai.transforms import classifier_preprocessing
 from cxr_monai.transforms.framing import FRAMINGS, reframe
 
-__all__ = ["read_framings", "framing_study", "framing_table", "gradcam_in_lungs", "held_out_adults", "load_ensemble"]
+__all__ = ["FRAMING_RULE", "judge_framing", "read_framings", "framing_study", "framing_table", "gradcam_in_lungs", "held_out_adults", "load_ensemble"]
 
 def read_framings(images: Sequence[np.ndarray], framing: str, image_size: int, lung_field: Any,
                   desc: str = "") -> tuple[torch.Tensor, list[dict]]:
@@ -168,12 +168,6 @@ def framing_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m cxr_monai.studies.framing REPORT.json: print the table
-    import sys
-
-    print(framing_table(json.loads(Path(sys.argv[1]).read_text())))
-
-
 def gradcam_in_lungs(network: torch.nn.Module, calibration: Mapping[str, Any], lung_field: Any,
                      items: Sequence[dict], image_size: int = 160, phantom_seeds: Sequence[int] = range(6),
                      output_file: str | Path | None = None) -> dict[str, Any]:
@@ -240,3 +234,59 @@ def gradcam_in_lungs(network: torch.nn.Module, calibration: Mapping[str, Any], l
         Path(output_file).parent.mkdir(parents=True, exist_ok=True)
         Path(output_file).write_text(json.dumps(out, indent=1))
     return out
+
+
+FRAMING_RULE = {"tight": {"framing": "crop:0.7", "in_scope": 0.90, "accuracy": 0.92, "auc": 0.97, "specificity": 0.85,
+                          "sensitivity": 0.95},
+                "uncropped": {"framing": "whole", "accuracy": 0.94, "auc": 0.975, "specificity": 0.88,
+                              "sensitivity": 0.95, "ece": 0.05},
+                "adults_out": 0.90, "validation_auc": 0.99}
+"""The framing round's rule (``docs/recipes/framing_plan.md``, points 1-4), as written before evaluating."""
+
+
+def judge_framing(report: Mapping[str, Any], rule: Mapping[str, Any] = FRAMING_RULE) -> dict[str, Any]:
+    """Points 1-4 of the framing rule on a :func:`framing_study` report: each with its figures and whether it holds.
+
+    Args:
+        report: the study's JSON (``model.validation_auc`` is the 785-image validation AUC).
+        rule: thresholds (:data:`FRAMING_RULE`).
+    """
+    site = report["sets"]["site_sample"]
+    t, u = rule["tight"], rule["uncropped"]
+    tight, whole = site[t["framing"]], site[u["framing"]]
+    tc, uc = tight.get("commissioned") or {}, whole.get("commissioned") or {}
+
+    def ok(c: Mapping[str, Any], key: str, floor: float) -> bool:
+        return isinstance(c.get(key), float) and c[key] >= floor
+
+    points = {
+        "1_tight_collimation": {"figures": {"in_scope": tight["in_scope_share"], **tc},
+                                "holds": tight["in_scope_share"] >= t["in_scope"] and all(
+                                    ok(tc, k, t[k]) for k in ("accuracy", "auc", "specificity", "sensitivity"))},
+        "2_uncropped": {"figures": dict(uc), "holds": all(ok(uc, k, u[k]) for k in ("accuracy", "auc", "specificity",
+                                                                                    "sensitivity"))
+                        and isinstance(uc.get("ece"), float) and uc["ece"] <= u["ece"]},
+    }
+    adults = {f"{name} {fr}": r["out_of_scope_share"] for name in ("adults_held_out", "adults_held_out_bedside_like")
+              for fr, r in report["sets"].get(name, {}).items()}
+    turned = site.get("rot:180", {})
+    points["3_adults_and_turned"] = {
+        "figures": {**adults, "upside_down_children_in_scope": turned.get("in_scope"),
+                    "upside_down_children_findings": turned.get("pneumonia_findings")},
+        "holds": all(v >= rule["adults_out"] for k, v in adults.items() if "rot" not in k)
+        and (turned.get("in_scope", 1) == 0 or turned.get("default", {}).get("accuracy") == 1.0)}
+    auc = (report.get("model") or {}).get("validation_auc")
+    points["4_validation_auc"] = {"figures": {"validation_auc": auc},
+                                  "holds": isinstance(auc, float) and auc >= rule["validation_auc"]}
+    return {"rule": dict(rule), "points": points, "passes": all(p["holds"] for p in points.values())}
+
+
+if __name__ == "__main__":  # python -m cxr_monai.studies.framing REPORT.json [VERDICT.json]: table and rule verdict
+    import sys
+
+    rep = json.loads(Path(sys.argv[1]).read_text())
+    print(framing_table(rep))
+    verdict = judge_framing(rep)
+    print(json.dumps({k: v["holds"] for k, v in verdict["points"].items()} | {"passes": verdict["passes"]}))
+    if len(sys.argv) > 2:
+        Path(sys.argv[2]).write_text(json.dumps(verdict, indent=1))
