@@ -17,6 +17,7 @@ from cxr_monai.data.phantom import write_phantom_dicom
 from cxr_monai.export import (DeployModelError, export_deploy_models, find_model_file, load_deploy_model)
 from cxr_monai.inference import check_lung_field, classifier_input, classify, sr_decision, super_resolve
 from cxr_monai.io import load_cxr, skip_reason
+from cxr_monai.scope import load_scope_gate
 from cxr_monai.transforms import load_lung_field
 from cxr_monai.utils import file_sha256
 from tests.conftest import PROJECT_ROOT, require_shared
@@ -48,14 +49,14 @@ def test_named_model_layout_and_embedded_metadata(models: Path) -> None:
     shipped = json.loads((CLS_BUNDLE / "docs" / "results" / "scope_gate.json").read_text())["gate"]["thresholds"]
     assert ginfo["thresholds"] == shipped and ginfo["bundle_version"] == meta["version"]
     assert oct((models / "cxr_scope" / "model.ts").stat().st_mode & 0o777) == "0o644"  # readable by a container user
-    # the classifier and the gate name the lung-field network they were trained through; the deploy copy carries
-    # the same source hash, so the pairing check passes with it and with nothing else
+    # the lung-field network travels as its own model, with the hash of the bundle's file; the classifier and the
+    # gate name the one they were trained through (none: they read the whole film), as their bundle files say
     lung = load_lung_field(models / "cxr_lung" / "model.ts")
-    source = file_sha256(CLS_BUNDLE / "models" / "lung_field.ts")
-    assert info["lung_field_sha256"] == ginfo["lung_field_sha256"] == lung.info["source_sha256"] == source
-    check_lung_field(info, lung)
-    with pytest.raises(DeployModelError):
-        check_lung_field(info, None)
+    assert lung.info["source_sha256"] == file_sha256(CLS_BUNDLE / "models" / "lung_field.ts")
+    assert info.get("lung_field_sha256") == cal.get("lung_field_sha256")
+    assert ginfo.get("lung_field_sha256") == load_scope_gate(CLS_BUNDLE / "models" / "scope_gate.ts").info.get(
+        "lung_field_sha256")
+    assert (check_lung_field(info, lung) is lung) == bool(cal.get("lung_field_sha256"))
 
 
 def test_load_deploy_model_refuses_wrong_files(models: Path, tmp_path: Path) -> None:
@@ -79,7 +80,7 @@ def test_exported_classifier_equals_bundle_network_with_temperature(models: Path
     net = load_bundle_network(CLS_BUNDLE)
     lung = load_lung_field(models / "cxr_lung" / "model.ts")
     image, _ = load_cxr(require_shared("dicom", "dx_thorax_mono1_small.dcm"))
-    x = classifier_input(image, info["image_size"], lung)
+    x = classifier_input(image, info["image_size"], check_lung_field(info, lung))
     with torch.no_grad():
         ref = torch.softmax(net(x.as_tensor()) / info["temperature"], dim=1)
         got = module(x.as_tensor())
@@ -87,15 +88,10 @@ def test_exported_classifier_equals_bundle_network_with_temperature(models: Path
     out = classify(module, image, info, with_cam=True, lung_field=lung)
     assert out["probability"] == pytest.approx(float(ref[0, 1]), abs=1e-5)
     assert out["label"] == ("PNEUMONIA" if out["probability"] >= info["threshold"] else "NORMAL")
-    view = out["cam_view"]
+    view = out["cam_view"]  # on the network input; out["cam"] on the film (the overlay's size)
     assert view.shape == (info["image_size"],) * 2 and 0.0 <= view.min() and view.max() == pytest.approx(1.0)
-    cam, box = out["cam"], out["lung_field"]  # on the film: the view's map inside its box, zero outside
-    assert cam.shape == image.shape[1:] and box["found"]
-    y0, x0 = int(np.floor(box["top"] * image.shape[1])), int(np.floor(box["left"] * image.shape[2]))
-    y1, x1 = int(np.ceil(box["bottom"] * image.shape[1])), int(np.ceil(box["right"] * image.shape[2]))
-    outside = np.ones(cam.shape, bool)
-    outside[y0:y1, x0:x1] = False
-    assert cam[outside].max(initial=0.0) == 0.0 and cam.max() == pytest.approx(1.0, abs=0.02)
+    assert out["cam"].shape == image.shape[1:] and out["cam"].max() == pytest.approx(1.0, abs=0.02)
+    assert (out["lung_field"] is not None) == bool(info.get("lung_field_sha256"))
 
 
 def test_gradcam_split_matches_monai_gradcam(models: Path) -> None:
@@ -109,7 +105,8 @@ def test_gradcam_split_matches_monai_gradcam(models: Path) -> None:
     ens = load_bundle_network(CLS_BUNDLE)
     member = ens.members[0]
     image, _ = load_cxr(require_shared("dicom", "cr_chest_pa_mono2_jpeg.dcm"))
-    x = classifier_input(image, info["image_size"], load_lung_field(models / "cxr_lung" / "model.ts")).as_tensor()
+    x = classifier_input(image, info["image_size"],
+                         check_lung_field(info, load_lung_field(models / "cxr_lung" / "model.ts"))).as_tensor()
     scripted = torch.jit.script(CalibratedClassifier(member, 1.0).eval())
     ours = gradcam_split(scripted.cam_features, scripted.cam_head, x, 1)[0]
     ref = gradcam(member, x, "layer4", class_idx=1)[0]  # min-max normalised
