@@ -15,7 +15,7 @@ Writes ``PACS_DIR/orthanc.json`` (mode 600: it holds the password) and starts Or
 * the Python plugin ``ai_router.py``, which only enqueues stable studies on the durable queue (``pacs_queue.py``).
 
 Then starts ``--workers`` local workers (``worker.py`` in ``.venv-deploy``; PIDs in ``PACS_DIR/worker.pid``, log
-``PACS_DIR/ai_router.log``, work folders under ``PACS_DIR/work``), and stays as their supervisor (PID in
+``PACS_DIR/ai_router.log``, work folders under ``PACS_DIR/work/local<i>``), and stays as their supervisor (PID in
 ``PACS_DIR/pacs.pid``): ``kill $(cat PACS_DIR/pacs.pid)`` stops all; if Orthanc dies, the workers are stopped and
 this exits with Orthanc's status (restart it the same way: the queue and the reconcile pick up where it stopped).
 """
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.workers} worker(s) ({runner}); stop: kill {os.getpid()}", flush=True)
     worker_cmd = [str(ROOT / ".venv-deploy" / "bin" / "python"), str(HERE / "worker.py"), "--queue", queue,
                   "--pacs-url", f"http://127.0.0.1:{args.http_port}", "--credentials", str(pacs_dir / "credentials"),
-                  "--work-dir", str(pacs_dir / "work"), "--log", str(pacs_dir / "ai_router.log"), "--runner", runner,
+                  "--log", str(pacs_dir / "ai_router.log"), "--runner", runner,
                   "--models", str(Path(args.models).resolve()), "--image", args.image, "--timeout", str(args.timeout),
                   "--retries", str(args.retries), "--retry-delays", args.retry_delays,
                   "--reconcile-s", str(args.reconcile_s)]
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep_work:
         worker_cmd.append("--keep-work")
     for i in range(args.workers):
-        procs[f"worker{i}"] = subprocess.Popen([*worker_cmd, "--name", f"{os.uname().nodename}:local{i}"],
+        procs[f"worker{i}"] = subprocess.Popen([*worker_cmd, "--name", f"{os.uname().nodename}:local{i}",
+                                                "--work-dir", str(pacs_dir / "work" / f"local{i}")],
                                                start_new_session=True)
     (pacs_dir / "worker.pid").write_text("".join(f"{p.pid}\n" for k, p in procs.items() if k != "orthanc"))
     rc = 0

@@ -71,11 +71,25 @@ def _preload(models: str) -> None:
     configure_threads()
     device = str(select_device(os.environ.get("CXR_DEVICE") or None))
     sr, cls, scope = (find_model_file(models, n) for n in (SR_NAME, CLASSIFIER_NAME, SCOPE_NAME))
+    loaded = {}
     for op, f, load in (("ScopeGateOperator", scope, lambda: load_scope_gate(scope, device)),
                         ("SuperResolutionOperator", sr, lambda: load_deploy_model(sr, device, kind="super_resolution")),
                         ("PneumoniaClassifierOperator", cls, lambda: load_deploy_model(cls, device, kind="classifier")),
                         ("GradCAMOperator", cls, lambda: load_deploy_model(cls, device, kind="classifier"))):
-        ops._MODEL_CACHE[(op, str(f), Path(f).stat().st_mtime_ns, device)] = load()
+        ops._MODEL_CACHE[(op, str(f), Path(f).stat().st_mtime_ns, device)] = loaded[op] = load()
+    # one pass of each model on a small image: TorchScript optimises a graph on its first calls, which would
+    # otherwise land on the first study (tens of seconds on two shared cores)
+    import numpy as np
+
+    from cxr_monai.inference import check_scope, classify, super_resolve
+
+    image = np.random.default_rng(0).random((1, 128, 128), dtype=np.float32)
+    (sr_model, sr_info), (cls_model, cls_info) = loaded["SuperResolutionOperator"], loaded["PneumoniaClassifierOperator"]
+    check_scope(loaded["ScopeGateOperator"], image, None, image_size=int(cls_info.get("image_size", 160)))
+    super_resolve(sr_model, image, sr_info, device)
+    for _ in range(2):
+        classify(cls_model, image, cls_info, device)
+        classify(loaded["GradCAMOperator"][0], image, cls_info, device, with_cam=True)
 
 
 if __name__ == "__main__":

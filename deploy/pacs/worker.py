@@ -126,6 +126,7 @@ class Worker:
         self._log_lock = threading.Lock()
         self._warm: subprocess.Popen | None = None
         self._model_info: dict = {}
+        self._stopping = False
         pacs_queue.set_handler(self.handle)
 
     # ------------------------------------------------------------------------------------------------------- logging
@@ -219,6 +220,10 @@ class Worker:
         rc, reason = self.run_app(input_dir, output_dir)
         results_file = output_dir / "results.json"
         results = json.loads(results_file.read_text()) if results_file.exists() else None
+        if results is None and self._stopping:  # this worker is shutting down: not the app's failure
+            self.log("run_interrupted", study_uid=study_uid, attempt=attempt, retry_in_s=5)
+            self.task.schedule(args=(study_id, attempt), delay=5)
+            return
         if results is None:
             reason = reason or f"the app exited with status {rc} without results"
             if attempt < self.args.retries:
@@ -325,6 +330,7 @@ class Worker:
         try:
             if self._warm is None or self._warm.poll() is not None:
                 self._warm = self._start_warm()
+                self.log("warm_app_ready", pid=self._warm.pid)
             self._warm.stdin.write((json.dumps({"input": str(input_dir), "output": str(output_dir)}) + "\n").encode())
             line = _read_line(self._warm, self.args.timeout)
         except (OSError, RuntimeError, ValueError) as err:
@@ -341,8 +347,11 @@ class Worker:
 
     def warm_up(self) -> None:
         if self.args.runner == "warm":
-            self._warm = self._start_warm()
-            self.log("warm_app_ready", pid=self._warm.pid)
+            try:
+                self._warm = self._start_warm()
+                self.log("warm_app_ready", pid=self._warm.pid)
+            except (OSError, RuntimeError, ValueError) as err:  # each job tries again, and fails with the reason
+                self.log("warm_app_error", reason=str(err))
 
     # ---------------------------------------------------------------------------------------------------- reconcile
     def reconcile(self) -> int:
@@ -374,9 +383,20 @@ class Worker:
             except Exception as err:  # noqa: BLE001
                 self.log("reconcile_error", reason=f"{type(err).__name__}: {err}")
 
+    def remove_leftovers(self) -> int:
+        """Remove run folders a killed predecessor left in this worker's own WORK_DIR (they hold patient images)."""
+        n = 0
+        for d in self.work.iterdir():
+            if d.is_dir() and (d / "input").is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
+        return n
+
     def serve(self) -> None:
+        removed = 0 if self.args.keep_work else self.remove_leftovers()
         self.log("started", queue=_redact(self.args.queue), pacs=self.args.pacs_url, runner=self.args.runner,
-                 retries=self.args.retries, retry_delays=self.delays, timeout_s=self.args.timeout)
+                 retries=self.args.retries, retry_delays=self.delays, timeout_s=self.args.timeout,
+                 leftover_run_folders_removed=removed)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -395,6 +415,7 @@ class Worker:
         try:
             consumer.run()
         finally:
+            self._stopping = True
             stop.set()
             if self._warm is not None:
                 _kill(self._warm)
@@ -453,7 +474,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--queue", default=env("QUEUE"), required=not env("QUEUE"))
     ap.add_argument("--pacs-url", default=env("PACS_URL", "http://127.0.0.1:8042"))
     ap.add_argument("--credentials", default=env("PACS_CREDENTIALS"), help="file whose first line is user:password")
-    ap.add_argument("--work-dir", default=env("WORKER_DIR", "pacs_worker"))
+    ap.add_argument("--work-dir", default=env("WORKER_DIR", "pacs_worker"),
+                    help="this worker's own folder (run folders left by a killed run are removed at start)")
     ap.add_argument("--log", default=None, help="JSON-lines log (default WORK_DIR/worker.log)")
     ap.add_argument("--name", default=None, help="worker name in logs and leases (default host:pid)")
     ap.add_argument("--runner", default=env("PACS_RUNNER", "warm"), choices=["warm", "venv", "map"])
