@@ -114,7 +114,7 @@ map-run: map-tools
 # sender whitelist, whose plugin only puts stable studies on a durable huey queue (SQLite in PACS_DIR, or
 # QUEUE=redis://HOST:PORT/N); workers run the app (warm: models kept loaded) and store the results through REST.
 # make pacs PACS_DIR=dir HTTP_PORT=p DICOM_PORT=q [STABLE_AGE=s WORKERS=n PACS_RUNNER=warm|venv|map|auto
-#   PACS_TIMEOUT=s PACS_RETRIES=n PACS_RETRY_DELAYS=a,b SENDERS="AET@host ..." QUEUE=url KEEP_WORK=1]
+#   PACS_TIMEOUT=s PACS_RETRIES=n PACS_RETRY_DELAYS=a,b SENDERS="AET@host ..." QUEUE=url KEEP_WORK=1 PACS_REMOTE=1]
 # stop: kill $$(cat dir/pacs.pid)
 PACS_DIR ?= pacs_data
 HTTP_PORT ?= 8042
@@ -131,7 +131,7 @@ pacs: tools deploy-venv
 	$(PYTHON) deploy/pacs/run_pacs.py --dir "$(PACS_DIR)" --http-port $(HTTP_PORT) --dicom-port $(DICOM_PORT) \
 		--stable-age $(STABLE_AGE) --workers $(WORKERS) --runner $(PACS_RUNNER) --timeout $(PACS_TIMEOUT) \
 		--retries $(PACS_RETRIES) --retry-delays "$(PACS_RETRY_DELAYS)" --senders "$(SENDERS)" \
-		--image "$(MAP_IMAGE)" --models "$(MODELS)" $(if $(QUEUE),--queue "$(QUEUE)")
+		--image "$(MAP_IMAGE)" --models "$(MODELS)" $(if $(QUEUE),--queue "$(QUEUE)") $(if $(PACS_REMOTE),--remote-access)
 
 # One more worker, on this or any machine that reaches the PACS's REST port and the queue:
 # make pacs-worker QUEUE=redis://HOST:PORT/N PACS_URL=http://HOST:PORT PACS_CREDENTIALS=file WORKER_DIR=dir [MODELS=dir]

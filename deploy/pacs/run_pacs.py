@@ -69,14 +69,14 @@ def parse_senders(senders: str) -> dict:
 
 
 def orthanc_config(pacs_dir: Path, http_port: int, dicom_port: int, stable_age: int, queue: str, senders: str,
-                   user: str, password: str) -> dict:
+                   user: str, password: str, remote_access: bool = False) -> dict:
     site = next((ROOT / ".venv-deploy" / "lib").glob("python3*/site-packages"), None)
     return {
         "Name": "cxr_monai PACS",
         "HttpPort": http_port,
         "DicomPort": dicom_port,
         "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False,  # REST answers loopback clients only
+        "RemoteAccessAllowed": remote_access,  # default: REST answers loopback clients only
         "AuthenticationEnabled": True,
         "RegisteredUsers": {user: password},
         "DicomCheckCalledAet": True,
@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus", type=float, default=None)
     ap.add_argument("--image", default="localhost/cxr-enhance-classify:0.1.0")
     ap.add_argument("--models", default=str(ROOT / ".deploy_models"))
+    ap.add_argument("--remote-access", action="store_true",
+                    help="REST for other hosts too (workers on other machines; put TLS in front of it)")
     ap.add_argument("--keep-work", action="store_true", default=os.environ.get("KEEP_WORK", "") in ("1", "true"))
     args = ap.parse_args(argv)
 
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg_file = pacs_dir / "orthanc.json"
     try:
         cfg = orthanc_config(pacs_dir, args.http_port, args.dicom_port, args.stable_age, queue, args.senders, user,
-                             password)
+                             password, args.remote_access)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -172,6 +172,13 @@ def _sr_texts(ds) -> list[str]:
     return texts
 
 
+def _no_run_folders(pacs: Pacs) -> None:
+    """No run folder (patient images) left in the local worker's folder once it has finished (the report is stored
+    before the folder is removed: wait a little)."""
+    work = pacs.root / "work" / "local0"
+    pacs.wait_for(lambda: not [p for p in work.iterdir() if p.is_dir()], 60, f"the run folders in {work} to go")
+
+
 def _one_result_each(pacs: Pacs, uids: list[str], kinds: tuple[str, ...] = ("report",)) -> bool:
     """Every study has exactly one report (and one of each of ``kinds``); raises when any has two."""
     for uid in uids:
@@ -267,7 +274,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_study_stored_once(pacs: Pac
     assert any(e["event"] == "reconcile_queued" and e.get("study_uid") == uid for e in pacs.events())
     # the killed run's folder (patient images) was removed by its successor
     assert [e for e in pacs.events() if e["event"] == "started" and e.get("leftover_run_folders_removed")]
-    assert not [p for p in (pacs.root / "work" / "local0").iterdir() if p.is_dir()]
+    _no_run_folders(pacs)
 
 
 def test_many_studies_at_once_all_done_none_twice(pacs: Pacs, tmp_path: Path) -> None:
@@ -291,7 +298,7 @@ def test_many_studies_at_once_all_done_none_twice(pacs: Pacs, tmp_path: Path) ->
                        if ln.startswith("VmHWM")).split()[1])
     print(f"warm app peak RSS after the batch: {peak_kb / 1024**2:.2f} GiB")
     assert peak_kb < 3 * 1024**2
-    assert not [p for p in (pacs.root / "work" / "local0").iterdir() if p.is_dir()]
+    _no_run_folders(pacs)
 
 
 def test_orthanc_killed_mid_run_then_restarted_stores_every_study_once(pacs: Pacs, tmp_path: Path) -> None:
@@ -305,7 +312,7 @@ def test_orthanc_killed_mid_run_then_restarted_stores_every_study_once(pacs: Pac
     pacs.start()  # same PACS_DIR, same ports
     pacs.wait_for(lambda: _one_result_each(pacs, [uid], ("report", "enhanced", "gradcam")), 600,
                   "the study's results after the restart")
-    assert not [p for p in (pacs.root / "work" / "local0").iterdir() if p.is_dir()]
+    _no_run_folders(pacs)
 
 
 def test_app_failure_gives_the_ai_failed_report_after_the_retries(tmp_path: Path) -> None:
@@ -322,7 +329,7 @@ def test_app_failure_gives_the_ai_failed_report_after_the_retries(tmp_path: Path
         texts = _sr_texts(pydicom.dcmread(io.BytesIO(p.get(f"/instances/{res['report'][0]}/file"))))
         assert "AI processing=Not assessed: AI processing failed" in texts, texts
         assert any(t.startswith("Reason not assessed=AI processing failed after 3 tries") for t in texts), texts
-        assert not [d for d in (p.root / "work" / "local0").iterdir() if d.is_dir()]
+        _no_run_folders(p)
     finally:
         p.stop()
 
