@@ -86,7 +86,8 @@ def _run(image: str, tmp: Path, memory: str | None, code: str) -> tuple[subproce
     secret.chmod(0o600)
     cmd = run_map.build_command("podman", image, inp, out, APP, cpus=1, memory=memory, user=(1000, 1000))
     cmd[-1:] = ["--entrypoint", "python3", image, "-c", code]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300), inp, out
+    # cwd: conmon leaves an empty "oom" file in its working folder when the kernel kills the container for memory
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp), inp, out
 
 
 def test_confined_container(probe_image: str, tmp_path: Path) -> None:
