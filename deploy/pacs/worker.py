@@ -320,7 +320,7 @@ class Worker:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                 preexec_fn=_die_with_parent, bufsize=0)
         log.close()
-        ready = _read_line(proc, 300)
+        ready = _read_line(proc, max(300.0, float(self.args.timeout)))  # loading + warm-up: slow on a busy machine
         if not ready or json.loads(ready).get("ready") is not True:
             _kill(proc)
             raise RuntimeError(f"the warm app did not start: {ready!r}; see {self.work / 'warm_app.log'}")

@@ -265,7 +265,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_study_stored_once(pacs: Pac
     (src, uid), = _copies(_phantom(tmp_path, 256), tmp_path / "k", 1)
     assert pacs.store(src).returncode == 0
     pacs.wait_for(lambda: [e for e in pacs.events() if e["event"] == "run_start" and e.get("study_uid") == uid],
-                  120, "the run to start")
+                  600, "the run to start")
     time.sleep(2)
     os.kill(pacs.pid("worker"), signal.SIGKILL)  # its warm app dies with it (PR_SET_PDEATHSIG)
     pacs.wait_for(lambda: _one_result_each(pacs, [uid], ("report", "enhanced", "gradcam")), 600, "the re-run's results")
@@ -305,7 +305,7 @@ def test_orthanc_killed_mid_run_then_restarted_stores_every_study_once(pacs: Pac
     (src, uid), = _copies(_phantom(tmp_path, 256), tmp_path / "o", 1)
     assert pacs.store(src).returncode == 0
     pacs.wait_for(lambda: [e for e in pacs.events() if e["event"] == "run_start" and e.get("study_uid") == uid],
-                  120, "the run to start")
+                  600, "the run to start")
     os.kill(pacs.pid("orthanc"), signal.SIGKILL)
     pacs.proc.wait(timeout=60)  # the supervisor stops its workers and exits
     assert pacs.proc.returncode != 0
