@@ -354,7 +354,7 @@ def test_two_workers_on_one_redis_share_a_batch(tmp_path: Path) -> None:
                 stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"w{i}.err", "w"), start_new_session=True))
         for i in (1, 2):  # both warm before the batch arrives
             w = tmp_path / f"w{i}" / "worker.log"
-            p.wait_for(lambda: w.exists() and "warm_app_ready" in w.read_text(), 300, f"worker {i}")
+            p.wait_for(lambda: w.exists() and "warm_app_ready" in w.read_text(), 900, f"worker {i}")
         studies = _copies(_phantom(tmp_path, 128), tmp_path / "batch", 8)
         assert p.store(*[f for f, _ in studies]).returncode == 0
         uids = [u for _, u in studies]
