@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=str(ROOT / ".deploy_models"))
     ap.add_argument("--sr-items", type=int, default=10)
     ap.add_argument("--crop", type=int, default=1024)
+    ap.add_argument("--cls-items", type=int, default=0, help="classify only the first N site-sample images (0: all)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bf16_check.json"))
     args = ap.parse_args(argv)
 
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     files = [(p, int(p.parent.name == "PNEUMONIA")) for p in sorted((DATA / "kermany_site_sample").glob("*/*"))
              if p.is_file()]
+    if args.cls_items:  # both classes: every k-th file of the sorted list
+        files = files[:: max(1, len(files) // args.cls_items)][: args.cls_items]
     p32, p16, y, t32s, t16s = [], [], [], 0.0, 0.0
     for f, label in files:
         img = load_cxr(f)[0]
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                platform.processor())
     result = {
         "command": ".venv-deploy/bin/python -m benchmarks.bf16_check "
-                   f"--sr-items {args.sr_items} --crop {args.crop}",
+                   f"--sr-items {args.sr_items} --crop {args.crop} --cls-items {args.cls_items}",
         "cpu": cpu, "amx_bf16": cpu_has_bf16_units(), "threads": threads, "torch": torch.__version__,
         "sr": {"model": f"{sr_info.get('model_name')} {sr_info.get('version')}", "images": len(sr_rows),
                "mean_psnr_fp32": round(float(np.mean([r["psnr_fp32"] for r in sr_rows])), 3),
