@@ -18,7 +18,7 @@ SR_BUNDLE := bundles/cxr_sr_csaegan
 # with the data present a skip means something broke. A clone without the data keeps skip-with-a-reason.
 export CXR_FAIL_ON_SKIP ?= 1
 
-.PHONY: venv deploy-venv test test-core test-deploy test-floors demo bundle-demo deploy-models map map-tools map-run pacs bench clean tools
+.PHONY: venv deploy-venv test test-core test-deploy test-floors demo bundle-demo deploy-models map map-tools map-run pacs pacs-worker pacs-status bench clean tools
 
 venv: $(STAMP)
 
@@ -37,16 +37,16 @@ $(DSTAMP): pyproject.toml
 	test -x $(DPY) || $(PYTHON) -m venv $(DEPLOY_VENV)
 	$(DPY) -m pip install --quiet --upgrade pip
 	$(DPY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(DPY) -m pip install --quiet -e '.[deploy,dev]'
+	$(DPY) -m pip install --quiet -e '.[deploy,dev,pacs]'
 	touch $(DSTAMP)
 
 # Debian tools the tests use for real: dciodvfy (dicom3tools) validates the DICOM we write, Orthanc is the
 # PACS the deploy tests store into, dcmtk is an independent DICOM client, chromium (headless) opens OHIF on the
 # app's outputs (tests/label/test_ohif.py). A failed install fails the target.
-APT_PKGS := dicom3tools orthanc orthanc-dicomweb orthanc-python dcmtk chromium
+APT_PKGS := dicom3tools orthanc orthanc-dicomweb orthanc-python dcmtk chromium redis-server
 tools:
 	@if command -v dciodvfy >/dev/null 2>&1 && command -v Orthanc >/dev/null 2>&1 && command -v storescu >/dev/null 2>&1 \
-		&& command -v chromium >/dev/null 2>&1 \
+		&& command -v chromium >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 \
 		&& [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && [ -f /usr/share/orthanc/plugins/libOrthancPython.so ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null 2>&1 || \
@@ -113,20 +113,43 @@ map-run: map-tools
 	@test -n "$(INPUT)" || { echo "usage: make map-run INPUT=dir OUTPUT=dir [CPUS=n]" >&2; exit 2; }
 	$(PYTHON) deploy/packaging/run_map.py --image "$(MAP_IMAGE)" --input "$(INPUT)" --output "$(OUTPUT)" $(if $(CPUS),--cpus "$(CPUS)")
 
-# PACS loop: Orthanc on 127.0.0.1 (AE ORTHANC, DICOMweb) whose Python plugin (deploy/pacs/ai_router.py) runs the app
-# (the MAP image when it exists, else .venv-deploy) on every stable study's CR/DX images and stores the results back.
-# make pacs PACS_DIR=dir HTTP_PORT=p DICOM_PORT=q [STABLE_AGE=s PACS_RUNNER=auto|map|venv PACS_TIMEOUT=s]; stop: kill $$(cat dir/orthanc.pid)
+# PACS loop (deploy/pacs, README "PACS"): Orthanc on 127.0.0.1 with authentication (PACS_DIR/credentials) and a
+# sender whitelist, whose plugin only puts stable studies on a durable huey queue (SQLite in PACS_DIR, or
+# QUEUE=redis://HOST:PORT/N); workers run the app (warm: models kept loaded) and store the results through REST.
+# make pacs PACS_DIR=dir HTTP_PORT=p DICOM_PORT=q [STABLE_AGE=s WORKERS=n PACS_RUNNER=warm|venv|map|auto
+#   PACS_TIMEOUT=s PACS_RETRIES=n PACS_RETRY_DELAYS=a,b SENDERS="AET@host ..." QUEUE=url KEEP_WORK=1 PACS_REMOTE=1]
+# stop: kill $$(cat dir/pacs.pid)
 PACS_DIR ?= pacs_data
 HTTP_PORT ?= 8042
 DICOM_PORT ?= 4242
 STABLE_AGE ?= 5
-PACS_RUNNER ?= auto
+WORKERS ?= 1
+PACS_RUNNER ?= warm
 PACS_TIMEOUT ?= 600
-pacs: tools
-	@[ -f /usr/share/orthanc/plugins/libOrthancPython.so ] || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc-python; } \
-		|| { echo "install the Debian package orthanc-python (needs root and apt-get)" >&2; exit 1; }
+PACS_RETRIES ?= 2
+PACS_RETRY_DELAYS ?= 10,60
+SENDERS ?= STORESCU@127.0.0.1
+QUEUE ?=
+pacs: tools deploy-venv
 	$(PYTHON) deploy/pacs/run_pacs.py --dir "$(PACS_DIR)" --http-port $(HTTP_PORT) --dicom-port $(DICOM_PORT) \
-		--stable-age $(STABLE_AGE) --runner $(PACS_RUNNER) --timeout $(PACS_TIMEOUT) --image "$(MAP_IMAGE)" --models "$(MODELS)"
+		--stable-age $(STABLE_AGE) --workers $(WORKERS) --runner $(PACS_RUNNER) --timeout $(PACS_TIMEOUT) \
+		--retries $(PACS_RETRIES) --retry-delays "$(PACS_RETRY_DELAYS)" --senders "$(SENDERS)" \
+		--image "$(MAP_IMAGE)" --models "$(MODELS)" $(if $(QUEUE),--queue "$(QUEUE)") $(if $(PACS_REMOTE),--remote-access)
+
+# One more worker, on this or any machine that reaches the PACS's REST port and the queue:
+# make pacs-worker QUEUE=redis://HOST:PORT/N PACS_URL=http://HOST:PORT PACS_CREDENTIALS=file WORKER_DIR=dir [MODELS=dir]
+PACS_URL ?= http://127.0.0.1:$(HTTP_PORT)
+PACS_CREDENTIALS ?= $(PACS_DIR)/credentials
+WORKER_DIR ?= pacs_worker
+pacs-worker: deploy-venv
+	@test -n "$(QUEUE)" || { echo "usage: make pacs-worker QUEUE=redis://HOST:PORT/N PACS_URL=... PACS_CREDENTIALS=file WORKER_DIR=dir" >&2; exit 2; }
+	$(DPY) deploy/pacs/worker.py --queue "$(QUEUE)" --pacs-url "$(PACS_URL)" --credentials "$(PACS_CREDENTIALS)" \
+		--work-dir "$(WORKER_DIR)" --models "$(MODELS)" --runner $(PACS_RUNNER) --timeout $(PACS_TIMEOUT) \
+		--retries $(PACS_RETRIES) --retry-delays "$(PACS_RETRY_DELAYS)" --image "$(MAP_IMAGE)"
+
+# Queued, retry-scheduled, running, done and failed counts of the queue (PACS_DIR's SQLite, or QUEUE=url).
+pacs-status: deploy-venv
+	$(DPY) deploy/pacs/pacs_queue.py --queue "$(if $(QUEUE),$(QUEUE),sqlite:///$(abspath $(PACS_DIR))/queue.db)"
 
 # One benchmark run on this machine (SR and classifier runtimes side by side, GEMM reference): benchmarks/results/
 BENCH_OUT ?= benchmarks/results

@@ -44,7 +44,8 @@ def calibration_line(calibration: Mapping[str, Any] | None) -> str:
 
 
 def finding_lines(result: Mapping[str, Any] | None, model_info: Mapping[str, Any], *,
-                  scope_reason: str | None = None, cam_class: str | None = None) -> list[str]:
+                  scope_reason: str | None = None, cam_class: str | None = None,
+                  failure_reason: str | None = None) -> list[str]:
     """The burned-in text of one image, one string per line.
 
     Args:
@@ -53,8 +54,11 @@ def finding_lines(result: Mapping[str, Any] | None, model_info: Mapping[str, Any
         model_info: the classifier's ``model_name`` and ``version``.
         scope_reason: why the image is outside the intended population (``None``: in scope, assessed).
         cam_class: the class the Grad-CAM colours show (for the overlay), or ``None``.
+        failure_reason: why the AI processing failed (the image was not assessed), or ``None``.
     """
     model = f"Model: {model_info.get('model_name', 'cxr_pneumonia_classifier')} {model_info.get('version', 'unknown')}"
+    if failure_reason is not None:
+        return [DISCLAIMER, "Pneumonia: NOT ASSESSED - AI processing failed", f"Reason: {failure_reason}", model]
     if scope_reason is not None:
         return [DISCLAIMER, "Pneumonia: NOT ASSESSED",
                 f"Scope: outside the intended population - {scope_reason}",

@@ -16,7 +16,10 @@ scaled value goes to NominalScannedPixelSpacing (0018,2010: spacing on the captu
 PixelSpacing is left out. Never the detector spacing relabelled as PixelSpacing.
 
 UIDs are generated under :data:`UID_ROOT` (environment ``CXR_MONAI_UID_ROOT``; default pydicom's
-root ``1.2.826.0.1.3680043.8.498.``): a site replaces it with its own organisation root.
+root ``1.2.826.0.1.3680043.8.498.``): a site replaces it with its own organisation root. An output object's
+SOPInstanceUID is derived from its source's SOPInstanceUID and its series number (:func:`derived_uid`), and an output
+series' UID from the StudyInstanceUID and the output kind: running the app twice on the same image gives the same
+objects, so a PACS that stores both runs keeps one result per source image (the PACS loop relies on it).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ __all__ = [
     "UID_ROOT",
     "MANUFACTURER",
     "new_uid",
+    "derived_uid",
+    "result_uid",
+    "ai_failed_report",
     "enhanced_image_sc",
     "overlay_sc",
     "summary_sc",
@@ -63,12 +69,24 @@ OUT_OF_SCOPE_NOT_ASSESSED = Code("OUT-OF-SCOPE", _SCHEME, "Outside the intended 
 SCOPE_REASON = Code("SCOPE-REASON", _SCHEME, "Reason not assessed")
 INTENDED_USE_TEXT = Code("INTENDED-USE", _SCHEME, "Intended use")
 CALIBRATION_TEXT = Code("PNEU-CAL", _SCHEME, "Calibration in force")
+AI_PROCESSING = Code("AI-PROCESSING", _SCHEME, "AI processing")
+AI_FAILED_NOT_ASSESSED = Code("AI-FAILED", _SCHEME, "Not assessed: AI processing failed")
 NOT_FOR_DIAGNOSIS = "NOT FOR PRIMARY DIAGNOSIS"
 
 
 def new_uid() -> str:
     """A new UID under :data:`UID_ROOT`."""
     return generate_uid(prefix=UID_ROOT)
+
+
+def derived_uid(*parts: str) -> str:
+    """A UID under :data:`UID_ROOT` that is a function of ``parts`` (a hash): the same parts, the same UID."""
+    return generate_uid(prefix=UID_ROOT, entropy_srcs=[UID_ROOT, *map(str, parts)])
+
+
+def result_uid(source_sop_uid: str, series_number: int) -> str:
+    """The SOPInstanceUID of the output of series ``series_number`` (the output kind) made from a source image."""
+    return derived_uid(source_sop_uid, int(series_number))
 
 
 def header_copy(source: Dataset) -> Dataset:
@@ -118,7 +136,7 @@ def _sc(source: Dataset, pixels: np.ndarray, photometric: str, bits: int, series
         coordinate_system="PATIENT",
         series_instance_uid=series_uid,
         series_number=int(series_number),
-        sop_instance_uid=new_uid(),
+        sop_instance_uid=result_uid(source.SOPInstanceUID, series_number),
         instance_number=int(instance_number),
         manufacturer=MANUFACTURER,
         pixel_spacing=pixel_spacing,
@@ -294,6 +312,36 @@ def pneumonia_report(source: Dataset, result: Mapping[str, Any], model_info: Map
                    series_number, instance_number)
 
 
+def ai_failed_report(source: Dataset, reason: str, model_info: Mapping[str, Any], *, series_uid: str,
+                     series_number: int, instance_number: int = 1) -> hd.sr.ComprehensiveSR:
+    """The report of an image the AI did not assess because its processing failed (the app failed or timed out
+    after every retry, or could not read the image): no finding, no probability; the coded "not assessed: AI
+    processing failed" and the reason as text. Same SOPInstanceUID as the finding report would have had, so an
+    image has one report whatever happened.
+
+    Args:
+        source: the source SOP instance (header is enough).
+        reason: why (one sentence, no patient data).
+        model_info: the classifier's ``model_name`` and ``version``.
+        series_uid, series_number, instance_number: as :func:`pneumonia_report`.
+    """
+    from cxr_monai.scope import INTENDED_USE
+
+    source = header_copy(source)
+    name = str(model_info.get("model_name", "cxr_pneumonia_classifier"))
+    version = str(model_info.get("version", "unknown"))
+    algorithm = hd.sr.AlgorithmIdentification(name=name, version=version, manufacturer=MANUFACTURER)
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=new_uid(), name=name, manufacturer_name=MANUFACTURER, model_name=f"{name} {version}"),
+    )
+    return _report(source, (), algorithm, observer, [],
+                   [hd.sr.QualitativeEvaluation(name=AI_PROCESSING, value=AI_FAILED_NOT_ASSESSED)],
+                   [(SCOPE_REASON, str(reason)), (INTENDED_USE_TEXT, INTENDED_USE)], series_uid, series_number,
+                   instance_number)
+
+
 def _report(source: Dataset, evidence: Sequence[Dataset], algorithm, observer, measurements: list,
             evaluations: list, texts: Sequence[tuple[Code, str]], series_uid: str, series_number: int,
             instance_number: int) -> hd.sr.ComprehensiveSR:
@@ -319,7 +367,7 @@ def _report(source: Dataset, evidence: Sequence[Dataset], algorithm, observer, m
         content=report,
         series_instance_uid=series_uid,
         series_number=int(series_number),
-        sop_instance_uid=new_uid(),
+        sop_instance_uid=result_uid(source.SOPInstanceUID, series_number),
         instance_number=int(instance_number),
         manufacturer=MANUFACTURER,
         is_complete=True,

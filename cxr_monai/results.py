@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SERIES_NUMBERS", "write_study_results"]
+__all__ = ["SERIES_NUMBERS", "write_study_results", "write_not_assessed", "report_uid"]
 
 logger = logging.getLogger("cxr_monai.results")
 
@@ -43,6 +43,56 @@ def _png_bytes(rgb) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
     return buf.getvalue()
+
+
+def output_series_uid(study_uid: str, kind: str) -> str:
+    """The UID of a study's output series of ``kind`` (a key of :data:`SERIES_NUMBERS`): a function of the two, so
+    every run on the study's images adds to the same series."""
+    from cxr_monai.dicom_out import derived_uid
+
+    return derived_uid(study_uid, kind)
+
+
+def report_uid(source_sop_uid: str) -> str:
+    """The SOPInstanceUID of the report (finding, out of scope, or AI failed) of a source image: whether a PACS
+    holds it says whether that image has its result."""
+    from cxr_monai.dicom_out import result_uid
+
+    return result_uid(source_sop_uid, SERIES_NUMBERS["report"])
+
+
+def write_not_assessed(source, reason: str, output_folder: str | Path, *, image=None,
+                       model_info: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The outputs of an image the AI did not assess because its processing failed: the coded "not assessed: AI
+    processing failed" report with ``reason`` (:func:`cxr_monai.dicom_out.ai_failed_report`) and a summary SC with
+    the same burned in above the image (``image``: ``(1, H, W)`` in ``[0, 1]``; ``None`` when it cannot be read:
+    a grey field instead). Written under ``output_folder/<StudyInstanceUID>/``; returns {kind: path}, the report
+    last (the PACS loop stores in that order: the report's presence means the result is complete).
+
+    Args:
+        source: the source SOP instance (pydicom Dataset; its header is enough).
+        reason: why, one sentence without patient data.
+        output_folder: where to write.
+        image: the source's pixels as the app reads them, or ``None``.
+        model_info: the classifier's ``model_name`` and ``version`` (default: unknown).
+    """
+    import numpy as np
+
+    from cxr_monai import dicom_out as D
+    from cxr_monai.burn_in import burn_in, finding_lines
+
+    info = dict(model_info or {"model_name": "cxr_pneumonia_classifier", "version": "unknown"})
+    study = str(source.StudyInstanceUID)
+    folder = Path(output_folder) / study
+    pixels = np.full((1, 512, 512), 0.5, dtype=np.float32) if image is None else image
+    text = burn_in(pixels, finding_lines(None, info, failure_reason=reason), max_width=1024)
+    card = D.summary_sc(source, text, info, title="AI pneumonia: not assessed (AI failed)",
+                        series_uid=output_series_uid(study, "summary"), series_number=SERIES_NUMBERS["summary"])
+    out = {"summary": str(D.write_dataset(card, folder / "summary" / f"{card.SOPInstanceUID}.dcm"))}
+    report = D.ai_failed_report(source, reason, info, series_uid=output_series_uid(study, "report"),
+                                series_number=SERIES_NUMBERS["report"])
+    out["report"] = str(D.write_dataset(report, folder / "report" / f"{report.SOPInstanceUID}.dcm"))
+    return out
 
 
 def write_study_results(records: Sequence[dict[str, Any]], output_folder: str | Path, *,
@@ -65,7 +115,7 @@ def write_study_results(records: Sequence[dict[str, Any]], output_folder: str | 
     def series(study: str, kind: str) -> tuple[str, int]:
         key = (study, kind)
         if key not in series_uids:
-            series_uids[key] = D.new_uid()
+            series_uids[key] = output_series_uid(study, kind)
         counters[key] = counters.get(key, 0) + 1
         return series_uids[key], counters[key]
 

@@ -212,8 +212,16 @@ class _ModelOperator(Operator):
     @property
     def model(self):
         if self._model is None:
-            self._model = self.load_model()
+            key = (type(self).__name__, str(self.model_file), self.model_file.stat().st_mtime_ns, self.device)
+            if key not in _MODEL_CACHE:
+                _MODEL_CACHE[key] = self.load_model()
+            self._model = _MODEL_CACHE[key]
         return self._model
+
+
+_MODEL_CACHE: dict[tuple, object] = {}
+"""Loaded models by (operator, file, modification time, device): a process that runs the app many times (the PACS
+worker's warm app, ``deploy/pacs/warm_app.py``) loads each model once."""
 
 
 class ScopeGateOperator(_ModelOperator):
