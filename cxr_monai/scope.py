@@ -52,8 +52,9 @@ __all__ = [
 ]
 
 INTENDED_USE = ("Intended use: frontal (PA/AP) chest radiographs of children (the training population: "
-                "Kermany paediatric cohort, ages about 1-5 years). Adults, non-chest and lateral radiographs, "
-                "CT/MR/ultrasound slices, photographs and documents are out of scope and are not assessed.")
+                "Kermany paediatric cohort, ages about 1-5 years), framed like the training films (the whole chest "
+                "in view, upright). Adults, non-chest and lateral radiographs, CT/MR/ultrasound slices, photographs "
+                "and documents are out of scope and are not assessed.")
 """The sentence every output that carries a finding repeats."""
 
 MAX_AGE_YEARS = 10.0
