@@ -26,6 +26,7 @@ from typing import Any
 
 from cxr_monai.commissioning.site import CommissioningError
 from cxr_monai.data.splits import kermany_patient_id
+from cxr_monai.data.datasets import _has_dicom_magic
 
 __all__ = [
     "PATIENTS_CSV",
@@ -92,14 +93,7 @@ class Patients:
 def _is_dicom(path: Path) -> bool:
     if path.suffix.lower() in (".dcm", ".dicom"):
         return True
-    if path.suffix:
-        return False
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
+    return not path.suffix and _has_dicom_magic(path)
 
 
 def dicom_patient_id(path: str | os.PathLike) -> str | None:

@@ -3,7 +3,6 @@ checked against the weights and the intended-population gate in use, and how out
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -14,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from cxr_monai.utils import file_sha256
 
 __all__ = [
     "SITE_FILE",
@@ -135,13 +136,8 @@ class SiteCalibration:
 # ------------------------------------------------------------------------------------------------ model identity
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256_file = file_sha256
+"""Hex sha256 of a file (:func:`cxr_monai.utils.file_sha256`)."""
 
 
 def model_identity(bundle_root: str | os.PathLike, weights_name: str = "model.pt") -> dict[str, Any]:
