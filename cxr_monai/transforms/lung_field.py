@@ -33,6 +33,7 @@ __all__ = [
     "lung_net_input",
     "load_lung_field",
     "lung_field_of",
+    "place_lung_field",
     "LungField",
     "LungFieldCrop",
     "LungFieldCropd",
@@ -213,6 +214,22 @@ def lung_field_of(models_dir: str | os.PathLike, calibration_name: str = "calibr
         raise ValueError(f"{path} (sha256 {have[:12]}) is not the lung-field network {want[:12]} that "
                          f"{root / calibration_name} was trained through")
     return str(path)
+
+
+def place_lung_field(lung_field_file: str | os.PathLike | None, models_dir: str | os.PathLike,
+                     file_name: str = "lung_field.ts") -> str | None:
+    """Copy the lung-field network a classifier was trained through into its models folder (``ensemble.json``
+    writes a classifier there whose calibration names it: :func:`lung_field_of` finds it beside the weights).
+    Returns the path in ``models_dir`` (``None`` when there is no lung-field network)."""
+    import shutil
+
+    if not lung_field_file:
+        return None
+    target = Path(models_dir) / file_name
+    if Path(lung_field_file).resolve() != target.resolve():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(lung_field_file, target)
+    return str(target)
 
 
 def _as_lung_field(lung_field: LungField | str | os.PathLike) -> LungField:
