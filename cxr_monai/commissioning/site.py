@@ -105,9 +105,8 @@ class SiteCalibration:
 
     def probabilities(self, logodds: Sequence[float] | np.ndarray) -> np.ndarray:
         """Site probabilities of PNEUMONIA from the ensemble's log-odds."""
-        from cxr_monai.commissioning.fit import sigmoid  # fit imports this module's errors
 
-        return sigmoid(self.a * np.asarray(logodds, dtype=np.float64) + self.b)
+        return 0.5 * (1.0 + np.tanh(0.5 * (self.a * np.asarray(logodds, dtype=np.float64) + self.b)))  # sigmoid
 
     def summary(self) -> dict[str, Any]:
         """What outputs record as the calibration in force (``source`` ``"site"``)."""
