@@ -173,7 +173,7 @@ def test_degradation_matches_reference_on_real_cxr() -> None:
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_constant_image_stays_constant(scale: int) -> None:
-    """No dark borders: reflect padding keeps a flat image flat (the zero-padding trap of ANCHORS.md)."""
+    """No dark borders: reflect padding keeps a flat image flat (the zero-padding trap: a fake SR gain)."""
     img = torch.full((1, 96, 84), 0.6)
     lr = SimulateLowResolution(sigma=1.5, scale=scale)(img)
     assert torch.allclose(lr, torch.full_like(lr, 0.6), atol=1e-6)

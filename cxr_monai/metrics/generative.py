@@ -8,7 +8,7 @@ size and applies the classifier's intensity normalisation, so generated and real
 embedded in the same way. Numbers from different extractors are not comparable with each other or with
 Inception-FID values in the literature.
 
-SSIM convention (ANCHORS.md): data range 1, 11x11 Gaussian window, sigma 1.5, k1 0.01, k2 0.03, valid
+SSIM convention (the README's SR results): data range 1, 11x11 Gaussian window, sigma 1.5, k1 0.01, k2 0.03, valid
 filtering (no border padding), mean over the map.
 """
 

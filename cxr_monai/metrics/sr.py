@@ -1,6 +1,6 @@
 """Super-resolution metrics and the hallucination guard.
 
-Convention (ANCHORS.md): images in [0, 1] (data range 1); PSNR and SSIM (MONAI ``PSNRMetric`` /
+Convention (the README's SR results): images in [0, 1] (data range 1); PSNR and SSIM (MONAI ``PSNRMetric`` /
 ``SSIMMetric``: 11x11 Gaussian window, sigma 1.5, k1 0.01, k2 0.03) on the HR grid after excluding a border of
 ``scale`` pixels. The degradation used for the consistency check is the project's: Gaussian blur (sigma in HR
 pixels, reflect padding) then bicubic downsampling with antialiasing (``align_corners=False``).

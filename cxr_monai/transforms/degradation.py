@@ -1,6 +1,6 @@
 """Degradation models for chest radiographs: optical blur + bicubic downsampling, and low-dose noise.
 
-Every number in the project's SR work uses one degradation convention (``ANCHORS.md``):
+Every number in the project's SR work uses one degradation convention (stated in the README, "Super-resolution x4"):
 
 1. Gaussian blur (the optical point-spread function), ``sigma`` in HR pixels, separable, kernel radius
    ``ceil(truncate * sigma)`` (``truncate=4`` by default), **reflect** padding at the image border
@@ -847,7 +847,7 @@ class PairedDegradationd(RandomizableTransform, MapTransform):
 
     Steps: (1) optionally crop a random HR patch of ``patch_size`` (uniform position; the whole image,
     mod-cropped to the scale, when ``patch_size`` is None); (2) degrade the patch with
-    :func:`simulate_low_resolution` (reflect-padded blur + antialiased bicubic, ANCHORS.md convention);
+    :func:`simulate_low_resolution` (reflect-padded blur + antialiased bicubic, the README's SR convention);
     (3) optionally add low-dose noise to the LR image (:class:`LowDoseNoise`), clamped to [0, 1].
     Degrading the returned ``hr`` with the drawn sigma and scale gives the returned ``lr`` exactly (before noise).
 
