@@ -64,13 +64,19 @@ def open_queue(url: str) -> tuple[Huey, Any]:
     return huey, process_study
 
 
-def queued_study_ids(huey: Huey) -> set[str]:
-    """Orthanc study ids with a pending or scheduled (retry) job."""
-    ids = set()
+def queued_attempts(huey: Huey) -> dict[str, int]:
+    """Orthanc study id -> the highest attempt number among its pending or scheduled (retry) jobs."""
+    out: dict[str, int] = {}
     for task in [*huey.pending(), *huey.scheduled()]:
         if getattr(task, "name", "").endswith("process_study") and task.args:
-            ids.add(str(task.args[0]))
-    return ids
+            attempt = int(task.args[1]) if len(task.args) > 1 else 0
+            out[str(task.args[0])] = max(attempt, out.get(str(task.args[0]), -1))
+    return out
+
+
+def queued_study_ids(huey: Huey) -> set[str]:
+    """Orthanc study ids with a pending or scheduled (retry) job."""
+    return set(queued_attempts(huey))
 
 
 class Leases:

@@ -172,6 +172,12 @@ class Worker:
 
     def _handle(self, study_id: str, attempt: int) -> None:
         t0 = time.time()
+        # One chain of attempts per study: when another job of this study waits with an attempt as high (the plugin's
+        # and the reconcile's enqueue can race while a job is between the queue and its lease), that one runs it.
+        waiting = pacs_queue.queued_attempts(self.huey).get(study_id)
+        if waiting is not None and waiting >= attempt:
+            self.log("duplicate_job", study_id=study_id, attempt=attempt, waiting_attempt=waiting)
+            return
         try:
             study_uid, sources = self.sources(study_id)
         except urllib.error.HTTPError as err:
