@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -47,6 +49,14 @@ CXR_FILE_EXT = ["*.png", "*.jpg", "*.jpeg", "*.dcm", "*.dicom", "*.tif", "*.tiff
 """Local datastore extensions when ``MONAI_LABEL_DATASTORE_FILE_EXT`` is not set (MONAI Label's default list
 leaves out ``.dcm`` and ``.jpeg``)."""
 
+
+def _is_upload(path: str) -> bool:
+    """Whether ``path`` is the temporary file MONAI Label's ``/infer`` endpoint wrote for an uploaded file (a
+    ``tmp*`` file directly in the temp folder). Any other string is an image id of the configured study source,
+    never a path elsewhere on the server (a request naming ``/etc/passwd`` or another patient's folder gets 404)."""
+    p = Path(path)
+    return (p.is_absolute() and p.name.startswith("tmp") and p.is_file()
+            and p.parent.resolve() == Path(tempfile.gettempdir()).resolve())
 
 class AsStoredDICOMwebClient(DICOMwebClientX):
     """MONAI Label's DICOMweb client, retrieving series in the transfer syntax the PACS stores them in.
@@ -163,7 +173,7 @@ class CXRMonaiApp(MONAILabelApp):
             if not image:
                 raise HTTPException(422, "no image id given (?image=ID) and no file uploaded")
             request["image_id"] = image
-            if not os.path.exists(image):  # an uploaded file is already a local path
+            if not (_is_upload(image) or request.get("session")):  # an id names an image of the study source only
                 request["image"] = self._resolve_image(image, datastore or self.datastore())
         try:
             return super().infer(request, datastore)

@@ -451,6 +451,15 @@ def test_folder_unknown_task_is_404(folder_server) -> None:
     status, _, body = folder_server.infer("segmentation_spleen", "phantom512")
     assert status == 404 and "cxr_pneumonia" in json.loads(body)["detail"]
 
+@needs_shared
+def test_folder_image_id_never_names_a_path_elsewhere_on_the_server(folder_server) -> None:
+    """An ``image`` id must name an image of the configured study source: a readable file elsewhere on the server
+    (here a shared chest CR, and this very test file) is not found, not read."""
+    for path in (SHARED_DATA / "dicom" / "cr_chest_pa_mono2_jpeg.dcm", Path(__file__)):
+        assert path.is_file()
+        status, _, body = folder_server.infer("cxr_pneumonia", str(path))
+        assert status == 404 and "not found" in json.loads(body)["detail"], body
+
 
 def test_folder_eight_concurrent_requests_get_their_own_answers(folder_server, inputs, reference) -> None:
     jobs = [("cxr_pneumonia", "phantom512"), ("cxr_pneumonia", "phantom256_png"), ("cxr_sr", "phantom256"),
@@ -566,3 +575,4 @@ def test_servers_stop_by_pid(folder_server, dicomweb_server, orthanc) -> None:
             http("GET", server.url + "/info/", timeout=5)
     orthanc.stop()
     assert orthanc.proc.poll() is not None
+
