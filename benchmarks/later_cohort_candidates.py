@@ -50,13 +50,9 @@ RULES[5] = {**RULES[2], "preference": ["E", "N"]}  # round 2's rule; framing mem
 
 
 def load_candidate(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:
-    from cxr_monai.networks import classifier_ensemble
-    from cxr_monai.utils import bare_state_dict, read_json
+    from cxr_monai.studies.framing import load_ensemble
 
-    cal = read_json(Path(models_dir) / "calibration.json")
-    net = classifier_ensemble(cal.get("network_preset", "slim"), len(cal["members"]), int(cal.get("input_blur", 0)))
-    net.load_state_dict(bare_state_dict(torch.load(Path(models_dir) / "model.pt", map_location="cpu", weights_only=True)))
-    return net.eval(), cal
+    return load_ensemble(models_dir)
 
 
 def extract_member(models_dir: str | Path, index: int, out_dir: str | Path) -> Path:

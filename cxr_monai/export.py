@@ -20,7 +20,6 @@ paths are arguments: nothing here knows where the repository keeps its bundles.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cxr_monai.utils import META_FILE, DeployModelError
+from cxr_monai.utils import META_FILE, DeployModelError, file_sha256
 from cxr_monai.utils import load_torchscript_with_meta as load_deploy_model
 from cxr_monai.utils import save_torchscript_with_meta as _save_atomic
 
@@ -103,14 +102,6 @@ class CalibratedClassifier(nn.Module):
         return torch.softmax(self.cam_head(self.cam_features(x)), dim=1)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _bundle_meta(bundle_root: Path) -> dict[str, Any]:
     meta_file = bundle_root / "configs" / "metadata.json"
     if not meta_file.is_file():
@@ -170,7 +161,7 @@ def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLik
         "output": ("calibrated probabilities (N, 2): softmax(site_a * logits / temperature + [0, site_b]); "
                    "site_a = 1, site_b = 0 unless a site calibration is in force (calibration.source)"),
         "gradcam": {"features": "cam_features", "head": "cam_head"},
-        "weights_sha256": _sha256(root / "models" / "model.pt"),
+        "weights_sha256": file_sha256(root / "models" / "model.pt"),
         "monai_version": meta.get("monai_version"),
         "pytorch_version": torch.__version__,
     }
@@ -205,7 +196,7 @@ def export_sr(bundle_root: str | os.PathLike, out_file: str | os.PathLike, tile_
         "tile_overlap": float(tile_overlap),
         "preprocessing": "cxr_monai.transforms.sr_preprocessing",
         "output": f"(N, 1, {scale}H, {scale}W) in [0, 1] after clamping",
-        "weights_sha256": _sha256(root / "models" / "model.pt"),
+        "weights_sha256": file_sha256(root / "models" / "model.pt"),
         "monai_version": meta.get("monai_version"),
         "pytorch_version": torch.__version__,
     }
@@ -224,7 +215,7 @@ def export_scope_gate(bundle_root: str | os.PathLike, out_file: str | os.PathLik
     gate = load_scope_gate(src)
     meta = _bundle_meta(root)
     info = {**gate.info, "format_version": FORMAT_VERSION, "bundle": meta.get("name", "cxr_pneumonia_classifier"),
-            "bundle_version": meta["version"], "weights_sha256": _sha256(src)}
+            "bundle_version": meta["version"], "weights_sha256": file_sha256(src)}
     return save_scope_gate(gate.module, info, out_file)
 
 
@@ -242,7 +233,7 @@ def export_lung_field(bundle_root: str | os.PathLike, out_file: str | os.PathLik
     module, info = load_torchscript_with_meta(src, kind=LUNG_FIELD_KIND)
     meta = _bundle_meta(root)
     info = {**info, "format_version": FORMAT_VERSION, "bundle": meta.get("name", "cxr_pneumonia_classifier"),
-            "bundle_version": meta["version"], "source_sha256": _sha256(src)}
+            "bundle_version": meta["version"], "source_sha256": file_sha256(src)}
     return _save_atomic(module, info, Path(out_file))
 
 

@@ -29,7 +29,8 @@ from tqdm import tqdm
 from cxr_monai.data import class_folder_datalist, training_split
 from cxr_monai.io import load_cxr
 from cxr_monai.networks.lung import LUNG_INPUT_SIZE, lung_field_net
-from cxr_monai.transforms.lung_field import LUNG_FIELD_KIND, LungField, lung_box, lung_net_input
+from cxr_monai.transforms.lung_field import (LUNG_FIELD_KIND, LungField, lung_box, lung_net_input,
+                                             percentile_normalise_batch)
 from cxr_monai.utils import save_torchscript_with_meta
 
 logger = logging.getLogger(__name__)
@@ -69,13 +70,6 @@ def load_lung_pairs(items: Sequence[dict], size: int = LUNG_INPUT_SIZE, desc: st
     return xs, ys
 
 
-def _renormalise(x: torch.Tensor) -> torch.Tensor:
-    flat = x.flatten(1)
-    lo = torch.quantile(flat, 0.01, dim=1).view(-1, 1, 1, 1)
-    hi = torch.quantile(flat, 0.99, dim=1).view(-1, 1, 1, 1)
-    return ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
-
-
 def augment_pairs(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Random framing (scale 0.5-1.25 of the field of view, shift up to 0.15, rotation up to 12 degrees,
     border zeros or edge), gamma 0.7-1.4, contrast and noise; the mask follows the geometry."""
@@ -96,7 +90,7 @@ def augment_pairs(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) 
     xa = xa.clamp(0, 1) ** gamma
     xa = xa * u(0.8, 1.2).view(-1, 1, 1, 1) + u(-0.1, 0.1).view(-1, 1, 1, 1)
     xa = xa + u(0, 0.04).view(-1, 1, 1, 1) * torch.randn(xa.shape, generator=generator)
-    return _renormalise(xa), ya
+    return percentile_normalise_batch(xa), ya
 
 
 def central_crop(x: torch.Tensor, fraction: float) -> torch.Tensor:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxr_monai.transforms.lung_field import percentile_normalise_batch
 from cxr_monai.utils import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -86,13 +87,6 @@ def preprocess_images(items: Sequence[Any], image_size: int, progress: bool = Fa
     return (out, boxes) if return_boxes else out
 
 
-def _percentile_normalise(x: torch.Tensor, lower: float = 0.01, upper: float = 0.99) -> torch.Tensor:
-    flat = x.flatten(1)
-    lo = torch.quantile(flat, lower, dim=1).view(-1, 1, 1, 1)
-    hi = torch.quantile(flat, upper, dim=1).view(-1, 1, 1, 1)
-    return ((x - lo) / (hi - lo).clamp_min(1e-3)).clamp(0, 1)
-
-
 def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Acquisition and anatomy-independent augmentation of a float batch (N, 1, S, S) in [0, 1], the same for
     both classes: affine (rotation 15 degrees, scale 0.8-1.25, aspect 0.85-1.15, shift 10 %), horizontal flip,
@@ -137,7 +131,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x = F.conv2d(F.pad(x, (k // 2,) * 4, mode="reflect"), w.view(1, 1, 1, k))
         x = F.conv2d(x, w.view(1, 1, k, 1))
     x = x + torch.randn(x.shape, generator=g) * u(0.0, 0.05).view(-1, 1, 1, 1)
-    return _percentile_normalise(x)
+    return percentile_normalise_batch(x, min_range=1e-3)
 
 
 @torch.no_grad()
@@ -244,11 +238,11 @@ def train_scope_gate(
         adult_train, adult_test = adult_train[:max_in_scope // 2], adult_test[: max(20, max_in_scope // 4)]
     paths = [it["image"] for it in train_items]
     # in population: every training film whole and once more at a random central crop (tight collimation)
-    crops = [f"crop:{c:.3f}" for c in rng.uniform(min_crop, 0.95, len(paths))]
+    crops = _random_crops(rng, len(paths), min_crop)
     x_in = torch.cat([preprocess_images(paths, image_size, progress, "in population", lf),
                       preprocess_images(paths, image_size, progress, "in population, cropped", lf, crops)])
     val_paths = [it["image"] for it in val_items]
-    val_crops = [f"crop:{c:.3f}" for c in rng.uniform(min_crop, 0.95, len(val_paths))]
+    val_crops = _random_crops(rng, len(val_paths), min_crop)
     x_val = torch.cat([preprocess_images(val_paths, image_size, progress, "validation", lf),
                        preprocess_images(val_paths, image_size, progress, "validation, cropped", lf, val_crops)])
     # adults at every framing, and made bedside-like (lines, tubes, opacities)
@@ -328,6 +322,11 @@ def train_scope_gate(
     return {"path": str(path), "info": info, "report": report}
 
 
+def _random_crops(rng: np.random.Generator, n: int, min_crop: float) -> list[str]:
+    """``n`` central-crop framings with fractions drawn uniformly in ``[min_crop, 0.95]``."""
+    return [f"crop:{c:.3f}" for c in rng.uniform(min_crop, 0.95, n)]
+
+
 def report_scope_gate(gate_file: str | Path, dataset_dir: str | Path, adult_dir: str | Path, report_file: str | Path,
                       lung_field: Any = None, val_fraction: float = 0.15, split_seed: int = 0, seed: int = 0,
                       min_crop: float = 0.6, extra_checks: Mapping[str, Sequence[Any]] | None = None,
@@ -339,10 +338,10 @@ def report_scope_gate(gate_file: str | Path, dataset_dir: str | Path, adult_dir:
 
     gate = load_scope_gate(gate_file)
     rng = np.random.default_rng(seed)
-    _, val_items = training_split(dataset_dir, val_fraction, split_seed)
-    rng.uniform(min_crop, 0.95, len(training_split(dataset_dir, val_fraction, split_seed)[0]))  # as training drew
+    train_items, val_items = training_split(dataset_dir, val_fraction, split_seed)
+    _random_crops(rng, len(train_items), min_crop)  # the training crops come first from the same generator
     val_paths = [it["image"] for it in val_items]
-    val_crops = [f"crop:{c:.3f}" for c in rng.uniform(min_crop, 0.95, len(val_paths))]
+    val_crops = _random_crops(rng, len(val_paths), min_crop)
     x_val = torch.cat([preprocess_images(val_paths, gate.image_size, progress, "validation", lung_field),
                        preprocess_images(val_paths, gate.image_size, progress, "validation, cropped", lung_field,
                                          val_crops)])

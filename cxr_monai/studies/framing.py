@@ -191,8 +191,9 @@ def gradcam_in_lungs(network: torch.nn.Module, calibration: Mapping[str, Any], l
 
     temperature = float(calibration.get("temperature", 1.0))
 
-    def cam_and_p(img: np.ndarray) -> tuple[np.ndarray, float]:
-        pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field))
+    pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field))
+
+    def cam_and_p(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         y = pre({"image": img})["image"]
         box = dict(getattr(y, "meta", {}).get("lung_field") or {})
         x = torch.as_tensor(y).float()[None]

@@ -31,6 +31,7 @@ __all__ = [
     "LungBox",
     "lung_box",
     "lung_net_input",
+    "percentile_normalise_batch",
     "load_lung_field",
     "lung_field_of",
     "place_lung_field",
@@ -118,14 +119,30 @@ def lung_box(probability: np.ndarray | torch.Tensor, margin: float = 0.08, min_l
                    right=min(1.0, (c1 + dw) / w), lung_fraction=fraction, edge_contact=edge, found=True)
 
 
+def percentile_normalise_batch(x: torch.Tensor, lower: float = 0.01, upper: float = 0.99,
+                               min_range: float = 1e-6) -> torch.Tensor:
+    """Each image of ``(N, C, H, W)`` with its ``lower``..``upper`` quantiles mapped to [0, 1], clipped (the batch
+    form of :class:`~cxr_monai.transforms.PercentileNormalize`, for tensors inside training loops); the range is
+    at least ``min_range``, so a constant image maps to zeros."""
+    flat = x.flatten(1)
+    lo = torch.quantile(flat, lower, dim=1).view(-1, *([1] * (x.ndim - 1)))
+    hi = torch.quantile(flat, upper, dim=1).view(-1, *([1] * (x.ndim - 1)))
+    return ((x - lo) / (hi - lo).clamp_min(min_range)).clamp(0, 1)
+
+
 def lung_net_input(image: torch.Tensor, size: int) -> torch.Tensor:
     """The lung-field network's input: ``(N, 1, H, W)`` films resized to ``size`` squared (antialiased) and
     normalised per image (1st-99th percentile to [0, 1], clipped), as the classifier's input is."""
     x = F.interpolate(image.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    flat = x.flatten(1)
-    lo = torch.quantile(flat, 0.01, dim=1).view(-1, 1, 1, 1)
-    hi = torch.quantile(flat, 0.99, dim=1).view(-1, 1, 1, 1)
-    return torch.where(hi > lo, ((x - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1), torch.zeros_like(x))
+    return percentile_normalise_batch(x)
+
+
+def _film(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """One film as a ``(1, H, W)`` tensor (the image contract), or a ValueError."""
+    x = image if isinstance(image, torch.Tensor) else torch.as_tensor(np.asarray(image, dtype=np.float32))
+    if x.ndim != 3 or x.shape[0] != 1:
+        raise ValueError(f"image must be (1, H, W), got {tuple(x.shape)}")
+    return x
 
 
 class LungField:
@@ -160,9 +177,7 @@ class LungField:
     def mask_on_film(self, image: np.ndarray | torch.Tensor, widen: float = 0.05) -> np.ndarray:
         """``(H, W)`` boolean lung mask of one ``(1, H, W)`` film, widened by ``widen`` of the film's side (a
         max filter), at the film's size: where Grad-CAM is shown."""
-        x = torch.as_tensor(np.asarray(image, dtype=np.float32) if not isinstance(image, torch.Tensor) else image)
-        if x.ndim != 3 or x.shape[0] != 1:
-            raise ValueError(f"image must be (1, H, W), got {tuple(x.shape)}")
+        x = _film(image)
         m = (self.probability(x[None].float()) > 0.5).float()
         k = 2 * max(1, round(widen * self.input_size)) + 1
         m = F.max_pool2d(m, k, stride=1, padding=k // 2)
@@ -170,10 +185,7 @@ class LungField:
 
     def box(self, image: np.ndarray | torch.Tensor) -> LungBox:
         """The :class:`LungBox` of one ``(1, H, W)`` film."""
-        x = torch.as_tensor(np.asarray(image, dtype=np.float32) if not isinstance(image, torch.Tensor) else image)
-        if x.ndim != 3 or x.shape[0] != 1:
-            raise ValueError(f"image must be (1, H, W), got {tuple(x.shape)}")
-        return self.boxes(x[None])[0]
+        return self.boxes(_film(image)[None])[0]
 
 
 _CACHE: dict[tuple[str, str], LungField] = {}
@@ -249,9 +261,7 @@ class LungFieldCrop(Transform):
         self.lung_field = _as_lung_field(lung_field)
 
     def __call__(self, img: NdarrayOrTensor) -> MetaTensor:
-        x = img if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img, dtype=np.float32))
-        if x.ndim != 3 or x.shape[0] != 1:
-            raise ValueError(f"image must be (1, H, W), got {tuple(x.shape)}")
+        x = _film(img)
         box = self.lung_field.box(x.as_tensor() if isinstance(x, MetaTensor) else x)
         y0, x0, y1, x1 = box.pixels(int(x.shape[-2]), int(x.shape[-1]))
         meta = dict(getattr(img, "meta", {}) or {})
