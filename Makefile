@@ -12,8 +12,6 @@ PY := $(VENV)/bin/python
 DPY := $(DEPLOY_VENV)/bin/python
 STAMP := $(VENV)/.installed
 DSTAMP := $(DEPLOY_VENV)/.installed
-CLS_BUNDLE := bundles/cxr_pneumonia_classifier
-SR_BUNDLE := bundles/cxr_sr_csaegan
 # The test targets fail on any skipped test while ../shared/data (or CXR_SHARED_DATA) exists (tests/conftest.py):
 # with the data present a skip means something broke. A clone without the data keeps skip-with-a-reason.
 export CXR_FAIL_ON_SKIP ?= 1
@@ -75,7 +73,7 @@ test-deploy: deploy-venv tools map-tools deploy-models
 # lung-field network whose view the classifier and the gate read).
 # SITE=dir (a configs/commission.json output folder) embeds that site's calibration in the classifier.
 deploy-models: venv
-	$(PY) -m cxr_monai deploy_models --classifier_bundle $(CLS_BUNDLE) --sr_bundle $(SR_BUNDLE) --out_dir "$(MODELS)" $(if $(SITE),--site_dir "$(SITE)")
+	$(PY) -m cxr_monai deploy_models --bundles_dir bundles --out_dir "$(MODELS)" $(if $(SITE),--site_dir "$(SITE)")
 
 # The deploy app on the two real example films (examples/kermany: one NORMAL, one PNEUMONIA) and the phantom
 # (default), or on INPUT=dir_of_dicom.

@@ -132,15 +132,16 @@ def demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side:
     return summary
 
 
-def deploy_models(classifier_bundle: str, sr_bundle: str, out_dir: str = ".deploy_models",
+def deploy_models(bundles_dir: str = str(BUNDLES_DIR), out_dir: str = ".deploy_models",
                   site_dir: str | None = None) -> None:
-    """Export the classifier and SR bundles into the MONAI Deploy named-model layout
-    (``OUT/cxr_pneumonia/model.ts``, ``OUT/cxr_sr/model.ts``, metadata and calibration embedded).
-    ``site_dir``: a site's commissioning folder (``configs/commission.json --output_dir``); its calibration
-    replaces the default one in the classifier (the weights' hash must match)."""
+    """Export every registered deploy model (:data:`cxr_monai.export.DEPLOY_MODELS`: the classifier, the SR
+    generator, the scope gate and the lung-field network) from the bundles in ``bundles_dir`` into the MONAI Deploy
+    named-model layout (``OUT/<name>/model.ts``, metadata and calibration embedded). ``site_dir``: a site's
+    commissioning folder (``configs/commission.json --output_dir``); its calibration replaces the default one in
+    the classifier (the weights' hash must match)."""
     from cxr_monai.export import export_deploy_models
 
-    for name, path in export_deploy_models(classifier_bundle, sr_bundle, out_dir, site_dir=site_dir).items():
+    for name, path in export_deploy_models(bundles_dir, out_dir, site_dir=site_dir).items():
         print(f"{name}: {path}")
     print(f"calibration: {'site ' + str(site_dir) if site_dir else 'default'}")
 

@@ -13,7 +13,8 @@ as the extra file ``cxr_monai.json`` (``torch.jit.save(..., _extra_files=...)``)
 * ``cxr_lung/model.ts``: the lung-field network whose view the classifier and the gate read
   (:mod:`cxr_monai.transforms.lung_field`); the classifier and the gate carry its hash and refuse another one.
 
-:func:`export_deploy_models` writes both from the bundles (``make deploy-models``);
+:func:`export_deploy_models` writes every model of the registry :data:`DEPLOY_MODELS` from the bundles it finds
+(``make deploy-models``); an exporter joins the registry with :func:`register_deploy_model`;
 :func:`load_deploy_model` reads one back with its metadata, refusing files that lack it. Bundle
 paths are arguments: nothing here knows where the repository keeps its bundles.
 """
@@ -23,14 +24,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from cxr_monai.utils import META_FILE, DeployModelError, file_sha256
+from cxr_monai.utils import META_FILE, DeployModelError, file_sha256, find_bundles
 from cxr_monai.utils import load_torchscript_with_meta as load_deploy_model
 from cxr_monai.utils import save_torchscript_with_meta as _save_atomic
 
@@ -47,6 +49,9 @@ __all__ = [
     "export_classifier",
     "export_sr",
     "export_deploy_models",
+    "DEPLOY_MODELS",
+    "DeployModelSpec",
+    "register_deploy_model",
     "load_deploy_model",
     "find_model_file",
 ]
@@ -102,6 +107,39 @@ class CalibratedClassifier(nn.Module):
         return torch.softmax(self.cam_head(self.cam_features(x)), dim=1)
 
 
+@dataclass(frozen=True)
+class DeployModelSpec:
+    """One deployable model: its name in the SDK's named-model layout (``MODELS/<name>/model.ts``), the bundle it
+    comes from (folder name), the exporter ``export(bundle_root, out_file, site_dir) -> Path``, and the file in the
+    bundle's ``models/`` it needs (``source``). ``optional``: skipped when that file is absent (e.g. the lung-field
+    network before a classifier reads its view) instead of failing."""
+
+    name: str
+    bundle: str
+    export: Callable[[Path, Path, Path | None], Path]
+    source: str = "model.pt"
+    optional: bool = False
+
+
+DEPLOY_MODELS: dict[str, DeployModelSpec] = {}
+"""The registry of deployable models, by name, in export order (filled by :func:`register_deploy_model`)."""
+
+
+def register_deploy_model(name: str, bundle: str, source: str = "model.pt", optional: bool = False,
+                          takes_site: bool = False) -> Callable:
+    """Decorator: register ``fn(bundle_root, out_file[, site_dir])`` as the exporter of deploy model ``name``
+    from bundle folder ``bundle``. ``takes_site``: the exporter embeds a site's calibration (``site_dir``)."""
+
+    def wrap(fn: Callable) -> Callable:
+        if name in DEPLOY_MODELS:
+            raise ValueError(f"deploy model {name!r} registered twice")
+        call = fn if takes_site else (lambda root, out, site_dir=None: fn(root, out))
+        DEPLOY_MODELS[name] = DeployModelSpec(name, bundle, call, source, optional)
+        return fn
+
+    return wrap
+
+
 def _bundle_meta(bundle_root: Path) -> dict[str, Any]:
     meta_file = bundle_root / "configs" / "metadata.json"
     if not meta_file.is_file():
@@ -109,6 +147,7 @@ def _bundle_meta(bundle_root: Path) -> dict[str, Any]:
     return json.loads(meta_file.read_text())
 
 
+@register_deploy_model(CLASSIFIER_NAME, "cxr_pneumonia_classifier", takes_site=True)
 def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLike,
                       site_dir: str | os.PathLike | None = None) -> Path:
     """Export the pneumonia classifier bundle as one TorchScript file with calibration embedded.
@@ -168,6 +207,7 @@ def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLik
     return _save_atomic(module, info, Path(out_file))
 
 
+@register_deploy_model(SR_NAME, "cxr_sr_csaegan")
 def export_sr(bundle_root: str | os.PathLike, out_file: str | os.PathLike, tile_size: int = 128,
               tile_overlap: float = 0.25) -> Path:
     """Export the 4x super-resolution bundle as one TorchScript file with its tiling policy embedded.
@@ -203,6 +243,7 @@ def export_sr(bundle_root: str | os.PathLike, out_file: str | os.PathLike, tile_
     return _save_atomic(module, info, Path(out_file))
 
 
+@register_deploy_model(SCOPE_NAME, "cxr_pneumonia_classifier", source=SCOPE_FILE)
 def export_scope_gate(bundle_root: str | os.PathLike, out_file: str | os.PathLike) -> Path:
     """Copy the classifier bundle's intended-population gate (``models/scope_gate.ts``, TorchScript with its
     thresholds embedded) into the deploy layout, adding the bundle's name, version and the gate's hash."""
@@ -219,6 +260,7 @@ def export_scope_gate(bundle_root: str | os.PathLike, out_file: str | os.PathLik
     return save_scope_gate(gate.module, info, out_file)
 
 
+@register_deploy_model(LUNG_NAME, "cxr_pneumonia_classifier", source=LUNG_FILE, optional=True)
 def export_lung_field(bundle_root: str | os.PathLike, out_file: str | os.PathLike) -> Path:
     """Copy the classifier bundle's lung-field network (``models/lung_field.ts``) into the deploy layout, adding
     the bundle's name, version and the source file's hash (``source_sha256``: what the classifier and the gate
@@ -237,19 +279,28 @@ def export_lung_field(bundle_root: str | os.PathLike, out_file: str | os.PathLik
     return _save_atomic(module, info, Path(out_file))
 
 
-def export_deploy_models(classifier_bundle: str | os.PathLike, sr_bundle: str | os.PathLike,
-                         out_dir: str | os.PathLike, site_dir: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Write ``out_dir/cxr_pneumonia/model.ts``, ``out_dir/cxr_sr/model.ts``, ``out_dir/cxr_scope/model.ts`` and
-    ``out_dir/cxr_lung/model.ts`` (the SDK's named-model layout: one file per model folder). Returns ``{name: path}``. ``site_dir``: embed that site's calibration
-    in the classifier (:func:`export_classifier`)."""
+def export_deploy_models(bundles_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                         site_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Write every registered deploy model (:data:`DEPLOY_MODELS`: ``cxr_pneumonia``, ``cxr_sr``, ``cxr_scope`` and,
+    when the classifier bundle holds one, ``cxr_lung``) as ``out_dir/<name>/model.ts`` (the SDK's named-model
+    layout: one file per model folder) from the bundles found in ``bundles_dir`` (:func:`cxr_monai.utils.
+    find_bundles`). Returns ``{name: path}``. ``site_dir``: embed that site's calibration in the classifier
+    (:func:`export_classifier`).
+
+    Raises:
+        DeployModelError: a registered model's bundle is not in ``bundles_dir``, or its required source is missing.
+    """
+    bundles = find_bundles(bundles_dir)
     out = Path(out_dir)
-    written = {
-        CLASSIFIER_NAME: export_classifier(classifier_bundle, out / CLASSIFIER_NAME / "model.ts", site_dir),
-        SR_NAME: export_sr(sr_bundle, out / SR_NAME / "model.ts"),
-        SCOPE_NAME: export_scope_gate(classifier_bundle, out / SCOPE_NAME / "model.ts"),
-    }
-    if (Path(classifier_bundle) / "models" / LUNG_FILE).is_file():
-        written[LUNG_NAME] = export_lung_field(classifier_bundle, out / LUNG_NAME / "model.ts")
+    written: dict[str, Path] = {}
+    for name, spec in DEPLOY_MODELS.items():
+        if spec.bundle not in bundles:
+            raise DeployModelError(f"deploy model {name!r} comes from bundle {spec.bundle!r}, not found in "
+                                   f"{bundles_dir} (found: {', '.join(bundles)})")
+        root = bundles[spec.bundle]
+        if spec.optional and not (root / "models" / spec.source).is_file():
+            continue
+        written[name] = spec.export(root, out / name / "model.ts", site_dir)
     for name, path in written.items():
         extra = [p for p in path.parent.iterdir() if p != path]
         if extra:

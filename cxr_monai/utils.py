@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["latest_checkpoint", "load_bundle_network", "read_json", "bare_state_dict", "require_arg", "cpu_budget",
+__all__ = ["find_bundles", "resolve_bundle", "bundle_checks", "latest_checkpoint", "load_bundle_network", "read_json", "bare_state_dict", "require_arg", "cpu_budget",
            "configure_threads", "META_FILE", "DeployModelError", "save_torchscript_with_meta",
            "load_torchscript_with_meta", "item_name"]
 
@@ -131,6 +131,53 @@ def load_bundle_network(
         raise FileNotFoundError(f"{weights}: bundle weights not found")
     net.load_state_dict(bare_state_dict(torch.load(weights, map_location="cpu", weights_only=True)))
     return net.eval()
+
+
+BUNDLE_METADATA = Path("configs") / "metadata.json"
+"""What makes a folder a bundle: MONAI's metadata file, relative to the bundle root."""
+
+
+def find_bundles(bundles_dir: str | os.PathLike) -> dict[str, Path]:
+    """The bundles in ``bundles_dir``: every sub-folder holding ``configs/metadata.json``, by folder name (sorted).
+    Tests, the deploy-model export and the Makefile discover bundles this way; none is listed by hand.
+
+    Raises:
+        FileNotFoundError: ``bundles_dir`` is not a folder or holds no bundle.
+    """
+    root = Path(bundles_dir)
+    found = {p.name: p for p in sorted(root.iterdir()) if (p / BUNDLE_METADATA).is_file()} if root.is_dir() else {}
+    if not found:
+        raise FileNotFoundError(f"{root}: no bundle (a folder with {BUNDLE_METADATA}) found")
+    return found
+
+
+def resolve_bundle(reference: str | os.PathLike, bundle_root: str | os.PathLike) -> Path:
+    """The bundle a config refers to (``reference_bundle``): a bundle folder given by path, or a bundle name found
+    beside ``bundle_root`` by :func:`find_bundles` (the collection the referring bundle belongs to).
+
+    Raises:
+        FileNotFoundError: neither a bundle folder nor the name of a bundle beside ``bundle_root``.
+    """
+    path = Path(reference)
+    if (path / BUNDLE_METADATA).is_file():
+        return path
+    try:
+        found = find_bundles(Path(bundle_root).resolve().parent)
+    except FileNotFoundError:
+        found = {}
+    if str(reference) in found:
+        return found[str(reference)]
+    raise FileNotFoundError(f"reference bundle {str(reference)!r}: not a bundle folder, and no bundle of that name "
+                            f"beside {bundle_root} (found: {', '.join(found) or 'none'}); pass --reference_bundle PATH")
+
+
+def bundle_checks(bundle_root: str | os.PathLike) -> dict[str, list[list[str]]]:
+    """The config sets a bundle declares for MONAI's property checks, by workflow type: the ``checks`` entry of
+    its ``metadata.json`` (``{"infer": [["inference.json"]], "train": [["train.json"], ...]}``, each inner list
+    merged in order); ``{"infer": [["inference.json"]]}`` when the entry is absent."""
+    meta = read_json(Path(bundle_root) / BUNDLE_METADATA)
+    checks = meta.get("checks") or {"infer": [["inference.json"]]}
+    return {str(k): [list(c) for c in v] for k, v in checks.items()}
 
 
 def require_arg(value, name: str, what: str = "a value"):

@@ -198,7 +198,7 @@ def test_commission_bundle_on_the_site_sample(tmp_path: Path) -> None:
     if not data.is_dir():
         pytest.skip(f"real data not found: {data} (set CXR_SHARED_DATA)")
     out = tmp_path / "hospital_x"
-    wf = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "commission.json"),
+    wf = ConfigWorkflow(config_file=[str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "commission.json")],
                         meta_file=str(BUNDLE / "configs" / "metadata.json"), workflow_type="infer",
                         bundle_root=str(BUNDLE), dataset_dir=str(data), output_dir=str(out), date="2026-03-04",
                         n_boot=300, n_repeats=5)

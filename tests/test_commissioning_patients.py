@@ -225,7 +225,7 @@ def test_commission_bundle_on_a_dicom_export_with_prevalence(dicom_sample, tmp_p
 
     root, truth = dicom_sample
     out = tmp_path / "site_dcm"
-    wf = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "commission.json"),
+    wf = ConfigWorkflow(config_file=[str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "commission.json")],
                         meta_file=str(BUNDLE / "configs" / "metadata.json"), workflow_type="infer",
                         bundle_root=str(BUNDLE), dataset_dir=str(root), output_dir=str(out), prevalence=0.3,
                         n_boot=200, n_repeats=3)

@@ -30,7 +30,7 @@ SR_BUNDLE = PROJECT_ROOT / "bundles" / "cxr_sr_csaegan"
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models")
-    export_deploy_models(CLS_BUNDLE, SR_BUNDLE, out)
+    export_deploy_models(CLS_BUNDLE.parent, out)
     return out
 
 

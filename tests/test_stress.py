@@ -381,7 +381,7 @@ def test_stress_config_runs_with_evaluate_json_on_phantoms(tmp_path):
     data = write_phantom_dataset(tmp_path / "data", n_per_class=4, size=64, seed=0)
     out = tmp_path / "out"
     cfg = BUNDLE / "configs"
-    wf = ConfigWorkflow(config_file=[str(cfg / "evaluate.json"), str(cfg / "stress.json")],
+    wf = ConfigWorkflow(config_file=[str(cfg / "inference.json"), str(cfg / "evaluate.json"), str(cfg / "stress.json")],
                         meta_file=str(cfg / "metadata.json"), workflow_type="eval", bundle_root=str(BUNDLE),
                         dataset_dir=str(data), output_dir=str(out), image_size=32, val_fraction=0.5, n_boot=20,
                         stress_shifts="$[s for s in cxr_monai.metrics.stress.default_stress_shifts() "

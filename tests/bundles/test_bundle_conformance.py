@@ -11,20 +11,22 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
+from cxr_monai.utils import bundle_checks, find_bundles
 from tests.bundles import weight_checks as W
 from tests.conftest import SHARED_DATA
 
 BUNDLES = W.BUNDLES
-CASES = [
-    ("cxr_pneumonia_classifier", ["inference.json"], "infer"),
-    ("cxr_pneumonia_classifier", ["train.json"], "train"),
-    ("cxr_sr_csaegan", ["inference.json"], "infer"),
-    ("cxr_sr_csaegan", ["train_psnr.json"], "train"),
-    ("cxr_sr_csaegan", ["train_psnr.json", "train_gan.json"], "train"),
-    ("cxr_synth_sgan", ["inference.json"], "infer"),
-    ("cxr_synth_sgan", ["train.json"], "train"),
-    ("cxr_synth_sgan", ["train.json", "train_dcgan.json"], "train"),
-]
+BUNDLE_NAMES = list(find_bundles(BUNDLES))
+# every bundle's declared property checks (metadata.json "checks"): a new bundle is checked without touching this file
+CASES = [(b, configs, wtype) for b in BUNDLE_NAMES for wtype, sets in bundle_checks(BUNDLES / b).items()
+         for configs in sets]
+
+
+def test_bundles_are_discovered_with_their_checks() -> None:
+    """The three shipped bundles are found from their metadata.json and each declares infer and train checks."""
+    assert {"cxr_pneumonia_classifier", "cxr_sr_csaegan", "cxr_synth_sgan"} <= set(BUNDLE_NAMES)
+    assert {b for b, _, t in CASES if t == "train"} == set(BUNDLE_NAMES)
+    assert ("cxr_sr_csaegan", ["train_psnr.json", "train_gan.json"], "train") in CASES
 
 
 @pytest.mark.parametrize("bundle,configs,workflow_type", CASES, ids=[f"{b}:{'+'.join(c)}" for b, c, _ in CASES])
@@ -54,7 +56,7 @@ def test_inference_without_input_fails_at_run_time_naming_the_argument() -> None
 SCHEMA = Path(__file__).with_name("bundle_metadata_schema.json")
 
 
-@pytest.mark.parametrize("bundle", ["cxr_pneumonia_classifier", "cxr_sr_csaegan", "cxr_synth_sgan"])
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_verify_metadata(bundle: str) -> None:
     """MONAI's own verify_metadata, with the project's offline schema (written from the MONAI Bundle
     Specification) as the local copy of the schema file: no download is attempted when the file exists."""
@@ -77,7 +79,7 @@ def test_verify_metadata_rejects_broken_metadata(breakage, match: str, tmp_path:
         verify_metadata(meta_file=str(bad), filepath=str(SCHEMA))
 
 
-@pytest.mark.parametrize("bundle", ["cxr_pneumonia_classifier", "cxr_sr_csaegan", "cxr_synth_sgan"])
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_verify_net_in_out_and_ckpt_export(bundle: str, tmp_path: Path) -> None:
     root = BUNDLES / bundle
     meta, cfg = str(root / "configs" / "metadata.json"), str(root / "configs" / "inference.json")
@@ -214,7 +216,7 @@ MERGES = _documented_merges()
 
 
 def test_documented_merges_were_found() -> None:
-    assert ("cxr_pneumonia_classifier", ["evaluate.json", "stress.json"]) in MERGES
+    assert ("cxr_pneumonia_classifier", ["inference.json", "evaluate.json", "stress.json"]) in MERGES
 
 
 @pytest.mark.parametrize("bundle,configs", MERGES, ids=[f"{b}:{'+'.join(c)}" for b, c in MERGES])

@@ -75,7 +75,7 @@ def test_ensemble_evaluate_and_inference_on_trained_weights(trained, tmp_path, m
     with pytest.raises(RuntimeError, match="member_dirs"):  # MONAI wraps the ValueError naming the argument
         _workflow(["train.json", "ensemble.json"], None, models_dir=str(tmp_path / "none"), **common)
     ev = tmp_path / "eval"
-    _workflow("evaluate.json", "eval", models_dir=str(models), dataset_dir=str(trained["data"]), output_dir=str(ev),
+    _workflow(["inference.json", "evaluate.json"], "eval", models_dir=str(models), dataset_dir=str(trained["data"]), output_dir=str(ev),
               image_size=64, ensemble_members=2, n_boot=50, use_scope_gate=False)
     metrics = json.loads((ev / "metrics.json").read_text())
     for key in ("accuracy", "precision", "recall", "f1", "specificity", "auc", "confusion_matrix", "threshold", "n"):
@@ -163,7 +163,7 @@ def test_shipped_inference_and_evaluate_apply_the_scope_gate(tmp_path):
     adult = sorted((SHARED_DATA / "adult_normal_nih").glob("*.png"))[0]
     (data / "NORMAL" / adult.name).write_bytes(adult.read_bytes())
     ev = tmp_path / "eval"
-    _workflow("evaluate.json", "eval", dataset_dir=str(data), output_dir=str(ev), n_boot=20, gradcam_layer="cam_features")
+    _workflow(["inference.json", "evaluate.json"], "eval", dataset_dir=str(data), output_dir=str(ev), n_boot=20, gradcam_layer="cam_features")
     rows = {Path(r["file"]).name: r for r in json.loads((ev / "predictions.json").read_text())}
     assert len(rows) == 7
     out = {n for n, r in rows.items() if r["in_scope"] == 0}

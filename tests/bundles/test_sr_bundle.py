@@ -392,13 +392,14 @@ def test_downstream_study_mechanics(lite_bundle: Path, tmp_path: Path) -> None:
     (clf / "models").mkdir()
     net_def = {"_target_": "cxr_monai.networks.resnet18_sa", "preset": "lite", "num_classes": 2}
     (clf / "configs" / "inference.json").write_text(json.dumps({"network_def": net_def}))
+    (clf / "configs" / "metadata.json").write_text("{}")  # a bundle folder (--reference_bundle PATH)
     # the frozen reference classifier the study uses (configs/feature_extractor.json + models/feature_extractor.pt)
     (clf / "configs" / "feature_extractor.json").write_text(json.dumps({"network_def": net_def, "temperature": 1.0}))
     torch.manual_seed(0)
     torch.save(resnet18_sa("lite").state_dict(), clf / "models" / "model.pt")
     shutil.copy(clf / "models" / "model.pt", clf / "models" / "feature_extractor.pt")
     out = tmp_path / "out"
-    _workflow("evaluate_downstream.json", "eval", bundle_root=str(lite_bundle), classifier_bundle=str(clf),
+    _workflow("evaluate_downstream.json", "eval", bundle_root=str(lite_bundle), reference_bundle=str(clf),
               dataset_dir=str(data), use_classifier_val_split=False, output_dir=str(out), image_size=64,
               gradcam_cases=1)
     res = json.loads((out / "downstream.json").read_text())

@@ -33,8 +33,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models")
-    export_deploy_models(PROJECT_ROOT / "bundles" / "cxr_pneumonia_classifier",
-                         PROJECT_ROOT / "bundles" / "cxr_sr_csaegan", out)
+    export_deploy_models(PROJECT_ROOT / "bundles", out)
     return out
 
 

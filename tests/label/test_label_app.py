@@ -191,8 +191,7 @@ def models(tmp_path_factory) -> Path:
             (out / name).mkdir()
             shutil.copy(find_model_file(given, name), out / name / "model.ts")
     else:
-        export_deploy_models(PROJECT_ROOT / "bundles" / "cxr_pneumonia_classifier",
-                             PROJECT_ROOT / "bundles" / "cxr_sr_csaegan", out)
+        export_deploy_models(PROJECT_ROOT / "bundles", out)
     return out
 
 
