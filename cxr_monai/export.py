@@ -32,7 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from cxr_monai.utils import META_FILE, DeployModelError, file_sha256, find_bundles
+from cxr_monai.commissioning import THRESHOLD_RULE, calibration_in_force, load_site_calibration
+from cxr_monai.scope import load_scope_gate, save_scope_gate
+from cxr_monai.transforms.lung_field import LUNG_FIELD_KIND
+from cxr_monai.utils import META_FILE, DeployModelError, file_sha256, find_bundles, load_bundle_network, read_json
+from cxr_monai.utils import load_torchscript_with_meta
 from cxr_monai.utils import load_torchscript_with_meta as load_deploy_model
 from cxr_monai.utils import save_torchscript_with_meta as _save_atomic
 
@@ -164,8 +168,6 @@ def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLik
             ``date``, ``scope_gate_sha256``, checked against the deployed gate by
             :func:`cxr_monai.commissioning.check_deployed_gate`).
     """
-    from cxr_monai.commissioning import THRESHOLD_RULE, calibration_in_force, load_site_calibration
-    from cxr_monai.utils import load_bundle_network, read_json
 
     root = Path(bundle_root)
     meta = _bundle_meta(root)
@@ -218,7 +220,6 @@ def export_sr(bundle_root: str | os.PathLike, out_file: str | os.PathLike, tile_
         tile_size: side of the input tiles of the sliding-window inference (input pixels).
         tile_overlap: overlap of neighbouring tiles (fraction of ``tile_size``).
     """
-    from cxr_monai.utils import load_bundle_network
 
     root = Path(bundle_root)
     meta = _bundle_meta(root)
@@ -247,7 +248,6 @@ def export_sr(bundle_root: str | os.PathLike, out_file: str | os.PathLike, tile_
 def export_scope_gate(bundle_root: str | os.PathLike, out_file: str | os.PathLike) -> Path:
     """Copy the classifier bundle's intended-population gate (``models/scope_gate.ts``, TorchScript with its
     thresholds embedded) into the deploy layout, adding the bundle's name, version and the gate's hash."""
-    from cxr_monai.scope import load_scope_gate, save_scope_gate
 
     root = Path(bundle_root)
     src = root / "models" / SCOPE_FILE
@@ -265,8 +265,6 @@ def export_lung_field(bundle_root: str | os.PathLike, out_file: str | os.PathLik
     """Copy the classifier bundle's lung-field network (``models/lung_field.ts``) into the deploy layout, adding
     the bundle's name, version and the source file's hash (``source_sha256``: what the classifier and the gate
     were trained through, :func:`cxr_monai.inference.check_lung_field`)."""
-    from cxr_monai.transforms.lung_field import LUNG_FIELD_KIND
-    from cxr_monai.utils import load_torchscript_with_meta
 
     root = Path(bundle_root)
     src = root / "models" / LUNG_FILE

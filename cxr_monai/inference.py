@@ -16,8 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose
+
+from cxr_monai.explain import gradcam_split
+from cxr_monai.transforms import classifier_preprocessing
+from cxr_monai.transforms.lung_field import LungBox
+from cxr_monai.utils import DeployModelError
 
 __all__ = [
     "DEFAULT_SR_MAX_SIDE",
@@ -164,10 +170,6 @@ def classifier_input(image: np.ndarray | torch.Tensor, image_size: int = 224, lu
     definition (:func:`cxr_monai.transforms.classifier_preprocessing`); with ``lung_field`` (a
     :class:`~cxr_monai.transforms.LungField` or its file) the lung-field view, whose box is in the returned
     MetaTensor's ``meta["lung_field"]``."""
-    from monai.data import MetaTensor
-
-    from cxr_monai.transforms import classifier_preprocessing
-
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, dtype=np.float32)
     out = Compose(classifier_preprocessing(["image"], int(image_size), lung_field=lung_field))({"image": arr})["image"]
     meta = dict(getattr(out, "meta", {}) or {})
@@ -186,8 +188,6 @@ def check_lung_field(info: Mapping[str, Any], lung_field: Any) -> Any:
     Raises:
         DeployModelError: the model needs a lung-field network and none was given, or its hash differs.
     """
-    from cxr_monai.utils import DeployModelError
-
     want = info.get("lung_field_sha256")
     if not want:
         return None
@@ -208,8 +208,6 @@ def view_to_film(cam: np.ndarray, box: Mapping[str, Any] | None, shape: tuple[in
     h, w = int(shape[0]), int(shape[1])
     if not box:
         return torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-    from cxr_monai.transforms.lung_field import LungBox
-
     y0, x0, y1, x1 = LungBox(**{k: box[k] for k in LungBox.__dataclass_fields__}).pixels(h, w)
     out = np.zeros((h, w), np.float32)
     out[y0:y1, x0:x1] = torch.nn.functional.interpolate(t, size=(y1 - y0, x1 - x0), mode="bilinear",
@@ -259,8 +257,6 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
                            "calibration": dict(info.get("calibration") or DEFAULT_CALIBRATION),
                            "lung_field": dict(box) if box else None}
     if with_cam:
-        from cxr_monai.explain import gradcam_split
-
         cam = gradcam_split(model.cam_features, model.cam_head, x, label_idx)[0]
         shape = tuple(np.asarray(image.shape if not isinstance(image, torch.Tensor) else tuple(image.shape))[-2:])
         out["cam_view"] = cam
