@@ -13,7 +13,7 @@ same run (the machine is shared, so its speed drifts).
 
 Example::
 
-    .venv/bin/python benchmarks/sr_compare.py --out runs/sr_compare/compare.json
+    .venv/bin/python -m cxr_monai.studies.sr_compare --out runs/sr_compare/compare.json
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch import nn
 from cxr_monai.metrics.sr import bicubic_up, degrade, psnr, ssim
 from cxr_monai.networks import sr as srnets
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "cxr_sr_csaegan"
 DATA = ROOT.parent / "shared" / "data" / "kermany_hr"
 RUNS = ROOT / "runs" / "sr_compare"
@@ -111,14 +111,14 @@ def load_val(crop: int, limit: int) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(RUNS / "compare.json"))
     p.add_argument("--crop", type=int, default=512)
     p.add_argument("--val_limit", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     t0 = time.time()

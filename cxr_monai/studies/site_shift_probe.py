@@ -6,7 +6,7 @@ box blur (high frequencies), gamma, histogram equalisation. A change that moves 
 but the validation split's little points at what differs between the two periods. Paired bootstrap (2,000
 resamples, stratified) of the AUC difference to the unchanged input.
 
-    .venv/bin/python -m benchmarks.site_shift_probe --out benchmarks/results/site_shift_probe.json
+    .venv/bin/python -m cxr_monai.studies.site_shift_probe --out bundles/cxr_pneumonia_classifier/docs/results/site_shift_probe.json
 
 This is a diagnosis, not a selection: nothing here is shipped, because the site sample is the commissioning
 sample (101 images) and choosing a preprocessing on it would overfit it.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("CXR_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxr_monai.utils import load_bundle_network, read_json
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "site_shift_probe.json"))
+    ap.add_argument("--out", default=str(ROOT / "bundles" / "cxr_pneumonia_classifier" / "docs" / "results" / "site_shift_probe.json"))
     ap.add_argument("--val_every", type=int, default=2, help="every n-th validation image (speed)")
     args = ap.parse_args(argv)
     bundle = ROOT / "bundles" / "cxr_pneumonia_classifier"

@@ -11,7 +11,7 @@ candidate's own threshold; (c) validation AUC on the 785-image validation split.
 bundle's own commands: (b) ``commission.json``'s cross-validated estimates (``site_calibration.json``) and (d) the
 stress suite's mean worst balanced accuracy (``stress.json`` + ``stress.json``'s report).
 
-    .venv/bin/python -m benchmarks.later_cohort_candidates --baseline B \\
+    .venv/bin/python -m cxr_monai.studies.later_cohort_candidates --baseline B \\
         --candidate B=bundles/cxr_pneumonia_classifier/models,runs/commission_B,docs/recipes/stress_ensemble_mild_x3.json \\
         --candidate F=runs/ens_framing,runs/commission_F,runs/ens_framing/stress/stress.json ... \\
         --out bundles/cxr_pneumonia_classifier/docs/recipes/later_cohort_candidates.json
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("CXR_SHARED_DATA", ROOT.parent / "shared" / "data"))
 BUNDLE = ROOT / "bundles" / "cxr_pneumonia_classifier"
 
@@ -92,7 +92,7 @@ def _inputs(items: list[dict], image_size: int) -> tuple[torch.Tensor, np.ndarra
 
 def _paired_diff(p0: np.ndarray, p1: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
     """The AUC difference p1 - p0 with the site-shift probe's paired stratified bootstrap interval."""
-    from benchmarks.site_shift_probe import _paired_auc_diff
+    from cxr_monai.studies.site_shift_probe import _paired_auc_diff
     from cxr_monai.metrics.classification import roc_auc
 
     return {"estimate": float(roc_auc(p1, y) - roc_auc(p0, y)), **_paired_auc_diff(p0, p1, y, n_boot, seed)}
@@ -116,7 +116,7 @@ def _commissioned(path: Path) -> tuple[dict, dict]:
 
 def _stress(path: Path) -> float | None:
     """The stress criterion, or None when that candidate's suite was not run (its check then fails)."""
-    from benchmarks.classifier_recipes import score
+    from cxr_monai.studies.classifier_recipes import score
 
     if not path.is_file():
         return None

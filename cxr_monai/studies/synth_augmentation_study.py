@@ -14,7 +14,7 @@ real validation split: accuracy, ROC AUC, minority (NORMAL) recall, balanced acc
 initialisation, batch order, augmentation, which real images are duplicated and the GAN noise.
 
 Usage (from the repository root):
-    .venv/bin/python benchmarks/synth_augmentation_study.py --out runs/synth_study \
+    .venv/bin/python -m cxr_monai.studies.synth_augmentation_study --out runs/synth_study \
         --generator_weights runs/synth_sgan64/model.pt --seeds 0 1 2
 Results: <out>/results.json (every run) and <out>/results.md (mean +- std table). Runs can be split over
 processes (one --out sub-folder each, e.g. one per seed) and collected with --merge.
@@ -34,8 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 CONDITIONS = ("real", "dup", "syn_min", "syn_both", "tstr")
 NORMAL, PNEUMONIA = 0, 1
