@@ -21,6 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 def balanced_accuracy(at: dict) -> float:
     return 0.5 * (float(at["recall"]) + float(at["specificity"]))
@@ -76,7 +78,6 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     shifts = list(next(iter(results.values()))["per_shift"])
     width = 0.8 / len(results)

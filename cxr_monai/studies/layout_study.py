@@ -27,6 +27,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from cxr_monai.inference import inference_layout
+from cxr_monai.networks import classifier_ensemble, csaegan_lite, resnet18_sa
+from cxr_monai.networks.sr import ResidualDenseBlock
+from cxr_monai.utils import configure_threads, load_bundle_network
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,8 +63,6 @@ def _dense_block_with_buffer(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def _with_buffer(net: torch.nn.Module) -> torch.nn.Module:
-    from cxr_monai.networks.sr import ResidualDenseBlock
-
     for m in net.modules():
         if isinstance(m, ResidualDenseBlock):
             m.forward = types.MethodType(_dense_block_with_buffer, m)
@@ -66,12 +70,6 @@ def _with_buffer(net: torch.nn.Module) -> torch.nn.Module:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    from cxr_monai.inference import inference_layout
-    from cxr_monai.networks import classifier_ensemble, csaegan_lite, resnet18_sa
-    from cxr_monai.utils import configure_threads, load_bundle_network
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "layout_study.json"))
     ap.add_argument("--repeats", type=int, default=7)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr_monai.io import load_cxr
 from cxr_monai.metrics.sr import bicubic_up, degrade, psnr, ssim
 from cxr_monai.networks import sr as srnets
 
@@ -98,7 +99,6 @@ def time_per_output(fn, x: torch.Tensor, repeats: int) -> float:
 
 def load_val(crop: int, limit: int) -> list[tuple[str, torch.Tensor]]:
     """(name, HR crop (1, 1, h, w) in [0, 1]) for the bundle's validation split."""
-    from cxr_monai.io import load_cxr
 
     split = json.loads((BUNDLE / "configs" / "datalist.json").read_text())["validation"]
     out = []

@@ -27,6 +27,10 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
+from cxr_monai.engines.gan import export_generator, generate
+from cxr_monai.metrics import generative as gm
+from cxr_monai.metrics.generative import classifier_feature_extractor, extract_features
+from cxr_monai.studies.synth_augmentation_study import load_split
 from cxr_monai.utils import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,8 +72,6 @@ def parse_point(text: str) -> tuple[str, int, Path]:
 
 def evaluate_point(kind: str, run: Path, real_f: torch.Tensor, real_y: torch.Tensor, extractor,
                    num_per_class: int, seed: int) -> dict:
-    from cxr_monai.engines.gan import export_generator, generate
-    from cxr_monai.metrics import generative as gm
 
     ckpt = pick_checkpoint(run)
     p = parser_for(["train.json"] + (["train_dcgan.json"] if kind == "dcgan" else []))
@@ -138,9 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         if not run.is_dir():
             p.error(f"{run}: no such run folder")
 
-    from synth_augmentation_study import load_split
 
-    from cxr_monai.metrics.generative import classifier_feature_extractor, extract_features
 
     t0 = time.time()
     data = load_split(args.dataset_dir, 64, args.real_cache)
