@@ -51,7 +51,6 @@ def load_split(dataset_dir: Path, size: int, cache: Path) -> dict[str, torch.Ten
     if cache.is_file():
         return torch.load(cache, weights_only=True)
 
-
     train, val = training_split(dataset_dir, 0.15, 0)
     pre = Compose(classifier_preprocessing(["image"], size))
     out: dict[str, torch.Tensor] = {}
@@ -128,7 +127,6 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train_eval(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, seed: int, steps: int,
                batch_size: int, lr: float) -> dict:
-
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -141,7 +141,6 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"{run}: no such run folder")
 
 
-
     t0 = time.time()
     data = load_split(args.dataset_dir, 64, args.real_cache)
     extractor = classifier_feature_extractor(ROOT / "bundles" / "cxr_pneumonia_classifier")
