@@ -60,7 +60,7 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
 def channels_last_default(device: str | torch.device) -> bool:
     """Whether the networks run in ``channels_last`` memory format on ``device``: yes on the CPU, where oneDNN
     convolutions skip their NCHW reorders (measured on this project's 2-core Xeon: 1.1-1.3x for the SR generators,
-    full and lite, 1.5-1.8x for the classifier ensemble at batch 32; ``python -m benchmarks.layout_study`` and
+    full and lite, 1.5-1.8x for the classifier ensemble at batch 32; ``python -m cxr_monai.studies.layout_study`` and
     ``python -m benchmarks.run``), and on CUDA, where it is the layout tensor-core convolutions prefer (not
     measured here)."""
     return torch.device(device).type in ("cpu", "cuda")

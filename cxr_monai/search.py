@@ -64,7 +64,7 @@ def suggest(trial, space: Mapping[str, Mapping]) -> dict[str, Any]:
 def stress_criterion(report: Mapping, threshold_name: str = "shipped") -> float:
     """The model card's criterion from a :func:`cxr_monai.metrics.stress.stress_suite` report: the mean over the
     shifts of the worst-strength balanced accuracy ((sensitivity + specificity) / 2) at one named threshold (the
-    same number as ``benchmarks.classifier_recipes.score``'s ``mean_worst_balanced_accuracy``)."""
+    same number as ``cxr_monai.studies.classifier_recipes.score``'s ``mean_worst_balanced_accuracy``)."""
     worst = []
     for shift in report["shifts"].values():
         levels = [lv for lv in shift["levels"] if not lv["clean"]]

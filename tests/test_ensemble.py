@@ -245,7 +245,7 @@ def test_plot_reliability_writes_png(tmp_path):
 
 
 def test_later_cohort_rule_round_2_needs_every_check():
-    from benchmarks.later_cohort_candidates import RULES, decide
+    from cxr_monai.studies.later_cohort_candidates import RULES, decide
 
     def row(site_auc, comm_acc, val_auc, stress, default_acc):
         return {"site": {"auc": site_auc}, "commissioned": {"accuracy": comm_acc}, "validation": {"auc": val_auc},

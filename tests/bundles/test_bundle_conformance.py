@@ -195,13 +195,13 @@ def test_synthesis_inference_writes_what_generate_makes(tmp_path: Path) -> None:
 
 
 def _documented_merges() -> list[tuple[str, list[str]]]:
-    """Config merges a bundle's own docs tell a user to run (``$B`` = that bundle) in which a later file brings
+    """Config merges a bundle's own docs (its card and the card's history and studies pages) tell a user to run (``$B`` = that bundle) in which a later file brings
     its own ``imports`` (which replaces the earlier list: the case where a merge can lose a module)."""
     import re
 
     cases = []
     for root in sorted(p for p in BUNDLES.iterdir() if (p / "configs").is_dir()):
-        for doc in (root / "README.md", root / "docs" / "README.md"):
+        for doc in (root / "README.md", *sorted((root / "docs").glob("*.md"))):
             if not doc.is_file():
                 continue
             for m in re.finditer(r"config_file \"\[([^\]]*)\]\"", doc.read_text()):

@@ -147,7 +147,7 @@ def test_evaluate_writes_metrics_and_grid(trained, tmp_path):
 
 def test_shipped_generator_loads_and_generates():
     weights = BUNDLE / "models" / "model.pt"
-    assert weights.is_file(), f"{weights}: the bundle ships trained weights (benchmarks/synth_finish.py)"
+    assert weights.is_file(), f"{weights}: the bundle ships trained weights (the card's training commands)"
     from monai.bundle import ConfigParser
 
     from cxr_monai.engines.gan import generate

@@ -6,7 +6,7 @@ box blur (high frequencies), gamma, histogram equalisation. A change that moves 
 but the validation split's little points at what differs between the two periods. Paired bootstrap (2,000
 resamples, stratified) of the AUC difference to the unchanged input.
 
-    .venv/bin/python -m benchmarks.site_shift_probe --out benchmarks/results/site_shift_probe.json
+    .venv/bin/python -m cxr_monai.studies.site_shift_probe --out bundles/cxr_pneumonia_classifier/docs/results/site_shift_probe.json
 
 This is a diagnosis, not a selection: nothing here is shipped, because the site sample is the commissioning
 sample (101 images) and choosing a preprocessing on it would overfit it.
@@ -22,8 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import Compose
 
-ROOT = Path(__file__).resolve().parents[1]
+from cxr_monai.data import class_folder_datalist, training_split
+from cxr_monai.metrics.classification import roc_auc
+from cxr_monai.transforms import classifier_preprocessing
+from cxr_monai.utils import load_bundle_network, read_json
+
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("CXR_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
@@ -62,8 +68,6 @@ VARIANTS = {
 
 
 def _paired_auc_diff(p0: np.ndarray, p1: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
-    from cxr_monai.metrics.classification import roc_auc
-
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     diffs = []
@@ -75,11 +79,6 @@ def _paired_auc_diff(p0: np.ndarray, p1: np.ndarray, y: np.ndarray, n_boot: int 
 
 
 def probe(items: list[dict], net, image_size: int, threshold: float) -> dict:
-    from monai.transforms import Compose
-
-    from cxr_monai.metrics.classification import roc_auc
-    from cxr_monai.transforms import classifier_preprocessing
-
     pre = Compose(classifier_preprocessing(["image"], image_size))
     x = torch.stack([torch.as_tensor(pre({"image": it["image"]})["image"]).float() for it in items])
     y = np.asarray([int(it["label"]) for it in items])
@@ -99,11 +98,8 @@ def probe(items: list[dict], net, image_size: int, threshold: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cxr_monai.data import class_folder_datalist, training_split
-    from cxr_monai.utils import load_bundle_network, read_json
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "site_shift_probe.json"))
+    ap.add_argument("--out", default=str(ROOT / "bundles" / "cxr_pneumonia_classifier" / "docs" / "results" / "site_shift_probe.json"))
     ap.add_argument("--val_every", type=int, default=2, help="every n-th validation image (speed)")
     args = ap.parse_args(argv)
     bundle = ROOT / "bundles" / "cxr_pneumonia_classifier"

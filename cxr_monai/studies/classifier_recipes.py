@@ -11,7 +11,7 @@ Clean validation AUC is reported but not used (it is saturated near 0.99 for eve
 
 Usage::
 
-    python -m benchmarks.classifier_recipes --run "shipped 0.2.x (lite 224, mild, best epoch)=bundles/.../stress.json" \\
+    python -m cxr_monai.studies.classifier_recipes --run "shipped 0.2.x (lite 224, mild, best epoch)=bundles/.../stress.json" \\
         --run "slim 160, mild, EMA=runs/cls_mild_s0/stress/stress.json" --out bundles/cxr_pneumonia_classifier/docs/recipes
 """
 
@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 
 def balanced_accuracy(at: dict) -> float:
@@ -76,7 +78,6 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     shifts = list(next(iter(results.values()))["per_shift"])
     width = 0.8 / len(results)

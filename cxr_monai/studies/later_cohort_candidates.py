@@ -11,7 +11,7 @@ candidate's own threshold; (c) validation AUC on the 785-image validation split.
 bundle's own commands: (b) ``commission.json``'s cross-validated estimates (``site_calibration.json``) and (d) the
 stress suite's mean worst balanced accuracy (``stress.json`` + ``stress.json``'s report).
 
-    .venv/bin/python -m benchmarks.later_cohort_candidates --baseline B \\
+    .venv/bin/python -m cxr_monai.studies.later_cohort_candidates --baseline B \\
         --candidate B=bundles/cxr_pneumonia_classifier/models,runs/commission_B,docs/recipes/stress_ensemble_mild_x3.json \\
         --candidate F=runs/ens_framing,runs/commission_F,runs/ens_framing/stress/stress.json ... \\
         --out bundles/cxr_pneumonia_classifier/docs/recipes/later_cohort_candidates.json
@@ -32,8 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.transforms import Compose
 
-ROOT = Path(__file__).resolve().parents[1]
+from cxr_monai.data import class_folder_datalist, training_split
+from cxr_monai.metrics.classification import roc_auc
+from cxr_monai.studies.classifier_recipes import score
+from cxr_monai.studies.framing import load_ensemble
+from cxr_monai.studies.site_shift_probe import _paired_auc_diff
+from cxr_monai.transforms import classifier_preprocessing
+from cxr_monai.utils import read_json
+
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("CXR_SHARED_DATA", ROOT.parent / "shared" / "data"))
 BUNDLE = ROOT / "bundles" / "cxr_pneumonia_classifier"
 
@@ -50,14 +59,11 @@ RULES[5] = {**RULES[2], "preference": ["E", "N"]}  # round 2's rule; framing mem
 
 
 def load_candidate(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:
-    from cxr_monai.studies.framing import load_ensemble
-
     return load_ensemble(models_dir)
 
 
 def extract_member(models_dir: str | Path, index: int, out_dir: str | Path) -> Path:
     """One member of a shipped ensemble as a member folder: its network weights and its temperature/bias."""
-    from cxr_monai.utils import read_json
 
     cal = read_json(Path(models_dir) / "calibration.json")
     state = torch.load(Path(models_dir) / "model.pt", map_location="cpu", weights_only=True)
@@ -81,10 +87,6 @@ def _probs(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def _inputs(items: list[dict], image_size: int) -> tuple[torch.Tensor, np.ndarray]:
-    from monai.transforms import Compose
-
-    from cxr_monai.transforms import classifier_preprocessing
-
     pre = Compose(classifier_preprocessing(["image"], image_size))
     x = torch.stack([torch.as_tensor(pre({"image": it["image"]})["image"]).float() for it in items])
     return x, np.asarray([int(it["label"]) for it in items])
@@ -92,8 +94,6 @@ def _inputs(items: list[dict], image_size: int) -> tuple[torch.Tensor, np.ndarra
 
 def _paired_diff(p0: np.ndarray, p1: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
     """The AUC difference p1 - p0 with the site-shift probe's paired stratified bootstrap interval."""
-    from benchmarks.site_shift_probe import _paired_auc_diff
-    from cxr_monai.metrics.classification import roc_auc
 
     return {"estimate": float(roc_auc(p1, y) - roc_auc(p0, y)), **_paired_auc_diff(p0, p1, y, n_boot, seed)}
 
@@ -108,7 +108,6 @@ def _estimates(block: dict) -> dict:
 
 def _commissioned(path: Path) -> tuple[dict, dict]:
     """``commission.json``'s cross-validated estimates and its shipped-default metrics on the in-scope sample."""
-    from cxr_monai.utils import read_json
 
     site = read_json(path / "site_calibration.json")
     return _estimates(site.get("expected") or site), _estimates(site.get("default_on_sample") or {})
@@ -116,7 +115,6 @@ def _commissioned(path: Path) -> tuple[dict, dict]:
 
 def _stress(path: Path) -> float | None:
     """The stress criterion, or None when that candidate's suite was not run (its check then fails)."""
-    from benchmarks.classifier_recipes import score
 
     if not path.is_file():
         return None
@@ -166,8 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.extract_member:
         print(extract_member(args.extract_member[0], int(args.extract_member[1]), args.extract_member[2]))
         return 0
-    from cxr_monai.data import class_folder_datalist, training_split
-    from cxr_monai.metrics.classification import roc_auc
 
     inputs: dict[int, tuple] = {}  # per input size (each candidate's own, from its calibration.json)
     rows, site_p = {}, {}

@@ -14,7 +14,7 @@ real validation split: accuracy, ROC AUC, minority (NORMAL) recall, balanced acc
 initialisation, batch order, augmentation, which real images are duplicated and the GAN noise.
 
 Usage (from the repository root):
-    .venv/bin/python benchmarks/synth_augmentation_study.py --out runs/synth_study \
+    .venv/bin/python -m cxr_monai.studies.synth_augmentation_study --out runs/synth_study \
         --generator_weights runs/synth_sgan64/model.pt --seeds 0 1 2
 Results: <out>/results.json (every run) and <out>/results.md (mean +- std table). Runs can be split over
 processes (one --out sub-folder each, e.g. one per seed) and collected with --merge.
@@ -26,16 +26,21 @@ import argparse
 import hashlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.metrics import ROCAUCMetric
+from monai.transforms import Compose
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from cxr_monai.data import training_split
+from cxr_monai.engines.gan import generate
+from cxr_monai.networks import sagan_generator, resnet18_sa
+from cxr_monai.transforms import classifier_preprocessing
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CONDITIONS = ("real", "dup", "syn_min", "syn_both", "tstr")
 NORMAL, PNEUMONIA = 0, 1
@@ -45,10 +50,6 @@ def load_split(dataset_dir: Path, size: int, cache: Path) -> dict[str, torch.Ten
     """Train/val images (uint8, (N, 1, size, size)) and labels, preprocessed once and cached outside the repo."""
     if cache.is_file():
         return torch.load(cache, weights_only=True)
-    from monai.transforms import Compose
-
-    from cxr_monai.data import training_split
-    from cxr_monai.transforms import classifier_preprocessing
 
     train, val = training_split(dataset_dir, 0.15, 0)
     pre = Compose(classifier_preprocessing(["image"], size))
@@ -70,16 +71,12 @@ def weights_sha(path: Path) -> str:
 
 
 def load_generator(weights: Path, preset: str, size: int) -> torch.nn.Module:
-    from cxr_monai.networks import sagan_generator
-
     g = sagan_generator(preset, size, spectral_norm=False)
     g.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return g.eval()
 
 
 def synth(generator: torch.nn.Module, n: int, cls: int, seed: int) -> torch.Tensor:
-    from cxr_monai.engines.gan import generate
-
     if n <= 0:
         return torch.zeros(0, 1, generator.img_size, generator.img_size, dtype=torch.uint8)
     imgs, _ = generate(generator, n, cls, seed=seed, batch_size=128)
@@ -130,9 +127,6 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train_eval(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, seed: int, steps: int,
                batch_size: int, lr: float) -> dict:
-    from monai.metrics import ROCAUCMetric
-
-    from cxr_monai.networks import resnet18_sa
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -1,6 +1,6 @@
 """The CPU profile and the layout experiments behind the README's "What the profile said" paragraph.
 
-    CXR_NUM_THREADS=1 python -m benchmarks.layout_study --out benchmarks/results/layout_study.json
+    CXR_NUM_THREADS=1 python -m cxr_monai.studies.layout_study --out benchmarks/results/layout_study.json
 
 One thread, process CPU time (so another job on the machine does not count), medians of ``--repeats`` runs with
 the variants interleaved. Measures, on the shipped CSAEGAN-lite weights (128 px input) unless said otherwise:
@@ -27,8 +27,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
-ROOT = Path(__file__).resolve().parents[1]
+from cxr_monai.inference import inference_layout
+from cxr_monai.networks import classifier_ensemble, csaegan_lite, resnet18_sa
+from cxr_monai.networks.sr import ResidualDenseBlock
+from cxr_monai.utils import configure_threads, load_bundle_network
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cpu_seconds(fns: dict, repeats: int) -> dict:
@@ -57,25 +63,17 @@ def _dense_block_with_buffer(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def _with_buffer(net: torch.nn.Module) -> torch.nn.Module:
-    from cxr_monai.networks.sr import ResidualDenseBlock
-
     for m in net.modules():
         if isinstance(m, ResidualDenseBlock):
             m.forward = types.MethodType(_dense_block_with_buffer, m)
     return net
 
 
-def main() -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    from cxr_monai.inference import inference_layout
-    from cxr_monai.networks import classifier_ensemble, csaegan_lite, resnet18_sa
-    from cxr_monai.utils import configure_threads, load_bundle_network
-
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "layout_study.json"))
     ap.add_argument("--repeats", type=int, default=7)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     threads = configure_threads()
     result: dict = {"threads": threads, "repeats": args.repeats, "timer": "process CPU time, medians"}
 

@@ -8,7 +8,7 @@ features are extracted once for all points). Writes a JSON and a figure.
 
 Usage (repository root; the three legs of each run are separate folders, see the synthesis model card)::
 
-    .venv/bin/python benchmarks/synth_budget_curve.py \\
+    .venv/bin/python -m cxr_monai.studies.synth_budget_curve \\
         --point sagan:1800:runs/synth_sgan64 --point sagan:3600:runs/synth_sgan64_x2 \\
         --point sagan:7200:runs/synth_sgan64_x3 --point dcgan:1800:runs/synth_dcgan64 \\
         --point dcgan:3600:runs/synth_dcgan64_x2 --point dcgan:7200:runs/synth_dcgan64_x3 \\
@@ -20,18 +20,44 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from monai.bundle import ConfigParser
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from cxr_monai.engines.gan import export_generator, generate
+from cxr_monai.metrics import generative as gm
+from cxr_monai.metrics.generative import classifier_feature_extractor, extract_features
+from cxr_monai.studies.synth_augmentation_study import load_split
+from cxr_monai.utils import latest_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "bundles" / "cxr_synth_sgan"
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+
+
+def pick_checkpoint(run: Path) -> Path:
+    """The run's ``checkpoint_final.pt``, else its latest checkpoint."""
+    final = run / "checkpoint_final.pt"
+    if final.is_file():
+        return final
+    latest = latest_checkpoint(run)
+    if latest is None:
+        raise FileNotFoundError(f"{run}: no checkpoint")
+    return Path(latest)
+
+
+def parser_for(configs: list[str], **overrides) -> ConfigParser:
+    """The synthesis bundle's configs merged, with ``bundle_root`` and ``overrides`` set."""
+    p = ConfigParser()
+    p.read_config([str(BUNDLE / "configs" / c) for c in configs])
+    p["bundle_root"] = str(BUNDLE)
+    for k, v in overrides.items():
+        p[k] = v
+    return p
 
 
 def parse_point(text: str) -> tuple[str, int, Path]:
@@ -46,10 +72,6 @@ def parse_point(text: str) -> tuple[str, int, Path]:
 
 def evaluate_point(kind: str, run: Path, real_f: torch.Tensor, real_y: torch.Tensor, extractor,
                    num_per_class: int, seed: int) -> dict:
-    from synth_finish import parser_for, pick_checkpoint
-
-    from cxr_monai.engines.gan import export_generator, generate
-    from cxr_monai.metrics import generative as gm
 
     ckpt = pick_checkpoint(run)
     p = parser_for(["train.json"] + (["train_dcgan.json"] if kind == "dcgan" else []))
@@ -118,9 +140,6 @@ def main(argv: list[str] | None = None) -> None:
         if not run.is_dir():
             p.error(f"{run}: no such run folder")
 
-    from synth_augmentation_study import load_split
-
-    from cxr_monai.metrics.generative import classifier_feature_extractor, extract_features
 
     t0 = time.time()
     data = load_split(args.dataset_dir, 64, args.real_cache)

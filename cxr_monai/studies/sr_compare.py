@@ -13,7 +13,7 @@ same run (the machine is shared, so its speed drifts).
 
 Example::
 
-    .venv/bin/python benchmarks/sr_compare.py --out runs/sr_compare/compare.json
+    .venv/bin/python -m cxr_monai.studies.sr_compare --out runs/sr_compare/compare.json
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr_monai.io import load_cxr
 from cxr_monai.metrics.sr import bicubic_up, degrade, psnr, ssim
 from cxr_monai.networks import sr as srnets
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "cxr_sr_csaegan"
 DATA = ROOT.parent / "shared" / "data" / "kermany_hr"
 RUNS = ROOT / "runs" / "sr_compare"
@@ -98,7 +99,6 @@ def time_per_output(fn, x: torch.Tensor, repeats: int) -> float:
 
 def load_val(crop: int, limit: int) -> list[tuple[str, torch.Tensor]]:
     """(name, HR crop (1, 1, h, w) in [0, 1]) for the bundle's validation split."""
-    from cxr_monai.io import load_cxr
 
     split = json.loads((BUNDLE / "configs" / "datalist.json").read_text())["validation"]
     out = []
@@ -111,14 +111,14 @@ def load_val(crop: int, limit: int) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(RUNS / "compare.json"))
     p.add_argument("--crop", type=int, default=512)
     p.add_argument("--val_limit", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     t0 = time.time()
