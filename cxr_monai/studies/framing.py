@@ -25,6 +25,8 @@ from cxr_monai.commissioning import commission, logodds_from_logits
 from cxr_monai.data.splits import patient_id
 from cxr_monai.io import load_cxr
 from cxr_monai.metrics.classification import roc_auc
+from cxr_monai.scope import bedside_like
+from cxr_monai.scope.training import adult_split
 from cxr_monai.transforms import classifier_preprocessing
 from cxr_monai.transforms.framing import FRAMINGS, reframe
 
@@ -124,11 +126,8 @@ def framing_study(network: torch.nn.Module, calibration: Mapping[str, Any], gate
 
 def held_out_adults(adult_dir: str | Path, bedside: bool = False, seed: int = 0) -> list[dict]:
     """The adult films no gate trained on (the gate training's held-out 30 %,
-    :func:`cxr_monai.engines.scope.adult_split`), as they are or made bedside-like
-    (:func:`cxr_monai.data.bedside_like`, seeded): items without labels (no finding is due)."""
-    from cxr_monai.data import bedside_like
-    from cxr_monai.engines.scope import adult_split
-
+    :func:`cxr_monai.scope.training.adult_split`), as they are or made bedside-like
+    (:func:`cxr_monai.scope.bedside_like`, seeded): items without labels (no finding is due)."""
     _, test = adult_split(Path(adult_dir))
     if not bedside:
         return [{"image": str(f)} for f in test]
