@@ -472,7 +472,7 @@ def measure_false_alarms(site_dir: str | os.PathLike, window: int = 50, n_splits
 def _subset(ref: Reference, idx: np.ndarray, in_idx: np.ndarray) -> Reference:
     pos = np.searchsorted(in_idx, idx[ref.in_scope[idx]])
     return Reference(ref.features[idx], ref.in_scope[idx], ref.labels[pos], ref.decisions[:, pos], ref.prevalence,
-                      ref.info)
+                     ref.info)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
