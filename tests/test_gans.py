@@ -12,13 +12,11 @@ from torch import nn
 from cxr_monai.engines.gan import (
     ConditionalGANTrainer,
     GANSampleGrid,
-    bce_d_loss,
-    bce_g_loss,
     generate,
     sample_grid,
     update_ema,
 )
-from cxr_monai.losses import hinge_d_loss, hinge_g_loss
+from cxr_monai.losses import bce_d_loss, bce_g_loss, hinge_d_loss, hinge_g_loss
 from cxr_monai.metrics.generative import (
     class_matched_indices,
     generative_report,
@@ -342,7 +340,7 @@ def test_pooled_fid_is_not_moved_by_the_class_ratio(tmp_path):
     def extractor(x):
         return torch.cat([x.mean(dim=(1, 2, 3))[:, None], x.std(dim=(1, 2, 3))[:, None]], 1)
 
-    from cxr_monai.engines.gan import evaluate_generator
+    from cxr_monai.metrics.synthesis import evaluate_generator
     from cxr_monai.metrics.generative import fid
 
     rep = evaluate_generator(PerfectG(), real, real_labels, tmp_path, extractor, num_per_class=64,

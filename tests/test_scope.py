@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_monai.data import NEGATIVE_KINDS, negative_set
-from cxr_monai.engines.scope import augment_batch, fit_feature_stats, preprocess_images
 from cxr_monai.io import load_cxr
-from cxr_monai.networks import ScopeGateModule, scope_net
-from cxr_monai.scope import (MAX_AGE_YEARS, OUT_OF_SCOPE, ScopeDecision, header_scope_reason, load_scope_gate,
-                             patient_age_years)
+from cxr_monai.scope import (MAX_AGE_YEARS, NEGATIVE_KINDS, OUT_OF_SCOPE, ScopeDecision, ScopeGateModule,
+                             header_scope_reason, load_scope_gate, negative_set, patient_age_years, scope_net)
+from cxr_monai.scope.training import adult_split, augment_batch, fit_feature_stats, preprocess_images
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "cxr_pneumonia_classifier"
@@ -142,7 +140,6 @@ def test_shipped_gate_keeps_validation_radiographs_and_refuses_held_out_adults(g
     """In-population validation images (the classifier's own validation split) are kept at the calibrated rate;
     adults the gate never trained on (the held-out 30 %) are refused."""
     from cxr_monai.data import training_split
-    from cxr_monai.engines.scope import adult_split
 
     val = training_split(SHARED / "kermany224" / "train", 0.15, 0)[1][::4]  # every 4th: ~200 images
     x = preprocess_images([it["image"] for it in val], gate.image_size).float() / 255.0

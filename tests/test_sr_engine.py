@@ -13,7 +13,8 @@ from ignite.engine import Events
 from monai.data import DataLoader, MetaTensor
 from monai.utils import CommonKeys as Keys
 
-from cxr_monai.engines.sr import PrepareSRBatch, SRImageWriter, SRMetricsWriter, SRTrainer, make_ema
+from cxr_monai.engines.sr import PrepareSRBatch, SRImageWriter, SRTrainer, make_ema
+from cxr_monai.engines.sr_metrics import SRMetricsWriter
 from cxr_monai.metrics.sr import back_projection, consistency_psnr, degrade
 from cxr_monai.transforms import BackProjection, BackProjectiond, back_project
 from cxr_monai.networks import UNetDiscriminatorSN, csaegan_lite

@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import norm
 
+from cxr_monai.commissioning.drift import (CHECKS, Reference, at_prevalence, expected_share, null_statistics,
+                                          oos_stat, share_stat, shift_stat, thresholds)
 from cxr_monai.commissioning.site import CommissioningError, json_clean
 
 __all__ = [
@@ -82,7 +83,6 @@ DEFAULT_WINDOW = 100
 MIN_WINDOW = 30
 """Fewer images in the window: no check runs (``status`` ``"too_few_images"``, no alert)."""
 N_NULL = 2000
-_CHECKS = ("out_of_scope_rate", "input_distribution", "positive_share")
 
 
 class MonitorError(CommissioningError):
@@ -208,17 +208,7 @@ def write_reference(reference: Mapping[str, Any], site_dir: str | os.PathLike) -
     return path
 
 
-@dataclass(frozen=True)
-class _Reference:
-    features: np.ndarray  # (m, k), NaN where absent
-    in_scope: np.ndarray  # (m,)
-    labels: np.ndarray  # (m_in,)
-    decisions: np.ndarray  # (R, m_in)
-    prevalence: float
-    info: dict
-
-
-def load_reference(site_dir: str | os.PathLike) -> _Reference:
+def load_reference(site_dir: str | os.PathLike) -> Reference:
     """Read ``site_dir/monitor_reference.json``.
 
     Raises:
@@ -236,10 +226,10 @@ def load_reference(site_dir: str | os.PathLike) -> _Reference:
         if list(ref["feature_names"]) != list(GATE_FEATURES + IMAGE_FEATURES):
             raise MonitorError(f"{path}: features {ref['feature_names']} are not this version's; commission again")
         feats = np.array([[math.nan if v is None else float(v) for v in row] for row in ref["features"]], dtype=float)
-        return _Reference(feats.reshape(-1, len(GATE_FEATURES + IMAGE_FEATURES)),
-                          np.asarray(ref["in_scope"], dtype=bool), np.asarray(ref["labels"], dtype=int),
-                          np.asarray(ref["oof_decisions"], dtype=bool), float(ref["prevalence"]),
-                          {k: ref.get(k) for k in ("site_id", "date", "model", "prevalence_source", "threshold")})
+        return Reference(feats.reshape(-1, len(GATE_FEATURES + IMAGE_FEATURES)),
+                         np.asarray(ref["in_scope"], dtype=bool), np.asarray(ref["labels"], dtype=int),
+                         np.asarray(ref["oof_decisions"], dtype=bool), float(ref["prevalence"]),
+                         {k: ref.get(k) for k in ("site_id", "date", "model", "prevalence_source", "threshold")})
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
         if isinstance(err, MonitorError):
             raise
@@ -294,124 +284,22 @@ def read_results(paths: Sequence[str | os.PathLike]) -> list[WindowImage]:
     return out
 
 
-# ----------------------------------------------------------------------------------------------- statistics
-
-
-def _oos_stat(k_out: int, n: int, m_out: int, m: int) -> float:
-    r = (m_out + 1.0) / (m + 2.0)  # Laplace: a sample with no refusal still has a rate above zero
-    return (k_out / n - m_out / m) / math.sqrt(r * (1 - r) * (1.0 / n + 1.0 / m))
-
-
-def _shift_stat(window: np.ndarray, ref: np.ndarray) -> tuple[float, np.ndarray]:
-    """Largest |standardised mean shift| over features, and the per-feature values (NaN ignored)."""
-    z = np.full(ref.shape[1], np.nan)
-    for j in range(ref.shape[1]):
-        w, r = window[:, j][np.isfinite(window[:, j])], ref[:, j][np.isfinite(ref[:, j])]
-        if w.size < 2 or r.size < 2:
-            continue
-        sd = r.std(ddof=1)
-        z[j] = (w.mean() - r.mean()) / (max(sd, 1e-9) * math.sqrt(1.0 / w.size + 1.0 / r.size))
-    finite = np.abs(z[np.isfinite(z)])
-    return (float(finite.max()) if finite.size else 0.0), z
-
-
-def _expected_share(decisions: np.ndarray, labels: np.ndarray, prevalence: float) -> tuple[float, float]:
-    """Share of PNEUMONIA calls expected at ``prevalence`` from out-of-fold decisions (R, m_in), and its variance."""
-    pos, neg = labels == 1, labels == 0
-    sens = float(decisions[:, pos].mean()) if pos.any() else 0.5
-    fpr = float(decisions[:, neg].mean()) if neg.any() else 0.5
-    q = prevalence * sens + (1 - prevalence) * fpr
-    var = (prevalence ** 2 * sens * (1 - sens) / max(pos.sum(), 1)
-           + (1 - prevalence) ** 2 * fpr * (1 - fpr) / max(neg.sum(), 1))
-    return q, var
-
-
-def _share_stat(k_pos: int, n: int, q: float, var_q: float) -> float:
-    q_ = min(max(q, 1e-3), 1 - 1e-3)
-    return abs(k_pos / n - q) / math.sqrt(q_ * (1 - q_) / n + var_q)
-
-
-def _shift_stats_batch(window: np.ndarray, rest: np.ndarray, feats: np.ndarray) -> np.ndarray:
-    """:func:`_shift_stat` of many windows of the commissioning sample at once: ``window``, ``rest`` (B, m) masks of
-    the images in each window and in the reference it is compared with; ``feats`` (m, k). Returns (B,)."""
-    finite = np.isfinite(feats)
-    f0 = np.where(finite, feats, 0.0)
-    w, r, fin = window.astype(float), rest.astype(float), finite.astype(float)
-    cw, cr = w @ fin, r @ fin
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mw, mr = (w @ f0) / cw, (r @ f0) / cr
-        var = ((r @ f0 ** 2) - cr * mr ** 2) / (cr - 1)
-        z = (mw - mr) / (np.maximum(np.sqrt(np.maximum(var, 0.0)), 1e-9) * np.sqrt(1.0 / cw + 1.0 / cr))
-    z[(cw < 2) | (cr < 2)] = np.nan
-    z = np.abs(z)
-    return np.where(np.isfinite(z).any(axis=1), np.nanmax(np.where(np.isfinite(z), z, -1.0), axis=1), 0.0)
-
-
-def _at_prevalence(pos: np.ndarray, neg: np.ndarray, k: int, prevalence: float, rng: np.random.Generator
-                   ) -> np.ndarray:
-    """Up to ``k`` of ``pos`` and ``neg``, drawn without replacement at ``prevalence`` (fewer when a class is short)."""
-    k = int(min(k, math.floor(pos.size / prevalence) if prevalence > 0 else k,
-                math.floor(neg.size / (1 - prevalence)) if prevalence < 1 else k))
-    n_pos = int(round(prevalence * k))
-    return np.r_[rng.choice(pos, n_pos, replace=False), rng.choice(neg, k - n_pos, replace=False)].astype(int)
-
-
-def _null_statistics(ref: _Reference, n: int, n_in: int, n_null: int, seed: int) -> dict[str, np.ndarray]:
-    """The three statistics over windows drawn from the commissioning sample (without replacement), each compared
-    with the rest of it."""
-    rng = np.random.default_rng(seed)
-    m = ref.in_scope.size
-    in_idx = np.flatnonzero(ref.in_scope)  # sample position -> position among the in-scope images: searchsorted
-    nw = max(2, min(n, m // 2))
-    order = np.argsort(rng.random((n_null, m)), axis=1)
-    window = np.zeros((n_null, m), dtype=bool)
-    window[np.arange(n_null)[:, None], order[:, :nw]] = True
-    m_out = int((~ref.in_scope).sum())
-    k_out = (window & ~ref.in_scope).sum(axis=1)
-    r = (m_out - k_out + 1.0) / (m - nw + 2.0)
-    out = {"out_of_scope_rate": (k_out / nw - (m_out - k_out) / (m - nw))
-           / np.sqrt(r * (1 - r) * (1.0 / nw + 1.0 / (m - nw))),
-           "input_distribution": _shift_stats_batch(window, ~window, ref.features),
-           "positive_share": np.zeros(n_null)}
-    for b in range(n_null):
-        # positive calls: in-scope images of the window part drawn at the stated prevalence, one CV repeat's calls,
-        # against the share expected from the rest
-        w_in = np.searchsorted(in_idx, np.flatnonzero(window[b] & ref.in_scope))
-        r_in = np.searchsorted(in_idx, np.flatnonzero(~window[b] & ref.in_scope))
-        draw = _at_prevalence(w_in[ref.labels[w_in] == 1], w_in[ref.labels[w_in] == 0], n_in, ref.prevalence, rng)
-        if draw.size < 2:
-            continue
-        calls = ref.decisions[rng.integers(0, ref.decisions.shape[0]), draw]
-        q, var = _expected_share(ref.decisions[:, r_in], ref.labels[r_in], ref.prevalence)
-        out["positive_share"][b] = _share_stat(int(calls.sum()), draw.size, q, var)
-    return out
-
-
-def _thresholds(null: Mapping[str, np.ndarray], alpha: float) -> dict[str, float]:
-    a = alpha / len(_CHECKS)
-    one_sided, two_sided = float(norm.ppf(1 - a)), float(norm.ppf(1 - a / 2))
-    return {"out_of_scope_rate": max(float(np.quantile(null["out_of_scope_rate"], 1 - a, method="higher")), one_sided),
-            "input_distribution": max(float(np.quantile(null["input_distribution"], 1 - a, method="higher")),
-                                      two_sided),
-            "positive_share": max(float(np.quantile(null["positive_share"], 1 - a, method="higher")), two_sided)}
-
-
-def _evaluate(ref: _Reference, images: Sequence[WindowImage], alpha: float, n_null: int, seed: int
+def _evaluate(ref: Reference, images: Sequence[WindowImage], alpha: float, n_null: int, seed: int
               ) -> tuple[list[Check], np.ndarray, np.ndarray]:
     n = len(images)
     in_scope = np.array([im.in_scope for im in images], dtype=bool)
     feats = np.array([im.features for im in images], dtype=float).reshape(n, -1)
     calls = [im.positive for im in images if im.in_scope and im.positive is not None]
-    thr = _thresholds(_null_statistics(ref, n, len(calls), n_null, seed), alpha)
-    a = alpha / len(_CHECKS)
+    thr = thresholds(null_statistics(ref, n, len(calls), n_null, seed), alpha)
+    a = alpha / len(CHECKS)
     m, m_out = ref.in_scope.size, int((~ref.in_scope).sum())
     k_out = int((~in_scope).sum())
-    z_oos = _oos_stat(k_out, n, m_out, m)
-    z_in, z_feat = _shift_stat(feats, ref.features)
+    z_oos = oos_stat(k_out, n, m_out, m)
+    z_in, z_feat = shift_stat(feats, ref.features)
     names = GATE_FEATURES + IMAGE_FEATURES
     order = [j for j in np.argsort(-np.nan_to_num(np.abs(z_feat), nan=-1.0)) if np.isfinite(z_feat[j])][:3]
     moved = ", ".join(f"{names[j]} {z_feat[j]:+.1f}" for j in order)
-    q, var = _expected_share(ref.decisions, ref.labels, ref.prevalence)
+    q, var = expected_share(ref.decisions, ref.labels, ref.prevalence)
     checks = [
         Check("out_of_scope_rate", z_oos, thr["out_of_scope_rate"], z_oos <= thr["out_of_scope_rate"], k_out / n,
               m_out / m, f"{k_out} of {n} images refused by the intended-population gate ({k_out / n:.1%}); "
@@ -420,7 +308,7 @@ def _evaluate(ref: _Reference, images: Sequence[WindowImage], alpha: float, n_nu
               f"largest standardised shifts of the window's mean from the commissioning sample's: {moved}", a),
     ]
     if len(calls) >= 2:
-        z_pos = _share_stat(int(sum(calls)), len(calls), q, var)
+        z_pos = share_stat(int(sum(calls)), len(calls), q, var)
         checks.append(Check("positive_share", z_pos, thr["positive_share"], z_pos <= thr["positive_share"],
                             sum(calls) / len(calls), q,
                             f"{sum(calls)} of {len(calls)} in-scope images called PNEUMONIA ({sum(calls) / len(calls):.1%});"
@@ -491,7 +379,7 @@ def run_monitor(site_dir: str | os.PathLike, results_paths: Sequence[str | os.Pa
     return out
 
 
-def _plot(result: Mapping[str, Any], ref: _Reference, feats: np.ndarray, path: Path) -> Path:
+def _plot(result: Mapping[str, Any], ref: Reference, feats: np.ndarray, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -550,14 +438,14 @@ def measure_false_alarms(site_dir: str | os.PathLike, window: int = 50, n_splits
     rng = np.random.default_rng(seed)
     m = ref.in_scope.size
     in_idx = np.flatnonzero(ref.in_scope)
-    alerts, per, sizes = 0, dict.fromkeys(_CHECKS, 0), []
+    alerts, per, sizes = 0, dict.fromkeys(CHECKS, 0), []
     for s in range(int(n_splits)):
         perm = rng.permutation(m)
         half_r, half_w = np.sort(perm[: m // 2]), np.sort(perm[m // 2:])
         sub = _subset(ref, half_r, in_idx)
         w_in = half_w[ref.in_scope[half_w]]
         lab = ref.labels[np.searchsorted(in_idx, w_in)]
-        draw = _at_prevalence(w_in[lab == 1], w_in[lab == 0], int(window), ref.prevalence, rng)
+        draw = at_prevalence(w_in[lab == 1], w_in[lab == 0], int(window), ref.prevalence, rng)
         outs = half_w[~ref.in_scope[half_w]]  # out-of-scope images keep their share of the half
         n_outs = min(outs.size, int(round(draw.size * outs.size / max(w_in.size, 1))))
         draw = np.r_[draw, rng.choice(outs, n_outs, replace=False)].astype(int)
@@ -581,10 +469,10 @@ def measure_false_alarms(site_dir: str | os.PathLike, window: int = 50, n_splits
                       "out-of-scope images in their share); false_alarm_rate = share of windows that alert"}
 
 
-def _subset(ref: _Reference, idx: np.ndarray, in_idx: np.ndarray) -> _Reference:
+def _subset(ref: Reference, idx: np.ndarray, in_idx: np.ndarray) -> Reference:
     pos = np.searchsorted(in_idx, idx[ref.in_scope[idx]])
-    return _Reference(ref.features[idx], ref.in_scope[idx], ref.labels[pos], ref.decisions[:, pos], ref.prevalence,
-                      ref.info)
+    return Reference(ref.features[idx], ref.in_scope[idx], ref.labels[pos], ref.decisions[:, pos], ref.prevalence,
+                     ref.info)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,4 +3,3 @@
 from .datasets import *  # noqa: F401,F403
 from .sampling import *  # noqa: F401,F403
 from .splits import *  # noqa: F401,F403
-from .negatives import *  # noqa: F401,F403

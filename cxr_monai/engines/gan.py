@@ -12,27 +12,32 @@ of every epoch, so progress can be judged on the same latent vectors across epoc
 
 from __future__ import annotations
 
-import json
+import csv
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
+from ignite.engine import Events
 from monai.engines import Trainer
 from monai.engines.utils import default_prepare_batch
 from torch import nn
 from torch.optim import Optimizer
+from PIL import Image
 from torch.utils.data import DataLoader
 
+from cxr_monai.engines.distributed import any_rank, unwrap, world_size
 from cxr_monai.engines.ema import make_ema, update_ema
+from cxr_monai.io import save_png
 from cxr_monai.losses.adversarial import hinge_d_loss, hinge_g_loss
+from cxr_monai.metrics.synthesis import sample_grid
+from cxr_monai.networks.gans import bake_spectral_norm, generate
 
 __all__ = [
     "GANKeys",
-    "bce_d_loss",
-    "bce_g_loss",
     "update_ema",
     "ConditionalGANTrainer",
     "GANSampleGrid",
@@ -44,7 +49,6 @@ __all__ = [
     "latent_datalist",
     "PrepareLatentBatch",
     "SampleWriter",
-    "evaluate_generator",
     "load_checkpoint_entry",
 ]
 
@@ -56,17 +60,6 @@ class GANKeys:
     G_LOSS = "g_loss"
     D_REAL = "d_real"
     D_FAKE = "d_fake"
-
-
-def bce_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Original (DCGAN) discriminator loss: BCE with real = 1, fake = 0, on logits (the seed's sigmoid)."""
-    return F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + \
-        F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-
-
-def bce_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating (DCGAN) generator loss: BCE of the fakes against the "real" label."""
-    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
 @torch.no_grad()
@@ -148,8 +141,6 @@ class ConditionalGANTrainer(Trainer):
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.d_loss_function, self.g_loss_function = d_loss_function, g_loss_function
         self.n_critic = n_critic
-        from cxr_monai.engines.distributed import unwrap
-
         # the EMA copy is a plain network even when G is DDP-wrapped (its state_dict has no "module." prefix)
         self.ema_network = ema_network if ema_network is not None else make_ema(g_network)
         if ema_network is not None:
@@ -162,13 +153,9 @@ class ConditionalGANTrainer(Trainer):
         """``n`` latents for this process. Under DDP the (equally seeded) noise generator of every rank draws
         the global batch's ``n * W`` latents and rank ``r`` takes ``[r::W]``, the positions of its share of a
         ``DistributedSampler`` batch: ranks get different noise, and the draw is the single-process one."""
-        from cxr_monai.engines.distributed import world_size
-
         w = world_size()
         z = torch.randn(n * w, self.latent_dim, generator=self.noise)
         if w > 1:
-            import torch.distributed as dist
-
             z = z[dist.get_rank()::w]
         return z.to(device)
 
@@ -217,62 +204,6 @@ class ConditionalGANTrainer(Trainer):
         return out
 
 
-@torch.no_grad()
-def generate(
-    generator: nn.Module,
-    num_images: int,
-    class_index: int | Sequence[int] | None = 0,
-    seed: int = 0,
-    latent_dim: int | None = None,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reproducible samples: ``num_images`` images (N, 1, H, W) in [0, 1] and their class indices.
-
-    Latents are drawn on the CPU from ``torch.Generator().manual_seed(seed)`` (N x latent_dim at once), so
-    the same seed gives the same images whatever the batch size or device.
-
-    Args:
-        generator: ``G(z, y)``; put in eval mode here.
-        num_images: how many images.
-        class_index: one class for all, a sequence of per-image classes, or ``None`` (unconditional).
-        seed: noise seed.
-        latent_dim: latent length (default: ``generator.latent_dim``).
-        batch_size: images per forward pass.
-        device: device to run on.
-    """
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    latent_dim = int(latent_dim or getattr(generator, "latent_dim"))
-    z = torch.randn(num_images, latent_dim, generator=torch.Generator().manual_seed(int(seed)))
-    if class_index is None:
-        y = torch.zeros(num_images, dtype=torch.long)
-    elif isinstance(class_index, int):
-        y = torch.full((num_images,), class_index, dtype=torch.long)
-    else:
-        y = torch.as_tensor(list(class_index), dtype=torch.long)
-        if y.numel() != num_images:
-            raise ValueError(f"{y.numel()} class indices for {num_images} images")
-    generator = generator.eval().to(device)
-    outs = []
-    for i in range(0, num_images, batch_size):
-        yy = None if class_index is None else y[i : i + batch_size].to(device)
-        outs.append(generator(z[i : i + batch_size].to(device), yy).float().clamp(0, 1).cpu())
-    return torch.cat(outs), y
-
-
-def sample_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
-    """Tile (N, 1, H, W) images into one (1, rows*(H+p)+p, nrow*(W+p)+p) grid (white separators)."""
-    n, c, h, w = images.shape
-    rows = (n + nrow - 1) // nrow
-    grid = torch.full((c, rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[:, top : top + h, left : left + w] = images[i]
-    return grid
-
-
 class GANSampleGrid:
     """Ignite handler: at the end of every ``interval`` epochs, sample a grid from fixed noise.
 
@@ -304,8 +235,6 @@ class GANSampleGrid:
         self._writer: Any = None
 
     def attach(self, engine: Any) -> None:
-        from ignite.engine import Events
-
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
 
     @torch.no_grad()
@@ -333,8 +262,6 @@ class GANSampleGrid:
             self._writer.add_image(self.tag, grid, epoch)
             self._writer.flush()
         if self.output_dir is not None:
-            from PIL import Image
-
             Path(self.output_dir).mkdir(parents=True, exist_ok=True)
             arr = (grid[0].numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
             Image.fromarray(arr).save(Path(self.output_dir) / f"samples_epoch={epoch}.png")
@@ -360,13 +287,9 @@ class TrainingTimeLimit:
         self._start: float | None = None
 
     def _now(self) -> float:
-        import time
-
         return time.monotonic() if self.clock == "wall" else time.process_time()
 
     def attach(self, engine: Any) -> None:
-        from ignite.engine import Events
-
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
@@ -374,8 +297,6 @@ class TrainingTimeLimit:
         self._start = self._now()
 
     def __call__(self, engine: Any) -> None:
-        from cxr_monai.engines.distributed import any_rank
-
         # under DDP every rank takes the decision together (one rank's clock is enough), so that no rank is
         # left waiting at a collective for ranks that stopped at another iteration
         if any_rank(self._start is not None and self._now() - self._start > self.limit_sec):
@@ -398,8 +319,6 @@ def export_generator(checkpoint: str | Path, network_def: nn.Module, plain_def: 
     Returns:
         ``plain_def`` loaded with the baked weights, in eval mode.
     """
-    from cxr_monai.networks.gans import bake_spectral_norm
-
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and key in state and isinstance(state[key], dict):
         state = state[key]
@@ -438,10 +357,6 @@ def write_samples(
         device: device to run on.
         bits: PNG bit depth (8 or 16).
     """
-    import csv
-
-    from cxr_monai.io import save_png
-
     names = [c.upper() for c in class_names]
     if class_name.upper() not in names:
         raise ValueError(f"class_name {class_name!r} is not one of {list(class_names)}")
@@ -523,15 +438,11 @@ class SampleWriter:
         self.rows: list[dict] = []
 
     def attach(self, engine) -> None:
-        from ignite.engine import Events
-
         engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_batch)
         engine.add_event_handler(Events.COMPLETED, self._write_manifest)
 
     def _write_batch(self, engine) -> None:
-        from cxr_monai.io import save_png
-
         batch, pred = engine.state.batch, engine.state.output[0]["pred"] if isinstance(engine.state.output, list) \
             else engine.state.output["pred"]
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -543,108 +454,9 @@ class SampleWriter:
                               "index": int(batch["index"][i])})
 
     def _write_manifest(self, engine) -> None:
-        import csv
-
         with (self.output_dir / "manifest.csv").open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["file", "class", "seed", "index"])
             writer.writeheader()
             writer.writerows(sorted(self.rows, key=lambda r: r["index"]))
 
 
-def evaluate_generator(
-    generator: nn.Module,
-    real_images: torch.Tensor,
-    real_labels: torch.Tensor,
-    output_dir: str | Path,
-    extractor: nn.Module | Callable | None = None,
-    class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
-    num_per_class: int = 256,
-    seed: int = 0,
-    discriminator: nn.Module | None = None,
-    memorisation_threshold: float = 0.95,
-    kid_subset_size: int = 1000,
-    nearest_candidates: int = 32,
-    device: str | torch.device = "cpu",
-    extra: dict | None = None,
-) -> dict:
-    """Generate ``num_per_class`` images of every class and compare them with the real images of that class
-    (and pooled over classes). Writes ``metrics.json`` and ``samples_grid.png`` into ``output_dir``.
-
-    Args:
-        generator: class-conditional generator ``G(z, y)`` with ``latent_dim``.
-        real_images: (M, 1, H, W) real images in [0, 1] (the generator's training images for the
-            memorisation check); resized to the generated size when they differ.
-        real_labels: (M,) class indices.
-        output_dir: where to write.
-        extractor: feature extractor (``None``: pixel metrics only).
-        class_names: class names in label order.
-        num_per_class: generated images per class (256 for the memorisation criterion).
-        seed: noise seed (class ``c`` uses ``seed + c``).
-        discriminator: optional ``D(x, y)``; adds its real/fake accuracy, precision and recall (seed figures).
-        memorisation_threshold: SSIM above which a sample counts as memorised.
-        kid_subset_size: KID subset size.
-        nearest_candidates: pre-selected reals per fake for the nearest-real SSIM.
-        device: device for generation.
-        extra: additional entries copied into ``metrics.json`` (e.g. training budget).
-    """
-    from cxr_monai.io import save_png
-    from cxr_monai.metrics.generative import (ClassifierFeatures, class_fidelity, class_matched_indices, discriminator_report, extract_features, fid, generative_report, kid, knn_precision_recall, mmd)
-
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fakes, fake_labels = [], []
-    for c in range(len(class_names)):
-        imgs, ys = generate(generator, num_per_class, c, seed=seed + c, device=device)
-        fakes.append(imgs)
-        fake_labels.append(ys)
-    fake, fake_y = torch.cat(fakes), torch.cat(fake_labels)
-    real = real_images.float()
-    if real.shape[-2:] != fake.shape[-2:]:
-        real = F.interpolate(real, size=fake.shape[-2:], mode="bilinear", align_corners=False,
-                             antialias=real.shape[-1] > fake.shape[-1])
-    report: dict[str, Any] = {"per_class": {}, "settings": {
-        "num_per_class": num_per_class, "seed": seed, "image_size": list(fake.shape[-2:]),
-        "memorisation_threshold": memorisation_threshold, "nearest_candidates": nearest_candidates,
-        "ssim": "11x11 Gaussian sigma 1.5, k1 0.01, k2 0.03, data range 1, valid filtering",
-        "feature_extractor": None if extractor is None else type(getattr(extractor, "network", extractor)).__name__}}
-    fr = ff = None
-    if extractor is not None:  # once for all images; the per-class metrics use slices
-        fr, ff = extract_features(real, extractor), extract_features(fake, extractor)
-    for c, name in enumerate(class_names):
-        mask = real_labels == c
-        if mask.sum() < 2:
-            continue
-        report["per_class"][name] = generative_report(
-            fake[fake_y == c], real[mask], extractor, memorisation_threshold, kid_subset_size=kid_subset_size,
-            nearest_candidates=nearest_candidates, seed=seed,
-            real_features=None if fr is None else fr[mask], fake_features=None if ff is None else ff[fake_y == c])
-    if extractor is not None:  # pooled over classes, with the real images subsampled to the generated class mix
-        keep = class_matched_indices(real_labels, fake_y, seed)
-        fr_all = fr[keep]
-        report["all"] = {"fid": fid(fr_all, ff), "kid_mean": kid(fr_all, ff, 100, kid_subset_size, seed)[0],
-                         "mmd": mmd(fr_all, ff, seed), "num_real": int(keep.numel()),
-                         "class_mix": "real images subsampled to the generated images' class proportions"}
-        p, r = knn_precision_recall(fr_all, ff)
-        report["all"].update({"knn_precision": p, "knn_recall": r})
-    if isinstance(extractor, ClassifierFeatures) and extractor.method is not None:
-        report["class_fidelity"] = {"generated": class_fidelity(fake, fake_y, extractor, class_names),
-                                    "real": class_fidelity(real, real_labels, extractor, class_names)}
-    report["memorised_share"] = float(np.mean([v["memorised_share"] for v in report["per_class"].values()]))
-    report["nearest_real_ssim_max"] = float(max(v["nearest_real_ssim_max"] for v in report["per_class"].values()))
-    if discriminator is not None:
-        discriminator = discriminator.eval().to(device)
-        with torch.no_grad():
-            n = min(real.shape[0], fake.shape[0])
-            gen = torch.Generator().manual_seed(seed)
-            ri = torch.randperm(real.shape[0], generator=gen)[:n]
-            dr = torch.cat([discriminator(real[ri][i : i + 64].to(device), real_labels[ri][i : i + 64].to(device)).cpu()
-                            for i in range(0, n, 64)])
-            df = torch.cat([discriminator(fake[i : i + 64].to(device), fake_y[i : i + 64].to(device)).cpu()
-                            for i in range(0, fake.shape[0], 64)])
-        report["discriminator"] = discriminator_report(dr, df)
-    if extra:
-        report["extra"] = extra
-    rows = [fake[fake_y == c][:8] for c in range(len(class_names))]
-    save_png(out_dir / "samples_grid.png", sample_grid(torch.cat(rows), nrow=8), bits=8)
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-    return report

@@ -8,8 +8,8 @@ Batches are dictionaries with the LR input under ``lr_key`` and the HR target un
 (:class:`PrepareSRBatch`); the engine output uses MONAI's ``CommonKeys``: ``image`` (LR), ``label`` (HR),
 ``pred`` (SR), ``loss`` plus the loss terms.
 
-Handlers: :class:`SRMetricsWriter` (evaluation: ``metrics.json``, ``per_image.csv``, figure),
-:class:`SRImageWriter` (inference: 16-bit PNG / Secondary Capture via :mod:`cxr_monai.dicom_out` / NIfTI); the generator EMA is built into the
+Handlers: :class:`cxr_monai.engines.sr_metrics.SRMetricsWriter` (evaluation: ``metrics.json``, ``per_image.csv``,
+figure), :class:`SRImageWriter` (inference: 16-bit PNG / Secondary Capture via :mod:`cxr_monai.dicom_out` / NIfTI); the generator EMA is built into the
 trainer (:func:`make_ema`). The hallucination-guard post-processing is the transform
 :class:`cxr_monai.transforms.BackProjectiond`; the downstream diagnostic study is
 :func:`cxr_monai.studies.run_downstream_study`.
@@ -18,8 +18,6 @@ trainer (:func:`make_ema`). The hallucination-guard post-processing is the trans
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pydicom
 import torch
 from monai.engines import Trainer
 from monai.engines.utils import PrepareBatch, default_metric_cmp_fn
@@ -36,8 +35,9 @@ from torch import nn
 from torch.optim.optimizer import Optimizer
 
 from cxr_monai.engines.ema import make_ema, update_ema
+from cxr_monai.engines.outputs import meta_value, output_items, output_name
+from cxr_monai.io import save_png
 from cxr_monai.losses.adversarial import hinge_d_loss, hinge_g_loss, relativistic_d_loss, relativistic_g_loss
-from cxr_monai.metrics.sr import bicubic_up, sr_image_metrics
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -51,7 +51,6 @@ __all__ = [
     "PrepareSRBatch",
     "SRTrainer",
     "make_ema",
-    "SRMetricsWriter",
     "SRImageWriter",
 ]
 
@@ -326,171 +325,6 @@ class SRTrainer(Trainer):
         return out
 
 
-def _meta_get(x: Any, key: str, default: Any = None) -> Any:
-    meta = getattr(x, "meta", None)
-    if isinstance(meta, Mapping) and key in meta:
-        return meta[key]
-    return default
-
-
-def _items(output: Any) -> list[dict]:
-    """The engine output as a list of per-image dicts (decollated or batched)."""
-    if isinstance(output, list):
-        return output
-    if isinstance(output, Mapping):
-        n = output[Keys.PRED].shape[0]
-        items = []
-        for i in range(n):
-            item = {}
-            for k, v in output.items():
-                item[k] = v[i] if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n else v
-            items.append(item)
-        return items
-    raise TypeError(f"unexpected engine output type {type(output).__name__}")
-
-
-def _name_of(item: Mapping, fallback: str) -> str:
-    for key in (Keys.LABEL, Keys.IMAGE, Keys.PRED):
-        name = _meta_get(item.get(key), "filename_or_obj")
-        if isinstance(name, (list, tuple)):
-            name = name[0] if name else None
-        if name:
-            return str(name)
-    return fallback
-
-
-class SRMetricsWriter:
-    """Evaluation handler: per-image PSNR/SSIM/MS-SSIM of SR and bicubic against HR, degradation-consistency
-    PSNR (hallucination guard); writes ``metrics.json`` (means + ``n`` + convention), ``per_image.csv`` and a
-    figure of LR / bicubic / SR / HR crops for the first ``figure_cases`` images.
-
-    Args:
-        output_dir: folder to write to (created).
-        sigma: blur sigma of the degradation (HR px).
-        scale: SR factor (also the excluded HR border).
-        figure_cases: number of cases in the figure (0: no figure).
-        figure_crop: size of the HR region shown per case.
-        with_ms_ssim: compute MS-SSIM.
-        extra: constant entries added to ``metrics.json`` (e.g. the configuration).
-    """
-
-    def __init__(
-        self,
-        output_dir: str | Path,
-        sigma: float = 1.0,
-        scale: int = 4,
-        figure_cases: int = 4,
-        figure_crop: int = 128,
-        with_ms_ssim: bool = True,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        if scale < 1 or sigma < 0 or figure_cases < 0 or figure_crop < 8:
-            raise ValueError("need scale >= 1, sigma >= 0, figure_cases >= 0, figure_crop >= 8.")
-        self.output_dir = Path(output_dir)
-        self.sigma, self.scale = sigma, scale
-        self.figure_cases, self.figure_crop = figure_cases, figure_crop
-        self.with_ms_ssim = with_ms_ssim
-        self.extra = dict(extra or {})
-        self.rows: list[dict[str, Any]] = []
-        self._fig: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
-        engine.add_event_handler(Events.COMPLETED, self.completed)
-
-    def reset(self, engine: Engine | None = None) -> None:
-        self.rows, self._fig = [], []
-
-    def add(self, sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, name: str) -> dict[str, Any]:
-        """Score one (1, H, W) triple and remember it."""
-        sr, hr, lr = (torch.as_tensor(t).detach().float().cpu() for t in (sr, hr, lr))
-        row: dict[str, Any] = {"image": name}
-        row.update(sr_image_metrics(sr, hr, lr, self.sigma, self.scale, self.with_ms_ssim))
-        self.rows.append(row)
-        if len(self._fig) < self.figure_cases:
-            bic = bicubic_up(lr, self.scale)
-            self._fig.append((Path(name).name, lr[0].numpy(), bic[0].numpy(), sr[0].clamp(0, 1).numpy(),
-                              hr[0].numpy()))
-        return row
-
-    def iteration_completed(self, engine: Engine) -> None:
-        for item in _items(engine.state.output):
-            hr = item.get(Keys.LABEL)
-            if not isinstance(hr, torch.Tensor):
-                raise ValueError("SRMetricsWriter needs the HR image under 'label' in the engine output.")
-            self.add(item[Keys.PRED], hr, item[Keys.IMAGE], _name_of(item, f"case_{len(self.rows):04d}"))
-
-    def summary(self) -> dict[str, Any]:
-        """Means over the images so far, with the convention."""
-        keys = [k for k in (self.rows[0] if self.rows else {}) if k != "image"]
-        mean = {k: float(np.nanmean([r[k] for r in self.rows])) for k in keys}
-        out: dict[str, Any] = {
-            "psnr_sr": mean.get("psnr_sr"),
-            "psnr_bicubic": mean.get("psnr_bicubic"),
-            "psnr_gain_db": None if not mean else mean["psnr_sr"] - mean["psnr_bicubic"],
-            "ssim_sr": mean.get("ssim_sr"),
-            "ssim_bicubic": mean.get("ssim_bicubic"),
-            "ms_ssim": mean.get("ms_ssim_sr"),
-            "ms_ssim_sr": mean.get("ms_ssim_sr"),
-            "ms_ssim_bicubic": mean.get("ms_ssim_bicubic"),
-            "consistency": mean.get("consistency_psnr_sr"),
-            "consistency_psnr_sr": mean.get("consistency_psnr_sr"),
-            "consistency_psnr_bicubic": mean.get("consistency_psnr_bicubic"),
-            "n": len(self.rows),
-            "convention": (
-                f"HR degraded by Gaussian blur sigma={self.sigma} HR px (reflect padding) + antialiased bicubic "
-                f"x{self.scale} downsampling; bicubic baseline F.interpolate(bicubic, align_corners=False) clamped; "
-                f"PSNR/SSIM (MONAI, data range 1, 11x11 Gaussian window sigma 1.5) with a {self.scale}-px border "
-                f"excluded; consistency = PSNR(degrade(SR), LR), 1 LR px border excluded."
-            ),
-        }
-        out.update(self.extra)
-        return out
-
-    def completed(self, engine: Engine | None = None) -> dict[str, Any]:
-        """Write metrics.json, per_image.csv and the figure; return the summary."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        summary = self.summary()
-        (self.output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-        if self.rows:
-            with open(self.output_dir / "per_image.csv", "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
-                writer.writeheader()
-                writer.writerows(self.rows)
-        if self._fig:
-            self._figure(self.output_dir / "figure.png")
-        return summary
-
-    def _figure(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        n = len(self._fig)
-        fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
-        c = self.figure_crop
-        for r, (name, lr, bic, sr, hr) in enumerate(self._fig):
-            h, w = hr.shape
-            t, l_ = max(0, (h - c) // 2), max(0, (w - c) // 2)
-            s = self.scale
-            panels = [
-                ("LR (nearest)", np.kron(lr[t // s : (t + c) // s, l_ // s : (l_ + c) // s], np.ones((s, s)))),
-                ("bicubic", bic[t : t + c, l_ : l_ + c]),
-                ("SR", sr[t : t + c, l_ : l_ + c]),
-                ("HR", hr[t : t + c, l_ : l_ + c]),
-            ]
-            for col, (title, img) in enumerate(panels):
-                ax = axes[r][col]
-                ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-                ax.set_title(f"{title}" if col else f"{name}\n{title}", fontsize=8)
-                ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-
-
 class SRImageWriter:
     """Inference handler: write every SR output next to its source's name, in the same format family.
 
@@ -561,8 +395,6 @@ class SRImageWriter:
     @staticmethod
     def _dicom_source(name: str) -> tuple[Any, str | None]:
         """The source's DICOM header, or ``None`` and why a derived DICOM cannot reference it."""
-        import pydicom
-
         if not Path(name).is_file():
             return None, "the source is not a file on disk"
         try:
@@ -584,8 +416,6 @@ class SRImageWriter:
 
     def write(self, sr: torch.Tensor, source: Any, name: str) -> Path:
         """Write one (1, H, W) SR image; ``source`` is the input MetaTensor (or its meta dict), ``name`` its file."""
-        from cxr_monai.io import save_png
-
         fmt = self.output_format or self._family(name)
         stem = Path(name).name
         for ext in (".nii.gz", ".nii", ".dcm", ".dicom", ".png", ".jpeg", ".jpg", ".tif", ".tiff", ".bmp"):
@@ -609,7 +439,7 @@ class SRImageWriter:
         else:
             import nibabel as nib
 
-            spacing = _meta_get(source, "spacing")
+            spacing = meta_value(source, "spacing")
             sp = [float(v) for v in spacing] if spacing is not None else [math.nan, math.nan]
             known = all(math.isfinite(v) and v > 0 for v in sp)
             row_mm, col_mm = (sp[0] / self.scale, sp[1] / self.scale) if known else (1.0, 1.0)
@@ -622,5 +452,5 @@ class SRImageWriter:
         return path
 
     def __call__(self, engine: Engine) -> None:
-        for i, item in enumerate(_items(engine.state.output)):
-            self.write(item[Keys.PRED], item.get(Keys.IMAGE), _name_of(item, f"image_{len(self.written) + i:04d}"))
+        for i, item in enumerate(output_items(engine.state.output)):
+            self.write(item[Keys.PRED], item.get(Keys.IMAGE), output_name(item, f"image_{len(self.written) + i:04d}"))

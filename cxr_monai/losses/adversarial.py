@@ -1,11 +1,11 @@
-"""Adversarial losses: hinge (SAGAN/SN-GAN) and relativistic average (ESRGAN)."""
+"""Adversarial losses: hinge (SAGAN/SN-GAN), BCE (DCGAN) and relativistic average (ESRGAN)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["hinge_d_loss", "hinge_g_loss", "relativistic_d_loss", "relativistic_g_loss"]
+__all__ = ["hinge_d_loss", "hinge_g_loss", "bce_d_loss", "bce_g_loss", "relativistic_d_loss", "relativistic_g_loss"]
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -16,6 +16,17 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Generator hinge loss: ``-E[D(G(z))]``."""
     return -fake_logits.mean()
+
+
+def bce_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Original (DCGAN) discriminator loss: BCE with real = 1, fake = 0, on logits (the seed's sigmoid)."""
+    return F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + \
+        F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+
+
+def bce_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating (DCGAN) generator loss: BCE of the fakes against the "real" label."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
 def relativistic_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

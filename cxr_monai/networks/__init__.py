@@ -5,5 +5,4 @@ from .classifiers import *  # noqa: F401,F403
 from .features import *  # noqa: F401,F403
 from .gans import *  # noqa: F401,F403
 from .sr import *  # noqa: F401,F403
-from .scope import *  # noqa: F401,F403
 from .lung import *  # noqa: F401,F403

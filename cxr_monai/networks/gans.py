@@ -19,6 +19,7 @@ LeakyReLU, dropout 0.4 and a single logit (the seed's sigmoid is folded into the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -454,3 +455,47 @@ def sagan_discriminator(preset: str = "lite", img_size: int = 64, **kwargs) -> S
     if preset not in SAGAN_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(SAGAN_PRESETS)}")
     return SAGANDiscriminator(img_size=img_size, base_channels=SAGAN_PRESETS[preset], **kwargs)
+
+
+@torch.no_grad()
+def generate(
+    generator: nn.Module,
+    num_images: int,
+    class_index: int | Sequence[int] | None = 0,
+    seed: int = 0,
+    latent_dim: int | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reproducible samples: ``num_images`` images (N, 1, H, W) in [0, 1] and their class indices.
+
+    Latents are drawn on the CPU from ``torch.Generator().manual_seed(seed)`` (N x latent_dim at once), so
+    the same seed gives the same images whatever the batch size or device.
+
+    Args:
+        generator: ``G(z, y)``; put in eval mode here.
+        num_images: how many images.
+        class_index: one class for all, a sequence of per-image classes, or ``None`` (unconditional).
+        seed: noise seed.
+        latent_dim: latent length (default: ``generator.latent_dim``).
+        batch_size: images per forward pass.
+        device: device to run on.
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    latent_dim = int(latent_dim or getattr(generator, "latent_dim"))
+    z = torch.randn(num_images, latent_dim, generator=torch.Generator().manual_seed(int(seed)))
+    if class_index is None:
+        y = torch.zeros(num_images, dtype=torch.long)
+    elif isinstance(class_index, int):
+        y = torch.full((num_images,), class_index, dtype=torch.long)
+    else:
+        y = torch.as_tensor(list(class_index), dtype=torch.long)
+        if y.numel() != num_images:
+            raise ValueError(f"{y.numel()} class indices for {num_images} images")
+    generator = generator.eval().to(device)
+    outs = []
+    for i in range(0, num_images, batch_size):
+        yy = None if class_index is None else y[i : i + batch_size].to(device)
+        outs.append(generator(z[i : i + batch_size].to(device), yy).float().clamp(0, 1).cpu())
+    return torch.cat(outs), y

@@ -11,6 +11,7 @@ counted. The classifier bundle's ``configs/framing_study.json`` runs it.
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,14 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 from monai.transforms import Compose
+from PIL import Image
 from tqdm import tqdm
 
 from cxr_monai.commissioning import commission, logodds_from_logits
+from cxr_monai.data.phantom import make_phantom, phantom_anatomy
 from cxr_monai.data.splits import patient_id
+from cxr_monai.explain import cam_mass_inside, gradcam_split
+from cxr_monai.inference import view_to_film
 from cxr_monai.io import load_cxr
 from cxr_monai.metrics.classification import roc_auc
+from cxr_monai.networks import classifier_ensemble
+from cxr_monai.scope import bedside_like
+from cxr_monai.scope.training import adult_split
 from cxr_monai.transforms import classifier_preprocessing
 from cxr_monai.transforms.framing import FRAMINGS, reframe
+from cxr_monai.utils import bare_state_dict, read_json
 
 __all__ = ["FRAMING_RULE", "judge_framing", "read_framings", "framing_study", "framing_table", "gradcam_in_lungs", "held_out_adults", "load_ensemble"]
 
@@ -124,11 +133,8 @@ def framing_study(network: torch.nn.Module, calibration: Mapping[str, Any], gate
 
 def held_out_adults(adult_dir: str | Path, bedside: bool = False, seed: int = 0) -> list[dict]:
     """The adult films no gate trained on (the gate training's held-out 30 %,
-    :func:`cxr_monai.engines.scope.adult_split`), as they are or made bedside-like
-    (:func:`cxr_monai.data.bedside_like`, seeded): items without labels (no finding is due)."""
-    from cxr_monai.data import bedside_like
-    from cxr_monai.engines.scope import adult_split
-
+    :func:`cxr_monai.scope.training.adult_split`), as they are or made bedside-like
+    (:func:`cxr_monai.scope.bedside_like`, seeded): items without labels (no finding is due)."""
     _, test = adult_split(Path(adult_dir))
     if not bedside:
         return [{"image": str(f)} for f in test]
@@ -139,9 +145,6 @@ def held_out_adults(adult_dir: str | Path, bedside: bool = False, seed: int = 0)
 def load_ensemble(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:
     """The classifier ensemble of a models folder (``model.pt`` + ``calibration.json`` as ``ensemble.json`` writes
     them), in eval mode, with its calibration."""
-    from cxr_monai.networks import classifier_ensemble
-    from cxr_monai.utils import bare_state_dict, read_json
-
     cal = read_json(Path(models_dir) / "calibration.json")
     net = classifier_ensemble(cal.get("network_preset", "slim"), len(cal["members"]), int(cal.get("input_blur", 0)))
     net.load_state_dict(bare_state_dict(torch.load(Path(models_dir) / "model.pt", map_location="cpu", weights_only=True)))
@@ -183,12 +186,6 @@ def gradcam_in_lungs(network: torch.nn.Module, calibration: Mapping[str, Any], l
             and the PNEUMONIA probability with and without the consolidation (same seed).
         output_file: JSON written when given.
     """
-    from PIL import Image
-
-    from cxr_monai.data.phantom import make_phantom, phantom_anatomy
-    from cxr_monai.explain import cam_mass_inside, gradcam_split
-    from cxr_monai.inference import view_to_film
-
     temperature = float(calibration.get("temperature", 1.0))
 
     pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field))
@@ -283,8 +280,6 @@ def judge_framing(report: Mapping[str, Any], rule: Mapping[str, Any] = FRAMING_R
 
 
 if __name__ == "__main__":  # python -m cxr_monai.studies.framing REPORT.json [VERDICT.json]: table and rule verdict
-    import sys
-
     rep = json.loads(Path(sys.argv[1]).read_text())
     print(framing_table(rep))
     verdict = judge_framing(rep)

@@ -148,7 +148,7 @@ def test_shipped_inference_and_evaluate_apply_the_scope_gate(tmp_path):
     metrics.json counts only in-scope images and reports n_out_of_scope."""
     import numpy as np
 
-    from cxr_monai.data import make_negative
+    from cxr_monai.scope import make_negative
     from cxr_monai.io import save_png
     from tests.conftest import SHARED_DATA
 

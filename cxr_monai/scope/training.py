@@ -3,7 +3,7 @@
 In population: the Kermany training split's frontal paediatric radiographs (the classifier's own
 patient-aware train/validation split). Out of population for training: a fixed part of the adult
 radiographs (``adult_normal_nih``, 70 % by file order) and procedural non-radiographs
-(:mod:`cxr_monai.data.negatives`). Both sides go through the same augmentation (geometry, aspect,
+(:mod:`cxr_monai.scope.negatives`). Both sides go through the same augmentation (geometry, aspect,
 gamma/contrast, blur, noise, synthetic opacities), so that acquisition and pathology are not what
 separates them. The images the gate reads are the classifier's network input (one preprocessing).
 
@@ -30,8 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import Compose
 
+from cxr_monai.data import class_folder_datalist, list_images, training_split
+from cxr_monai.io import load_cxr
+from cxr_monai.metrics.stress import load_images
+from cxr_monai.scope.gate import load_scope_gate, save_scope_gate
+from cxr_monai.scope.negatives import NEGATIVE_KINDS, bedside_like, negative_set
+from cxr_monai.scope.network import ScopeGateModule, scope_net
+from cxr_monai.scope.rules import MAX_AGE_YEARS
+from cxr_monai.transforms import classifier_preprocessing, reframe
 from cxr_monai.transforms.lung_field import percentile_normalise_batch
+from cxr_monai.transforms.stress import make_stress_transform
 from cxr_monai.utils import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -67,11 +77,6 @@ def preprocess_images(items: Sequence[Any], image_size: int, progress: bool = Fa
         framing: re-frame each film first (:func:`cxr_monai.transforms.reframe`): one framing for all, or one per item.
         return_boxes: also return each image's lung-field box (dicts; empty without ``lung_field``).
     """
-    from monai.transforms import Compose
-
-    from cxr_monai.io import load_cxr
-    from cxr_monai.transforms import classifier_preprocessing, reframe
-
     pre = Compose(classifier_preprocessing(["image"], int(image_size), lung_field=lung_field))
     framings = [framing] * len(items) if framing is None or isinstance(framing, str) else list(framing)
     out = torch.empty((len(items), 1, image_size, image_size), dtype=torch.uint8)
@@ -159,8 +164,6 @@ def fit_feature_stats(features: torch.Tensor, shrinkage: float = 0.1) -> tuple[t
 
 
 def _load_dir(folder: Path) -> list[Path]:
-    from cxr_monai.data import list_images
-
     return sorted(list_images(folder))
 
 
@@ -204,7 +207,7 @@ def train_scope_gate(
         output_file: the TorchScript gate (``models/scope_gate.ts``).
         report_file: JSON report of the checks (rates on every held-out set); ``None``: not written.
         image_size: side of the classifier input the gate reads.
-        preset: :func:`cxr_monai.networks.scope_net` preset.
+        preset: :func:`cxr_monai.scope.network.scope_net` preset.
         iterations, batch_size, lr: training length, batch (half in population, a quarter adults, a quarter
             procedural negatives) and Adam learning rate.
         n_generated_per_kind: procedural negatives of each kind for training (seed ``seed``).
@@ -220,11 +223,6 @@ def train_scope_gate(
         orientation_every: every n-th in-population training film, turned by 90, 180 or 270 degrees, is a
             negative (a turned film is out of scope).
     """
-    from cxr_monai.data import bedside_like, negative_set, training_split
-    from cxr_monai.io import load_cxr
-    from cxr_monai.networks import ScopeGateModule, scope_net
-    from cxr_monai.scope import MAX_AGE_YEARS, save_scope_gate
-
     t0 = time.time()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -310,8 +308,6 @@ def train_scope_gate(
     logger.info("scope gate written: %s (thresholds %s)", path, thresholds)
     report = None
     if report_file is not None:
-        from cxr_monai.scope import load_scope_gate
-
         gate = load_scope_gate(path)
         report = scope_check_report(gate, x_val=x_val, adult_test=adult_test, image_size=image_size, seed=seed + 1,
                                     extra_checks=extra_checks, site_dir=site_dir, progress=progress, lung_field=lf,
@@ -333,9 +329,6 @@ def report_scope_gate(gate_file: str | Path, dataset_dir: str | Path, adult_dir:
                       site_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Write the check report of an already trained gate (what :func:`train_scope_gate` writes after training),
     for example after a change of the scope rules: the same held-out sets, the rules as they are now."""
-    from cxr_monai.data import training_split
-    from cxr_monai.scope import load_scope_gate
-
     gate = load_scope_gate(gate_file)
     rng = np.random.default_rng(seed)
     train_items, val_items = training_split(dataset_dir, val_fraction, split_seed)
@@ -376,10 +369,6 @@ def scope_check_report(gate, x_val: torch.Tensor, adult_test: Sequence[Path], im
     in-population validation (whole, cropped, turned), a site sample of the intended population (when given;
     whole, cropped, upside down), held-out adults at every framing, bedside-like and under each simulated
     acquisition shift, new procedural negatives by kind, and ``extra_checks``."""
-    from cxr_monai.data import NEGATIVE_KINDS, bedside_like, class_folder_datalist, negative_set
-    from cxr_monai.metrics.stress import load_images
-    from cxr_monai.transforms.stress import make_stress_transform
-
     lf = lung_field
 
     def pre(items, desc="", framing=None):

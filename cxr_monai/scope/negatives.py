@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 __all__ = ["NEGATIVE_KINDS", "make_negative", "negative_set", "bedside_like"]
@@ -42,8 +43,6 @@ def _smooth_field(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _document(rng: np.random.Generator, n: int) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
     scale = 4
     img = Image.new("L", (n * scale, n * scale), int(rng.integers(215, 256)))
     draw = ImageDraw.Draw(img)

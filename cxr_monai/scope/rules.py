@@ -1,5 +1,5 @@
-"""The intended-population gate: one scope check for the pneumonia classifier, used by the bundle's
-inference/evaluation/commissioning, the MONAI Deploy app and the MONAI Label app.
+"""The intended population's rules: the intended-use sentence, the header rules and the lung-field rule, and
+the decision record (:class:`ScopeDecision`) every scope check returns.
 
 Intended use (:data:`INTENDED_USE`): frontal (PA/AP) chest radiographs of children, the population of the
 training data (Kermany cohort, Guangzhou Women and Children's Medical Center, ages about 1-5 years).
@@ -13,8 +13,8 @@ The check has two parts, applied in this order; the first that refuses gives the
    (:func:`cxr_monai.io.skip_reason`, what every chest model refuses), a patient
    older than :data:`MAX_AGE_YEARS` (PatientAge, else PatientBirthDate against StudyDate). Absent tags
    refuse nothing.
-2. **Image check** (:class:`ScopeGate`), which needs no tags: a small CNN
-   (:class:`~cxr_monai.networks.ScopeNet`) trained on in-population Kermany radiographs against adult
+2. **Image check** (:class:`~cxr_monai.scope.gate.ScopeGate`), which needs no tags: a small CNN
+   (:class:`~cxr_monai.scope.network.ScopeNet`) trained on in-population Kermany radiographs against adult
    radiographs and generated non-radiographs reads the classifier's own network input; the image is out
    of scope when its out-of-scope probability or the Mahalanobis distance of its features from the
    in-population training images is above a threshold calibrated on the in-population validation split
@@ -24,14 +24,12 @@ The check has two parts, applied in this order; the first that refuses gives the
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
+from cxr_monai.io import skip_reason
 
 __all__ = [
     "INTENDED_USE",
@@ -41,14 +39,11 @@ __all__ = [
     "OUT_OF_SCOPE",
     "SCOPE_KIND",
     "ScopeDecision",
-    "ScopeGate",
     "patient_age_years",
     "header_scope_reason",
     "lung_field_reason",
     "MAX_LUNG_EDGE_CONTACT",
     "MIN_LUNG_FRACTION",
-    "save_scope_gate",
-    "load_scope_gate",
 ]
 
 INTENDED_USE = ("Intended use: frontal (PA/AP) chest radiographs of children (the training population: "
@@ -168,8 +163,6 @@ def header_scope_reason(meta: Mapping[str, Any] | None, max_age_years: float = M
     """
     if not meta:
         return None
-    from cxr_monai.io import skip_reason
-
     colour = meta.get("colourfulness")
     if isinstance(colour, (int, float)) and not isinstance(colour, bool) and colour > MAX_COLOURFULNESS:
         return f"colour image (mean chroma {colour:.3f} > {MAX_COLOURFULNESS}): not a radiograph"
@@ -184,98 +177,3 @@ def header_scope_reason(meta: Mapping[str, Any] | None, max_age_years: float = M
         return (f"patient age {age:.1f} years is above {max_age_years:g}: the classifier was trained on children "
                 "(about 1-5 years)")
     return None
-
-
-class ScopeGate:
-    """The image check with its thresholds, around a TorchScript :class:`~cxr_monai.networks.ScopeGateModule`.
-
-    Args:
-        module: ``forward(x) -> (N, 2)`` (out-of-scope probability, feature distance).
-        info: the embedded metadata; needs ``thresholds`` (``probability``, ``distance``) and ``image_size``.
-        device: where ``module`` lives.
-    """
-
-    def __init__(self, module: torch.nn.Module, info: Mapping[str, Any], device: str | torch.device = "cpu") -> None:
-        th = info.get("thresholds") or {}
-        if "probability" not in th or "distance" not in th:
-            raise ValueError("scope gate info lacks thresholds.probability / thresholds.distance")
-        self.module = module.eval()
-        self.info = dict(info)
-        self.device = torch.device(device)
-        self.probability_threshold = float(th["probability"])
-        self.distance_threshold = float(th["distance"])
-        self.image_size = int(info.get("image_size", 160))
-        self.max_age_years = float(info.get("max_age_years", MAX_AGE_YEARS))
-        self.min_lung_fraction = float(info.get("min_lung_fraction", MIN_LUNG_FRACTION))
-        self.max_lung_edge_contact = float(info.get("max_lung_edge_contact", MAX_LUNG_EDGE_CONTACT))
-
-    def _fit_size(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 1:
-            raise ValueError(f"x must be the classifier input (N, 1, S, S), got {tuple(x.shape)}")
-        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                                                align_corners=False, antialias=True)
-        return x
-
-    @torch.no_grad()
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 2) out-of-scope probability and feature distance of a batch of classifier inputs."""
-        x = torch.as_tensor(x).float()
-        return self.module(self._fit_size(x).to(self.device)).float().cpu()
-
-    def decide(self, probability: float, distance: float) -> ScopeDecision:
-        """The image check's decision from its two scores."""
-        if probability > self.probability_threshold:
-            return ScopeDecision(False, f"image check: not like a paediatric frontal chest radiograph "
-                                        f"(out-of-scope probability {probability:.3f} > "
-                                        f"{self.probability_threshold:.3f})", probability, distance)
-        if distance > self.distance_threshold:
-            return ScopeDecision(False, f"image check: unlike the training radiographs (feature distance "
-                                        f"{distance:.1f} > {self.distance_threshold:.1f})", probability, distance)
-        return ScopeDecision(True, "", probability, distance)
-
-    def check(self, x: torch.Tensor, metas: Sequence[Mapping[str, Any] | None] | None = None) -> list[ScopeDecision]:
-        """The scope decision of each image of a batch.
-
-        Args:
-            x: the classifier's network input (N, 1, S, S) (:func:`cxr_monai.transforms.classifier_preprocessing`).
-            metas: per-image metadata for the header rules and the lung-field rule (its ``lung_field`` box)
-                (``None`` entries or ``None``: no headers, no lung-field rule).
-        """
-        metas = list(metas) if metas is not None else [None] * int(x.shape[0])
-        if len(metas) != int(x.shape[0]):
-            raise ValueError(f"{len(metas)} metas for {int(x.shape[0])} images")
-        s = self.scores(x)
-        out = []
-        for meta, (p, d) in zip(metas, s.tolist()):
-            reason = header_scope_reason(meta, self.max_age_years)
-            box = (meta or {}).get("lung_field") or None
-            lungs = lung_field_reason(box, self.min_lung_fraction, self.max_lung_edge_contact)
-            if reason:
-                decision = ScopeDecision(False, f"header: {reason}", p, d)
-            elif lungs:
-                decision = ScopeDecision(False, lungs, p, d)
-            else:
-                decision = self.decide(p, d)
-            out.append(replace(decision, lung_field=dict(box)) if box else decision)
-        return out
-
-
-def save_scope_gate(module: torch.nn.Module, info: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Script ``module`` and write it with ``info`` embedded (kind ``scope_gate``), atomically."""
-    from cxr_monai.utils import save_torchscript_with_meta
-
-    info = {**dict(info), "kind": SCOPE_KIND}
-    for key in ("thresholds", "image_size"):
-        if key not in info:
-            raise ValueError(f"scope gate info needs {key!r}")
-    return save_torchscript_with_meta(torch.jit.script(module.eval()), info, Path(path))
-
-
-def load_scope_gate(path: str | os.PathLike, device: str | torch.device = "cpu") -> ScopeGate:
-    """Read a gate written by :func:`save_scope_gate` (the bundle's ``models/scope_gate.ts`` or the deploy
-    copy ``cxr_scope/model.ts``)."""
-    from cxr_monai.utils import load_torchscript_with_meta
-
-    module, info = load_torchscript_with_meta(path, device, kind=SCOPE_KIND)
-    return ScopeGate(module, info, device)

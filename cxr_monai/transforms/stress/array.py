@@ -1,205 +1,39 @@
-"""Acquisition-shift ("stress") transforms: the ways a radiograph from another site or period differs.
-
-Each transform is deterministic for a given argument (the detector noise for a given seed) and is the identity at
-its neutral argument (zero strength). They act on the *loaded* image of the image contract, single channel,
-float32 in [0, 1], display orientation (bright bone, dark lung), ``(C, H, W)``, and are meant to run **before** a
-model's preprocessing (:func:`cxr_monai.transforms.classifier_preprocessing`), as a site difference would: the
-model then sees what its own preprocessing makes of the shifted image. Strengths are in pixels or units of the
-stored image given to the transform (224 px for ``kermany224``).
-
-| transform | argument (neutral value) | what it simulates |
-|---|---|---|
-| :class:`GammaShift` | ``gamma`` (1) | another display gamma / tone curve: ``x ** gamma`` |
-| :class:`ExposureShift` | ``stops`` (0) | over/under exposure of a log-response detector: a shift of the stored values, clipped (burn-out) |
-| :class:`ContrastShift` | ``factor`` (1) | a steeper or flatter linear tone scale around the mean, clipped and re-quantised to ``bits`` |
-| :class:`DetectorNoise` | ``photons`` (None), ``electronic_std`` (0) | quantum (Poisson) + electronic (Gaussian) noise of the transmitted signal |
-| :class:`BlurShift` | ``sigma`` (0) | a wider detector/focal-spot point-spread function (reflect-padded Gaussian) |
-| :class:`ResolutionShift` | ``scale`` (1) | a coarser native pixel pitch: antialiased bicubic down by ``scale``, bicubic back up |
-| :class:`JPEGRecompression` | ``quality`` (None) | lossy JPEG storage or transfer at ``quality`` (PIL, 8-bit) |
-| :class:`CollimationBorder` | ``fraction`` (0) | collimation / electronic shutter: a frame of ``value`` (black) of ``fraction`` of each side |
-| :class:`FieldOfViewShift` | ``zoom`` (1) | another field of view: ``zoom > 1`` centre crop enlarged, ``zoom < 1`` image shrunk in a black canvas |
-| :class:`RotationShift` | ``degrees`` (0) | patient or cassette rotation (positive: clockwise as displayed), black corners |
-| :class:`LUTShift` | ``strength`` (0) | another stored intensity scaling: a sigmoid (S-shaped, VOI-LUT-like) remap, or its inverse |
-
-Exposure and noise share one model of the stored value: ``x = -ln(t) / log_range`` for the transmitted fraction
-``t`` of the beam (``log_range = ln 100``: the display spans two decades of transmission). A linear contrast change
-without clipping is undone by the percentile normalisation of the preprocessing; what survives is the clipping and
-the lost grey levels, which is what :class:`ContrastShift` and :class:`ExposureShift` keep.
-
-Types: numpy in, numpy out; Tensor in, Tensor out; a MetaTensor keeps its metadata (the affine is not updated: the
-shift models a different acquisition of the same patient, not a resampling of this image). Output float32.
-:func:`make_stress_transform` builds a transform from a registry name and its argument.
+"""Array transforms of the acquisition shifts (:mod:`cxr_monai.transforms.stress`, table there) and their
+registry (:data:`STRESS_TRANSFORMS`, :func:`make_stress_transform`).
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.transforms import MapTransform, RandomizableTransform, Rotate, Transform
-from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy, convert_to_tensor
+from monai.transforms import RandomizableTransform, Rotate, Transform
+from monai.utils import TransformBackends, convert_to_numpy, convert_to_tensor
+from PIL import Image
 
-from cxr_monai.transforms.degradation import gaussian_blur
+from cxr_monai.transforms.degradation.functional import gaussian_blur
+from cxr_monai.transforms.stress.base import (DEFAULT_LOG_RANGE, _as_4d, _back, _copy, _finite, _non_negative,
+                                              _positive, _resize, _StressTransform, _tensor, _unit)
 
 __all__ = [
-    "DEFAULT_LOG_RANGE",
     "STRESS_TRANSFORMS",
     "make_stress_transform",
     "GammaShift",
-    "GammaShiftd",
-    "GammaShiftD",
-    "GammaShiftDict",
     "ExposureShift",
-    "ExposureShiftd",
-    "ExposureShiftD",
-    "ExposureShiftDict",
     "ContrastShift",
-    "ContrastShiftd",
-    "ContrastShiftD",
-    "ContrastShiftDict",
-    "DetectorNoise",
-    "DetectorNoised",
-    "DetectorNoiseD",
-    "DetectorNoiseDict",
-    "BlurShift",
-    "BlurShiftd",
-    "BlurShiftD",
-    "BlurShiftDict",
-    "ResolutionShift",
-    "ResolutionShiftd",
-    "ResolutionShiftD",
-    "ResolutionShiftDict",
-    "JPEGRecompression",
-    "JPEGRecompressiond",
-    "JPEGRecompressionD",
-    "JPEGRecompressionDict",
-    "CollimationBorder",
-    "CollimationBorderd",
-    "CollimationBorderD",
-    "CollimationBorderDict",
-    "FieldOfViewShift",
-    "FieldOfViewShiftd",
-    "FieldOfViewShiftD",
-    "FieldOfViewShiftDict",
-    "RotationShift",
-    "RotationShiftd",
-    "RotationShiftD",
-    "RotationShiftDict",
     "LUTShift",
-    "LUTShiftd",
-    "LUTShiftD",
-    "LUTShiftDict",
+    "DetectorNoise",
+    "BlurShift",
+    "ResolutionShift",
+    "JPEGRecompression",
+    "CollimationBorder",
+    "FieldOfViewShift",
+    "RotationShift",
 ]
-
-DEFAULT_LOG_RANGE: float = math.log(100.0)
-"""Natural-log transmission range spanned by the stored [0, 1] values (two decades)."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# argument checks and type handling
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _finite(value: float, name: str) -> float:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}.")
-    return value
-
-
-def _positive(value: float, name: str) -> float:
-    value = _finite(value, name)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}.")
-    return value
-
-
-def _non_negative(value: float, name: str) -> float:
-    value = _finite(value, name)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}.")
-    return value
-
-
-def _unit(value: float, name: str) -> float:
-    value = _finite(value, name)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}.")
-    return value
-
-
-def _tensor(img: NdarrayOrTensor) -> torch.Tensor:
-    """Plain float32 torch tensor (no metadata) of ``img``, checked to be ``(..., H, W)``."""
-    t = convert_to_tensor(img, track_meta=False)
-    if t.ndim < 2:
-        raise ValueError(f"stress transforms need an image (..., H, W), got shape {tuple(t.shape)}.")
-    return t.to(torch.float32)
-
-
-def _back(out: torch.Tensor, img: NdarrayOrTensor) -> NdarrayOrTensor:
-    """``out`` (float32) in the type family and on the device of ``img``."""
-    dtype = np.float32 if isinstance(img, np.ndarray) else torch.float32
-    return convert_to_dst_type(out.to(torch.float32), dst=img, dtype=dtype)[0]
-
-
-def _copy(img: NdarrayOrTensor) -> NdarrayOrTensor:
-    return img.clone() if isinstance(img, torch.Tensor) else np.array(img, copy=True)
-
-
-def _as_4d(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-    return x.reshape(-1, 1, *x.shape[-2:]), tuple(x.shape)
-
-
-def _resize(x4: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize ``(N, 1, h, w)``; antialiased when shrinking, ``align_corners=False``."""
-    if tuple(x4.shape[-2:]) == tuple(size):
-        return x4
-    shrink = size[0] < x4.shape[-2] or size[1] < x4.shape[-1]
-    return F.interpolate(x4, size=size, mode=mode, align_corners=False, antialias=shrink)
-
-
-class _StressTransform(Transform):
-    """Base of the array transforms: identity (a copy) at the neutral argument, else :meth:`_apply`."""
-
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def is_identity(self) -> bool:
-        """Whether this transform, as configured, returns its input unchanged."""
-        raise NotImplementedError
-
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        """Apply the shift to ``img`` ``(C, H, W)`` in [0, 1]; returns the same type family, float32."""
-        if self.is_identity():
-            return _copy(img)
-        return _back(self._apply(_tensor(img)), img)
-
-
-class _Delegated(MapTransform):
-    """Base of the dictionary transforms: apply ``self.transform`` to every key."""
-
-    transform: Callable[[NdarrayOrTensor], NdarrayOrTensor]
-
-    def __init__(self, keys: KeysCollection, transform: Transform, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.transform = transform
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -228,21 +62,6 @@ class GammaShift(_StressTransform):
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(0.0, 1.0).pow(self.gamma)
-
-
-class GammaShiftd(_Delegated):
-    """Dictionary version of :class:`GammaShift`.
-
-    Args:
-        keys: keys of the images to shift.
-        gamma: exponent, > 0; 1 is the identity.
-        allow_missing_keys: don't raise an exception if a key is missing.
-    """
-
-    backend = GammaShift.backend
-
-    def __init__(self, keys: KeysCollection, gamma: float = 1.0, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, GammaShift(gamma), allow_missing_keys)
 
 
 class ExposureShift(_StressTransform):
@@ -276,23 +95,6 @@ class ExposureShift(_StressTransform):
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.offset).clamp(0.0, 1.0)
-
-
-class ExposureShiftd(_Delegated):
-    """Dictionary version of :class:`ExposureShift`.
-
-    Args:
-        keys: keys of the images to shift.
-        stops: exposure change in stops; 0 is the identity.
-        log_range: natural-log transmission range of the stored values.
-        allow_missing_keys: don't raise an exception if a key is missing.
-    """
-
-    backend = ExposureShift.backend
-
-    def __init__(self, keys: KeysCollection, stops: float = 0.0, log_range: float = DEFAULT_LOG_RANGE,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, ExposureShift(stops, log_range), allow_missing_keys)
 
 
 class ContrastShift(_StressTransform):
@@ -330,24 +132,6 @@ class ContrastShift(_StressTransform):
         return y
 
 
-class ContrastShiftd(_Delegated):
-    """Dictionary version of :class:`ContrastShift`.
-
-    Args:
-        keys: keys of the images to shift.
-        factor: contrast factor, > 0; 1 is the identity.
-        pivot: intensity kept fixed; None uses the image mean.
-        bits: re-quantisation bits; None keeps float values.
-        allow_missing_keys: don't raise an exception if a key is missing.
-    """
-
-    backend = ContrastShift.backend
-
-    def __init__(self, keys: KeysCollection, factor: float = 1.0, pivot: float | None = None, bits: int | None = 8,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, ContrastShift(factor, pivot, bits), allow_missing_keys)
-
-
 class LUTShift(_StressTransform):
     """Another stored intensity scaling: a normalised sigmoid look-up table (S-curve) or its inverse.
 
@@ -382,23 +166,6 @@ class LUTShift(_StressTransform):
         else:
             y = c + torch.logit((x * (s1 - s0) + s0).clamp(1e-15, 1 - 1e-15)) / a
         return y.clamp(0.0, 1.0).to(torch.float32)
-
-
-class LUTShiftd(_Delegated):
-    """Dictionary version of :class:`LUTShift`.
-
-    Args:
-        keys: keys of the images to shift.
-        strength: sigmoid gain; 0 is the identity, negative the inverse curve.
-        center: intensity of steepest slope, in (0, 1).
-        allow_missing_keys: don't raise an exception if a key is missing.
-    """
-
-    backend = LUTShift.backend
-
-    def __init__(self, keys: KeysCollection, strength: float = 0.0, center: float = 0.5,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, LUTShift(strength, center), allow_missing_keys)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -487,39 +254,6 @@ class DetectorNoise(RandomizableTransform):
         return _back((x.clamp(0.0, 1.0) + torch.as_tensor(self.noise, device=x.device)).clamp(0.0, 1.0), img)
 
 
-class DetectorNoised(RandomizableTransform, MapTransform):
-    """Dictionary version of :class:`DetectorNoise`; each key gets its own realisation (drawn in key order).
-
-    Args:
-        keys: keys of the images to make noisy.
-        photons: expected quanta per pixel of the unattenuated beam; None means no quantum noise.
-        electronic_std: read-out noise relative to the unattenuated signal.
-        log_range: natural-log transmission range of the stored values.
-        seed: seed of the noise generator.
-        allow_missing_keys: don't raise an exception if a key is missing.
-    """
-
-    backend = DetectorNoise.backend
-
-    def __init__(self, keys: KeysCollection, photons: float | None = None, electronic_std: float = 0.0,
-                 log_range: float = DEFAULT_LOG_RANGE, seed: int | None = 0,
-                 allow_missing_keys: bool = False) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob=1.0)
-        self.noise = DetectorNoise(photons, electronic_std, log_range, seed)
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> DetectorNoised:
-        super().set_random_state(seed, state)
-        self.noise.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.noise(d[key], randomize=True)
-        return d
-
-
 # --------------------------------------------------------------------------------------------------------------
 # sharpness and resolution
 # --------------------------------------------------------------------------------------------------------------
@@ -545,23 +279,6 @@ class BlurShift(_StressTransform):
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(x, self.sigma, self.truncate).clamp(0.0, 1.0)
-
-
-class BlurShiftd(_Delegated):
-    """Dictionary version of :class:`BlurShift`.
-
-    Args:
-        keys: keys of the images to blur.
-        sigma: standard deviation in pixels; 0 is the identity.
-        truncate: kernel half-width in units of sigma.
-        allow_missing_keys: don't raise an exception if a key is missing.
-    """
-
-    backend = BlurShift.backend
-
-    def __init__(self, keys: KeysCollection, sigma: float = 0.0, truncate: float = 4.0,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, BlurShift(sigma, truncate), allow_missing_keys)
 
 
 class ResolutionShift(_StressTransform):
@@ -596,23 +313,6 @@ class ResolutionShift(_StressTransform):
         return _resize(lo, (h, w), "bicubic").clamp(0.0, 1.0).reshape(shape)
 
 
-class ResolutionShiftd(_Delegated):
-    """Dictionary version of :class:`ResolutionShift`.
-
-    Args:
-        keys: keys of the images to shift.
-        scale: downsampling factor, >= 1; 1 is the identity.
-        sigma: extra blur before downsampling.
-        allow_missing_keys: don't raise an exception if a key is missing.
-    """
-
-    backend = ResolutionShift.backend
-
-    def __init__(self, keys: KeysCollection, scale: float = 1.0, sigma: float = 0.0,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, ResolutionShift(scale, sigma), allow_missing_keys)
-
-
 class JPEGRecompression(_StressTransform):
     """Lossy JPEG storage: round to 8 bits, encode with PIL at ``quality``, decode, scale back to [0, 1].
 
@@ -637,8 +337,6 @@ class JPEGRecompression(_StressTransform):
         return self.quality is None
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        from PIL import Image
-
         arr = x.detach().cpu().numpy()
         flat = arr.reshape(-1, *arr.shape[-2:])
         out = np.empty(flat.shape, dtype=np.float32)
@@ -650,21 +348,6 @@ class JPEGRecompression(_StressTransform):
             with Image.open(buf) as decoded:
                 out[i] = np.asarray(decoded.convert("L"), dtype=np.float32) / 255.0
         return torch.from_numpy(out.reshape(arr.shape))
-
-
-class JPEGRecompressiond(_Delegated):
-    """Dictionary version of :class:`JPEGRecompression`.
-
-    Args:
-        keys: keys of the images to re-compress.
-        quality: JPEG quality 1..100; None is the identity.
-        allow_missing_keys: don't raise an exception if a key is missing.
-    """
-
-    backend = JPEGRecompression.backend
-
-    def __init__(self, keys: KeysCollection, quality: int | None = None, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, JPEGRecompression(quality), allow_missing_keys)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -711,23 +394,6 @@ class CollimationBorder(_StressTransform):
         return y
 
 
-class CollimationBorderd(_Delegated):
-    """Dictionary version of :class:`CollimationBorder`.
-
-    Args:
-        keys: keys of the images to frame.
-        fraction: frame width per side as a fraction of that side, in [0, 0.5).
-        value: intensity of the frame, in [0, 1].
-        allow_missing_keys: don't raise an exception if a key is missing.
-    """
-
-    backend = CollimationBorder.backend
-
-    def __init__(self, keys: KeysCollection, fraction: float = 0.0, value: float = 0.0,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, CollimationBorder(fraction, value), allow_missing_keys)
-
-
 class FieldOfViewShift(_StressTransform):
     """Another field of view at the same image size (the anatomy appears ``zoom`` times larger).
 
@@ -766,23 +432,6 @@ class FieldOfViewShift(_StressTransform):
         return out.clamp(0.0, 1.0).reshape(shape)
 
 
-class FieldOfViewShiftd(_Delegated):
-    """Dictionary version of :class:`FieldOfViewShift`.
-
-    Args:
-        keys: keys of the images to shift.
-        zoom: magnification, > 0; 1 is the identity.
-        pad_value: canvas intensity for ``zoom < 1``.
-        allow_missing_keys: don't raise an exception if a key is missing.
-    """
-
-    backend = FieldOfViewShift.backend
-
-    def __init__(self, keys: KeysCollection, zoom: float = 1.0, pad_value: float = 0.0,
-                 allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, FieldOfViewShift(zoom, pad_value), allow_missing_keys)
-
-
 class RotationShift(_StressTransform):
     """A small in-plane rotation about the image centre; corners from outside the image are black.
 
@@ -812,36 +461,10 @@ class RotationShift(_StressTransform):
         return convert_to_tensor(out, track_meta=False).clamp(0.0, 1.0).reshape(x.shape)
 
 
-class RotationShiftd(_Delegated):
-    """Dictionary version of :class:`RotationShift`.
-
-    Args:
-        keys: keys of the images to rotate.
-        degrees: rotation angle in degrees (positive clockwise as displayed); 0 is the identity.
-        allow_missing_keys: don't raise an exception if a key is missing.
-    """
-
-    backend = RotationShift.backend
-
-    def __init__(self, keys: KeysCollection, degrees: float = 0.0, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, RotationShift(degrees), allow_missing_keys)
-
-
 # --------------------------------------------------------------------------------------------------------------
-# aliases and registry
+# registry
 # --------------------------------------------------------------------------------------------------------------
 
-GammaShiftD = GammaShiftDict = GammaShiftd
-ExposureShiftD = ExposureShiftDict = ExposureShiftd
-ContrastShiftD = ContrastShiftDict = ContrastShiftd
-LUTShiftD = LUTShiftDict = LUTShiftd
-DetectorNoiseD = DetectorNoiseDict = DetectorNoised
-BlurShiftD = BlurShiftDict = BlurShiftd
-ResolutionShiftD = ResolutionShiftDict = ResolutionShiftd
-JPEGRecompressionD = JPEGRecompressionDict = JPEGRecompressiond
-CollimationBorderD = CollimationBorderDict = CollimationBorderd
-FieldOfViewShiftD = FieldOfViewShiftDict = FieldOfViewShiftd
-RotationShiftD = RotationShiftDict = RotationShiftd
 
 STRESS_TRANSFORMS: dict[str, tuple[type, str, Any]] = {
     "gamma": (GammaShift, "gamma", 1.0),
