@@ -2,7 +2,7 @@
 
     .venv-deploy/bin/python deploy/pacs/worker.py --queue sqlite:///PACS_DIR/queue.db --pacs-url http://127.0.0.1:8042
         --credentials PACS_DIR/credentials --work-dir DIR [--models .deploy_models] [--runner warm|venv|map]
-        [--retries 2 --retry-delays 10,60 --timeout 600 --name NAME --log FILE]
+        [--retries 2 --retry-delays 10,60 --timeout 600 --name NAME --log FILE] [--site DIR --monitor-every 50]
 
 (``make pacs`` starts one beside Orthanc; ``make pacs-worker`` starts one more on any machine that reaches the PACS and
 the queue.) One job = one Orthanc study id. For each job the worker
@@ -21,7 +21,10 @@ the queue.) One job = one Orthanc study id. For each job the worker
    ``--retry-delays`` seconds; after the last, every image gets the coded "not assessed: AI processing failed" report
    with the reason and a summary SC (:func:`cxr_monai.results.write_not_assessed`). An image the app ran on but could
    not read (status ``failed``) gets the same at once, with the app's reason;
-6. removes the work folder (success or failure) unless ``--keep-work``.
+6. keeps a copy of the run's ``results.json`` (no images, no patient data) under ``WORK/results/`` and, with a
+   commissioned ``--site``, runs the site's drift monitor every ``--monitor-every`` stored studies
+   (:mod:`site_monitor`; output ``WORK/monitor/monitor.json``, events ``monitor`` and ``monitor_alert``);
+7. removes the work folder (success or failure) unless ``--keep-work``.
 
 Orthanc unreachable -> the job is put back (no attempt counted). Reconcile, at start and every ``--reconcile-s``:
 every stable study with CR/DX images lacking a result, no queued job and no live lease is queued. Log: one JSON object
@@ -54,6 +57,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import pacs_queue  # noqa: E402
+from site_monitor import DEFAULT_EVERY, DEFAULT_KEEP, SiteMonitor  # noqa: E402
 
 
 
@@ -127,6 +131,10 @@ class Worker:
         self._warm: subprocess.Popen | None = None
         self._model_info: dict = {}
         self._stopping = False
+        app_python = Path(args.app_python)
+        self.monitor = SiteMonitor(self.work, self.log, site=args.site, every=args.monitor_every,
+                                   window=args.monitor_window, keep=args.results_keep,
+                                   python=app_python if app_python.exists() else sys.executable)
         pacs_queue.set_handler(self.handle)
 
     # ------------------------------------------------------------------------------------------------------- logging
@@ -262,9 +270,10 @@ class Worker:
                 answer = self.pacs.post("/instances", Path(f).read_bytes())
                 stored += answer.get("Status") == "Success"
         pacs_queue.set_state(self.huey, study_id, "failed" if failed else "done")
+        kept = self.monitor.keep_results(results_file, study_id) if results is not None else None
         self.log("run_done", study_uid=study_uid, runner=self.args.runner, attempt=attempt, exit_status=rc,
                  images=len(todo), not_assessed=failed, stored=stored, seconds=round(time.time() - t0, 2),
-                 counts=(results or {}).get("counts"))
+                 counts=(results or {}).get("counts"), results_copy=kept)
 
     @staticmethod
     def _local(output_dir: Path, path: str) -> Path:
@@ -402,7 +411,8 @@ class Worker:
         removed = 0 if self.args.keep_work else self.remove_leftovers()
         self.log("started", queue=_redact(self.args.queue), pacs=self.args.pacs_url, runner=self.args.runner,
                  retries=self.args.retries, retry_delays=self.delays, timeout_s=self.args.timeout,
-                 leftover_run_folders_removed=removed)
+                 leftover_run_folders_removed=removed, site=str(self.monitor.site) if self.monitor.site else None,
+                 monitor_every=self.args.monitor_every if self.monitor.site else None)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -494,6 +504,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--retry-delays", default=env("PACS_RETRY_DELAYS", "10,60"), help="seconds before retry 1,2,...")
     ap.add_argument("--reconcile-s", type=float, default=float(env("PACS_RECONCILE_S", "30")))
     ap.add_argument("--keep-work", action="store_true", default=env("KEEP_WORK", "") in ("1", "true"))
+    ap.add_argument("--site", default=env("SITE") or None,
+                    help="commissioned site folder (configs/commission.json output, with monitor_reference.json): "
+                         "run its drift monitor on this worker's kept results")
+    ap.add_argument("--monitor-every", type=int, default=int(env("MONITOR_EVERY") or DEFAULT_EVERY),
+                    help="stored studies between two drift-monitor runs")
+    ap.add_argument("--monitor-window", type=int, default=int(env("MONITOR_WINDOW") or 100),
+                    help="most recent assessed images the monitor checks (at least 30 for a check to run)")
+    ap.add_argument("--results-keep", type=int, default=int(env("RESULTS_KEEP") or DEFAULT_KEEP),
+                    help="results.json copies kept under WORK_DIR/results (oldest removed first)")
     return ap.parse_args(argv)
 
 
@@ -502,7 +521,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.runner == "map" and shutil.which("podman") is None:
         print("error: --runner map needs podman (make map-tools) and the MAP image (make map)", file=sys.stderr)
         return 2
-    Worker(args).serve()
+    try:
+        worker = Worker(args)
+    except ValueError as err:  # a SITE without a monitor reference, a bad setting
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    worker.serve()
     return 0
 
 
