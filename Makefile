@@ -116,7 +116,7 @@ map-run: map-tools
 # PACS loop (deploy/pacs, README "PACS"): Orthanc on 127.0.0.1 with authentication (PACS_DIR/credentials) and a
 # sender whitelist, whose plugin only puts stable studies on a durable huey queue (SQLite in PACS_DIR, or
 # QUEUE=redis://HOST:PORT/N); workers run the app (warm: models kept loaded) and store the results through REST.
-# make pacs PACS_DIR=dir HTTP_PORT=p DICOM_PORT=q [STABLE_AGE=s WORKERS=n PACS_RUNNER=warm|venv|map|auto
+# make pacs PACS_DIR=dir HTTP_PORT=p DICOM_PORT=q [STABLE_AGE=s WORKERS=n PACS_RUNNER=warm|venv|map|map-warm|auto
 #   PACS_TIMEOUT=s PACS_RETRIES=n PACS_RETRY_DELAYS=a,b SENDERS="AET@host ..." QUEUE=url KEEP_WORK=1 PACS_REMOTE=1
 #   SITE=dir MONITOR_EVERY=n]   (SITE: a commissioned site folder; each worker keeps every run's results.json under
 #   its work folder's results/ and runs the site's drift monitor every MONITOR_EVERY stored studies: monitor/monitor.json)

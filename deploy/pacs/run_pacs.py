@@ -1,7 +1,7 @@
 """Start the PACS loop on one machine (``make pacs PACS_DIR=dir HTTP_PORT=p DICOM_PORT=q``): Orthanc + N workers.
 
     python3 deploy/pacs/run_pacs.py --dir PACS_DIR --http-port 8042 --dicom-port 4242 [--stable-age 5]
-        [--queue sqlite:///PACS_DIR/queue.db | redis://HOST:PORT/N] [--workers 1] [--runner warm|venv|map]
+        [--queue sqlite:///PACS_DIR/queue.db | redis://HOST:PORT/N] [--workers 1] [--runner warm|venv|map|map-warm|auto]
         [--senders "STORESCU@127.0.0.1 ..."] [--timeout 600] [--retries 2 --retry-delays 10,60] [--keep-work]
         [--site DIR --monitor-every 50]
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queue", default=os.environ.get("QUEUE") or None, help="default sqlite:///PACS_DIR/queue.db")
     ap.add_argument("--senders", default=os.environ.get("SENDERS") or DEFAULT_SENDERS)
     ap.add_argument("--workers", type=int, default=1, help="local workers (0: only remote ones)")
-    ap.add_argument("--runner", default="warm", choices=["warm", "venv", "map", "auto"])
+    ap.add_argument("--runner", default="warm", choices=["warm", "venv", "map", "map-warm", "auto"])
     ap.add_argument("--timeout", type=int, default=600, help="time limit of one study's run (s)")
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--retry-delays", default="10,60")
