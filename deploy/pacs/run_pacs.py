@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = args.runner
     if runner == "auto":
         exists = shutil.which("podman") and subprocess.run(["podman", "image", "exists", args.image]).returncode == 0
-        runner = "map" if exists else "warm"
+        runner = "map-warm" if exists else "warm"  # the MAP image as the unit that runs the models, kept warm
 
     procs: dict[str, subprocess.Popen] = {}
     stopping = False
