@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     if runner == "auto":
         exists = shutil.which("podman") and subprocess.run(["podman", "image", "exists", args.image]).returncode == 0
         runner = "map-warm" if exists else "warm"  # the MAP image as the unit that runs the models, kept warm
+    elif runner == "map-warm" and args.workers > 0 and (
+            not shutil.which("podman") or subprocess.run(["podman", "image", "exists", args.image]).returncode != 0):
+        print(f"error: --runner map-warm needs podman and the MAP image {args.image} (make map)", file=sys.stderr)
+        return 2
 
     procs: dict[str, subprocess.Popen] = {}
     stopping = False
