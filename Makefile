@@ -114,8 +114,10 @@ map-run: map-tools
 # PACS loop (deploy/pacs, README "PACS"): Orthanc on 127.0.0.1 with authentication (PACS_DIR/credentials) and a
 # sender whitelist, whose plugin only puts stable studies on a durable huey queue (SQLite in PACS_DIR, or
 # QUEUE=redis://HOST:PORT/N); workers run the app (warm: models kept loaded) and store the results through REST.
-# make pacs PACS_DIR=dir HTTP_PORT=p DICOM_PORT=q [STABLE_AGE=s WORKERS=n PACS_RUNNER=warm|venv|map|auto
-#   PACS_TIMEOUT=s PACS_RETRIES=n PACS_RETRY_DELAYS=a,b SENDERS="AET@host ..." QUEUE=url KEEP_WORK=1 PACS_REMOTE=1]
+# make pacs PACS_DIR=dir HTTP_PORT=p DICOM_PORT=q [STABLE_AGE=s WORKERS=n PACS_RUNNER=warm|venv|map|map-warm|auto
+#   PACS_TIMEOUT=s PACS_RETRIES=n PACS_RETRY_DELAYS=a,b SENDERS="AET@host ..." QUEUE=url KEEP_WORK=1 PACS_REMOTE=1
+#   SITE=dir MONITOR_EVERY=n]   (SITE: a commissioned site folder; each worker keeps every run's results.json under
+#   its work folder's results/ and runs the site's drift monitor every MONITOR_EVERY stored studies: monitor/monitor.json)
 # stop: kill $$(cat dir/pacs.pid)
 PACS_DIR ?= pacs_data
 HTTP_PORT ?= 8042
@@ -128,14 +130,17 @@ PACS_RETRIES ?= 2
 PACS_RETRY_DELAYS ?= 10,60
 SENDERS ?= STORESCU@127.0.0.1
 QUEUE ?=
+MONITOR_EVERY ?= 50
 pacs: tools deploy-venv
 	$(PYTHON) deploy/pacs/run_pacs.py --dir "$(PACS_DIR)" --http-port $(HTTP_PORT) --dicom-port $(DICOM_PORT) \
 		--stable-age $(STABLE_AGE) --workers $(WORKERS) --runner $(PACS_RUNNER) --timeout $(PACS_TIMEOUT) \
 		--retries $(PACS_RETRIES) --retry-delays "$(PACS_RETRY_DELAYS)" --senders "$(SENDERS)" \
-		--image "$(MAP_IMAGE)" --models "$(MODELS)" $(if $(QUEUE),--queue "$(QUEUE)") $(if $(PACS_REMOTE),--remote-access)
+		--image "$(MAP_IMAGE)" --models "$(MODELS)" $(if $(QUEUE),--queue "$(QUEUE)") $(if $(PACS_REMOTE),--remote-access) \
+		$(if $(SITE),--site "$(SITE)" --monitor-every $(MONITOR_EVERY))
 
 # One more worker, on this or any machine that reaches the PACS's REST port and the queue:
-# make pacs-worker QUEUE=redis://HOST:PORT/N PACS_URL=http://HOST:PORT PACS_CREDENTIALS=file WORKER_DIR=dir [MODELS=dir]
+# make pacs-worker QUEUE=redis://HOST:PORT/N PACS_URL=http://HOST:PORT PACS_CREDENTIALS=file WORKER_DIR=dir [MODELS=dir
+#   SITE=dir MONITOR_EVERY=n]   (results copies in WORKER_DIR/results, drift monitor in WORKER_DIR/monitor)
 PACS_URL ?= http://127.0.0.1:$(HTTP_PORT)
 PACS_CREDENTIALS ?= $(PACS_DIR)/credentials
 WORKER_DIR ?= pacs_worker
@@ -143,7 +148,8 @@ pacs-worker: deploy-venv
 	@test -n "$(QUEUE)" || { echo "usage: make pacs-worker QUEUE=redis://HOST:PORT/N PACS_URL=... PACS_CREDENTIALS=file WORKER_DIR=dir" >&2; exit 2; }
 	$(DPY) deploy/pacs/worker.py --queue "$(QUEUE)" --pacs-url "$(PACS_URL)" --credentials "$(PACS_CREDENTIALS)" \
 		--work-dir "$(WORKER_DIR)" --models "$(MODELS)" --runner $(PACS_RUNNER) --timeout $(PACS_TIMEOUT) \
-		--retries $(PACS_RETRIES) --retry-delays "$(PACS_RETRY_DELAYS)" --image "$(MAP_IMAGE)"
+		--retries $(PACS_RETRIES) --retry-delays "$(PACS_RETRY_DELAYS)" --image "$(MAP_IMAGE)" \
+		$(if $(SITE),--site "$(SITE)" --monitor-every $(MONITOR_EVERY))
 
 # Queued, retry-scheduled, running, done and failed counts of the queue (PACS_DIR's SQLite, or QUEUE=url).
 pacs-status: deploy-venv

@@ -1,6 +1,7 @@
 """PACS loop latency: ``storescu`` of a 512 px CR -> its SR and enhanced SC in Orthanc, end to end (StableAge included).
 
-    .venv-deploy/bin/python -m benchmarks.pacs_latency [--runner warm|venv] [--studies 5] [--stable-age 2]
+    .venv-deploy/bin/python -m benchmarks.pacs_latency [--runner warm|venv|map|map-warm] [--studies 5] [--stable-age 2]
+        [--image localhost/cxr-enhance-classify:0.1.0]
         [--out benchmarks/results/pacs_latency.json]
 
 Starts ``deploy/pacs/run_pacs.py`` (Orthanc + one worker) on free loopback ports in a temporary folder, waits until
@@ -38,7 +39,8 @@ def _free_port() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runner", default="warm", choices=["warm", "venv", "map"])
+    ap.add_argument("--runner", default="warm", choices=["warm", "venv", "map", "map-warm"])
+    ap.add_argument("--image", default=None, help="the MAP image (runners map, map-warm)")
     ap.add_argument("--studies", type=int, default=5)
     ap.add_argument("--stable-age", type=int, default=2)
     ap.add_argument("--size", type=int, default=512)
@@ -58,12 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         out = open(tmp / "pacs.out", "w")
         proc = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "pacs" / "run_pacs.py"), "--dir",
                                  str(tmp / "pacs"), "--http-port", str(http), "--dicom-port", str(dicom),
-                                 "--stable-age", str(args.stable_age), "--runner", args.runner],
+                                 "--stable-age", str(args.stable_age), "--runner", args.runner,
+                                 *(["--image", args.image] if args.image else [])],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         log = tmp / "pacs" / "ai_router.log"
         try:
             deadline = time.monotonic() + 600
-            ready = "warm_app_ready" if args.runner == "warm" else "reconciled"
+            ready = "warm_app_ready" if args.runner in ("warm", "map-warm") else "reconciled"
             while not (log.exists() and ready in log.read_text()):
                 assert proc.poll() is None and time.monotonic() < deadline, (tmp / "pacs.out").read_text()[-2000:]
                 time.sleep(0.5)
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             from cxr_monai.dicom_out import result_uid
 
             seconds = []
+            load_start = os.getloadavg()
             for i in range(args.studies):
                 ds = pydicom.dcmread(tmp / "ph" / "phantom_cxr.dcm")
                 ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
@@ -104,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
                 if ln.startswith("model name")), platform.processor())
     result = {
         "command": f".venv-deploy/bin/python -m benchmarks.pacs_latency --runner {args.runner} --studies "
-                   f"{args.studies} --stable-age {args.stable_age}",
+                   f"{args.studies} --stable-age {args.stable_age}" + (f" --image {args.image}" if args.image else ""),
         "what": f"storescu of a {args.size} px CR -> SR and enhanced SC in Orthanc (REST), StableAge included",
         "runner": args.runner, "stable_age_s": args.stable_age, "seconds": seconds,
         "median_s": statistics.median(seconds), "worker_run_seconds": [r.get("seconds") for r in runs],
-        "cpu": cpu, "cores": os.cpu_count(), "load_average_after": os.getloadavg(),
+        "cpu": cpu, "cores": os.cpu_count(), "load_average_start": load_start, "load_average_after": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """Start the PACS loop on one machine (``make pacs PACS_DIR=dir HTTP_PORT=p DICOM_PORT=q``): Orthanc + N workers.
 
     python3 deploy/pacs/run_pacs.py --dir PACS_DIR --http-port 8042 --dicom-port 4242 [--stable-age 5]
-        [--queue sqlite:///PACS_DIR/queue.db | redis://HOST:PORT/N] [--workers 1] [--runner warm|venv|map]
+        [--queue sqlite:///PACS_DIR/queue.db | redis://HOST:PORT/N] [--workers 1] [--runner warm|venv|map|map-warm|auto]
         [--senders "STORESCU@127.0.0.1 ..."] [--timeout 600] [--retries 2 --retry-delays 10,60] [--keep-work]
+        [--site DIR --monitor-every 50]
 
 Writes ``PACS_DIR/orthanc.json`` (mode 600: it holds the password) and starts Orthanc (PID in ``PACS_DIR/orthanc.pid``):
 
@@ -15,7 +16,9 @@ Writes ``PACS_DIR/orthanc.json`` (mode 600: it holds the password) and starts Or
 * the Python plugin ``ai_router.py``, which only enqueues stable studies on the durable queue (``pacs_queue.py``).
 
 Then starts ``--workers`` local workers (``worker.py`` in ``.venv-deploy``; PIDs in ``PACS_DIR/worker.pid``, log
-``PACS_DIR/ai_router.log``, work folders under ``PACS_DIR/work/local<i>``), and stays as their supervisor (PID in
+``PACS_DIR/ai_router.log``, work folders under ``PACS_DIR/work/local<i>``, each with ``results/`` (a copy of every
+run's ``results.json``) and, with ``--site``, ``monitor/monitor.json`` (the site's drift monitor, run every
+``--monitor-every`` studies the worker stored; see ``site_monitor.py``)), and stays as their supervisor (PID in
 ``PACS_DIR/pacs.pid``): ``kill $(cat PACS_DIR/pacs.pid)`` stops all; if Orthanc dies, the workers are stopped and
 this exits with Orthanc's status (restart it the same way: the queue and the reconcile pick up where it stopped).
 """
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queue", default=os.environ.get("QUEUE") or None, help="default sqlite:///PACS_DIR/queue.db")
     ap.add_argument("--senders", default=os.environ.get("SENDERS") or DEFAULT_SENDERS)
     ap.add_argument("--workers", type=int, default=1, help="local workers (0: only remote ones)")
-    ap.add_argument("--runner", default="warm", choices=["warm", "venv", "map", "auto"])
+    ap.add_argument("--runner", default="warm", choices=["warm", "venv", "map", "map-warm", "auto"])
     ap.add_argument("--timeout", type=int, default=600, help="time limit of one study's run (s)")
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--retry-delays", default="10,60")
@@ -124,7 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--remote-access", action="store_true",
                     help="REST for other hosts too (workers on other machines; put TLS in front of it)")
     ap.add_argument("--keep-work", action="store_true", default=os.environ.get("KEEP_WORK", "") in ("1", "true"))
+    ap.add_argument("--site", default=os.environ.get("SITE") or None,
+                    help="commissioned site folder (monitor_reference.json): the workers run its drift monitor")
+    ap.add_argument("--monitor-every", type=int, default=int(os.environ.get("MONITOR_EVERY") or 50),
+                    help="studies a worker stores between two drift-monitor runs")
     args = ap.parse_args(argv)
+    if args.site and not (Path(args.site) / "monitor_reference.json").is_file():
+        print(f"error: SITE {args.site} has no monitor_reference.json (commission the site with "
+              f"configs/commission.json; its output folder is the SITE)", file=sys.stderr)
+        return 2
+    if args.monitor_every < 1:
+        print("error: --monitor-every must be at least 1", file=sys.stderr)
+        return 2
 
     orthanc = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     missing = [p for p in (orthanc, DICOMWEB, PYTHON_PLUGIN) if not os.path.exists(p)]
@@ -147,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     runner = args.runner
     if runner == "auto":
         exists = shutil.which("podman") and subprocess.run(["podman", "image", "exists", args.image]).returncode == 0
-        runner = "map" if exists else "warm"
+        runner = "map-warm" if exists else "warm"  # the MAP image as the unit that runs the models, kept warm
+    elif runner == "map-warm" and args.workers > 0 and (
+            not shutil.which("podman") or subprocess.run(["podman", "image", "exists", args.image]).returncode != 0):
+        print(f"error: --runner map-warm needs podman and the MAP image {args.image} (make map)", file=sys.stderr)
+        return 2
 
     procs: dict[str, subprocess.Popen] = {}
     stopping = False
@@ -163,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     (pacs_dir / "orthanc.pid").write_text(f"{procs['orthanc'].pid}\n")
     print(f"Orthanc on http://127.0.0.1:{args.http_port}/ (DICOM port {args.dicom_port}, AE ORTHANC, senders "
           f"{args.senders}), credentials {pacs_dir / 'credentials'}, queue {queue.split('@')[-1]}, "
-          f"{args.workers} worker(s) ({runner}); stop: kill {os.getpid()}", flush=True)
+          f"{args.workers} worker(s) ({runner}); drift monitor: "
+          f"{f'{args.site} every {args.monitor_every} studies' if args.site else 'off (no --site)'}; "
+          f"stop: kill {os.getpid()}", flush=True)
     worker_cmd = [str(ROOT / ".venv-deploy" / "bin" / "python"), str(HERE / "worker.py"), "--queue", queue,
                   "--pacs-url", f"http://127.0.0.1:{args.http_port}", "--credentials", str(pacs_dir / "credentials"),
                   "--log", str(pacs_dir / "ai_router.log"), "--runner", runner,
@@ -174,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         worker_cmd += ["--cpus", str(args.cpus)]
     if args.keep_work:
         worker_cmd.append("--keep-work")
+    if args.site:
+        worker_cmd += ["--site", str(Path(args.site).resolve()), "--monitor-every", str(args.monitor_every)]
     for i in range(args.workers):
         procs[f"worker{i}"] = subprocess.Popen([*worker_cmd, "--name", f"{os.uname().nodename}:local{i}",
                                                 "--work-dir", str(pacs_dir / "work" / f"local{i}")],

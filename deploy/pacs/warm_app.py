@@ -2,6 +2,9 @@
 
     .venv-deploy/bin/python deploy/pacs/warm_app.py --models MODELS
 
+or, inside the MAP image (the worker's ``map-warm`` runner: one long-lived hardened container that keeps the models
+loaded), ``python3 warm_app.py --models /opt/holoscan/models`` with ``CXR_APP_DIR=/opt/holoscan/app``.
+
 Started by a PACS worker (``worker.py --runner warm``) with pipes: it prints ``{"ready": true}`` once the models are
 loaded, then for each line ``{"input": DIR, "output": DIR}`` on stdin runs the app (``deploy/cxr_enhance_classify``,
 the same graph and operators as the MAP and ``make demo``; models cached in the process by the operators) and prints
@@ -18,7 +21,8 @@ import sys
 import traceback
 from pathlib import Path
 
-APP_DIR = Path(__file__).resolve().parents[1] / "cxr_enhance_classify"
+# the app beside this file, or CXR_APP_DIR: inside the MAP image (runner map-warm) /opt/holoscan/app
+APP_DIR = Path(os.environ.get("CXR_APP_DIR") or Path(__file__).resolve().parents[1] / "cxr_enhance_classify")
 sys.path.insert(0, str(APP_DIR))
 
 from launcher import ensure_stack_size  # noqa: E402

@@ -1,8 +1,8 @@
 """A PACS-loop worker: takes studies from the queue, runs the app on their CR/DX images, stores the results in Orthanc.
 
     .venv-deploy/bin/python deploy/pacs/worker.py --queue sqlite:///PACS_DIR/queue.db --pacs-url http://127.0.0.1:8042
-        --credentials PACS_DIR/credentials --work-dir DIR [--models .deploy_models] [--runner warm|venv|map]
-        [--retries 2 --retry-delays 10,60 --timeout 600 --name NAME --log FILE]
+        --credentials PACS_DIR/credentials --work-dir DIR [--models .deploy_models] [--runner warm|venv|map|map-warm]
+        [--retries 2 --retry-delays 10,60 --timeout 600 --name NAME --log FILE] [--site DIR --monitor-every 50]
 
 (``make pacs`` starts one beside Orthanc; ``make pacs-worker`` starts one more on any machine that reaches the PACS and
 the queue.) One job = one Orthanc study id. For each job the worker
@@ -14,14 +14,17 @@ the queue.) One job = one Orthanc study id. For each job the worker
 3. exports those images to ``WORK/<study id>-<random>/input/<Orthanc instance id>.dcm`` (names from Orthanc's ids,
    never from the sender's UIDs), runs the app with a time limit (``warm``: a child process that keeps the models
    loaded between studies; ``venv``: one ``.venv-deploy`` process per study; ``map``: the MAP image, hardened, per
-   study);
+   study; ``map-warm``: the warm app inside one long-lived hardened container of the MAP image, :mod:`map_warm`);
 4. stores every output through ``POST /instances``, each image's report last. Output UIDs are functions of the
    source image's UIDs, so storing again after a crash stores nothing twice: one result per source image;
 5. a run that fails (exit without ``results.json``, time limit, crash) is retried ``--retries`` times after
    ``--retry-delays`` seconds; after the last, every image gets the coded "not assessed: AI processing failed" report
    with the reason and a summary SC (:func:`cxr_monai.results.write_not_assessed`). An image the app ran on but could
    not read (status ``failed``) gets the same at once, with the app's reason;
-6. removes the work folder (success or failure) unless ``--keep-work``.
+6. keeps a copy of the run's ``results.json`` (no images, no patient data) under ``WORK/results/`` and, with a
+   commissioned ``--site``, runs the site's drift monitor every ``--monitor-every`` stored studies
+   (:mod:`site_monitor`; output ``WORK/monitor/monitor.json``, events ``monitor`` and ``monitor_alert``);
+7. removes the work folder (success or failure) unless ``--keep-work``.
 
 Orthanc unreachable -> the job is put back (no attempt counted). Reconcile, at start and every ``--reconcile-s``:
 every stable study with CR/DX images lacking a result, no queued job and no live lease is queued. Log: one JSON object
@@ -54,6 +57,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import pacs_queue  # noqa: E402
+from site_monitor import DEFAULT_EVERY, DEFAULT_KEEP, SiteMonitor  # noqa: E402
 
 
 
@@ -125,8 +129,18 @@ class Worker:
         self.delays = [float(d) for d in str(args.retry_delays).split(",") if d.strip()] or [10.0]
         self._log_lock = threading.Lock()
         self._warm: subprocess.Popen | None = None
+        self._warm_map = None  # map_warm.WarmMap of the map-warm runner
+        if args.runner == "map-warm":
+            from map_warm import WarmMap
+
+            self._warm_map = WarmMap(args.image, self.work, self.name, args.cpus)
+            self._warm_map.remove()  # a killed predecessor's container
         self._model_info: dict = {}
         self._stopping = False
+        app_python = Path(args.app_python)
+        self.monitor = SiteMonitor(self.work, self.log, site=args.site, every=args.monitor_every,
+                                   window=args.monitor_window, keep=args.results_keep,
+                                   python=app_python if app_python.exists() else sys.executable)
         pacs_queue.set_handler(self.handle)
 
     # ------------------------------------------------------------------------------------------------------- logging
@@ -196,15 +210,22 @@ class Worker:
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(study_id, stop), daemon=True)
         beat.start()
-        run_dir = self.work / f"{study_id}-{secrets.token_hex(4)}"
+        tag = f"{study_id}-{secrets.token_hex(4)}"
+        if self._warm_map is not None:  # the folders the warm container sees
+            input_dir, output_dir = self._warm_map.run_dirs(tag)
+            folders = [input_dir, output_dir]
+        else:
+            input_dir, output_dir = self.work / tag / "input", self.work / tag / "output"
+            folders = [self.work / tag]
         try:
-            self._run(study_id, study_uid, todo, attempt, run_dir, t0)
+            self._run(study_id, study_uid, todo, attempt, input_dir, output_dir, t0)
         finally:
             stop.set()
             beat.join(timeout=10)
             self.leases.release(study_id)
             if not self.args.keep_work:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                for d in folders:
+                    shutil.rmtree(d, ignore_errors=True)
 
     def _heartbeat(self, study_id: str, stop: threading.Event) -> None:
         while not stop.wait(pacs_queue.HEARTBEAT_S):
@@ -213,11 +234,10 @@ class Worker:
             except Exception:  # noqa: BLE001 - the broker is back next beat, or the lease goes stale
                 pass
 
-    def _run(self, study_id: str, study_uid: str, todo: list[tuple[str, str]], attempt: int, run_dir: Path,
-             t0: float) -> None:
-        input_dir, output_dir = run_dir / "input", run_dir / "output"
+    def _run(self, study_id: str, study_uid: str, todo: list[tuple[str, str]], attempt: int, input_dir: Path,
+             output_dir: Path, t0: float) -> None:
         input_dir.mkdir(parents=True)
-        output_dir.mkdir()
+        output_dir.mkdir(parents=True)
         sop_of = {}
         for inst_id, sop in todo:
             (input_dir / f"{inst_id}.dcm").write_bytes(self.pacs.get(f"/instances/{inst_id}/file"))
@@ -262,9 +282,10 @@ class Worker:
                 answer = self.pacs.post("/instances", Path(f).read_bytes())
                 stored += answer.get("Status") == "Success"
         pacs_queue.set_state(self.huey, study_id, "failed" if failed else "done")
+        kept = self.monitor.keep_results(results_file, study_id) if results is not None else None
         self.log("run_done", study_uid=study_uid, runner=self.args.runner, attempt=attempt, exit_status=rc,
                  images=len(todo), not_assessed=failed, stored=stored, seconds=round(time.time() - t0, 2),
-                 counts=(results or {}).get("counts"))
+                 counts=(results or {}).get("counts"), results_copy=kept)
 
     @staticmethod
     def _local(output_dir: Path, path: str) -> Path:
@@ -296,7 +317,7 @@ class Worker:
     # ------------------------------------------------------------------------------------------------------ runners
     def run_app(self, input_dir: Path, output_dir: Path) -> tuple[int | None, str | None]:
         """(exit status or None, reason when it failed)."""
-        if self.args.runner == "warm":
+        if self.args.runner in ("warm", "map-warm"):
             return self._run_warm(input_dir, output_dir)
         if self.args.runner == "map":
             cmd = [sys.executable, str(ROOT / "deploy" / "packaging" / "run_map.py"), "--image", self.args.image,
@@ -321,14 +342,18 @@ class Worker:
         return rc, None if rc == 0 else f"exit status {rc}: {_tail(logfile)}"
 
     def _start_warm(self) -> subprocess.Popen:
-        cmd = [str(self.args.app_python), str(HERE / "warm_app.py"), "--models", str(self.args.models)]
+        if self._warm_map is not None:
+            self._warm_map.remove()
+            cmd = self._warm_map.command()
+        else:
+            cmd = [str(self.args.app_python), str(HERE / "warm_app.py"), "--models", str(self.args.models)]
         log = open(self.work / "warm_app.log", "a")
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                 preexec_fn=_die_with_parent, bufsize=0)
         log.close()
         ready = _read_line(proc, max(300.0, float(self.args.timeout)))  # loading + warm-up: slow on a busy machine
         if not ready or json.loads(ready).get("ready") is not True:
-            _kill(proc)
+            self._kill_warm(proc)
             raise RuntimeError(f"the warm app did not start: {ready!r}; see {self.work / 'warm_app.log'}")
         return proc
 
@@ -337,22 +362,29 @@ class Worker:
             if self._warm is None or self._warm.poll() is not None:
                 self._warm = self._start_warm()
                 self.log("warm_app_ready", pid=self._warm.pid)
-            self._warm.stdin.write((json.dumps({"input": str(input_dir), "output": str(output_dir)}) + "\n").encode())
+            request = (self._warm_map.request(input_dir, output_dir) if self._warm_map is not None else
+                       {"input": str(input_dir), "output": str(output_dir)})
+            self._warm.stdin.write((json.dumps(request) + "\n").encode())
             line = _read_line(self._warm, self.args.timeout)
         except (OSError, RuntimeError, ValueError) as err:
             if self._warm is not None:
-                _kill(self._warm)
+                self._kill_warm(self._warm)
             self._warm = None
             return None, f"warm app: {err}"
         if line is None:
-            _kill(self._warm)
+            self._kill_warm(self._warm)
             self._warm = None
             return None, f"time limit of {self.args.timeout} s exceeded (or the warm app died)"
         answer = json.loads(line)
         return int(answer.get("rc", 1)), answer.get("error")
 
+    def _kill_warm(self, proc: subprocess.Popen) -> None:
+        _kill(proc)
+        if self._warm_map is not None:  # the podman client is gone; the container too
+            self._warm_map.remove()
+
     def warm_up(self) -> None:
-        if self.args.runner == "warm":
+        if self.args.runner in ("warm", "map-warm"):
             try:
                 self._warm = self._start_warm()
                 self.log("warm_app_ready", pid=self._warm.pid)
@@ -396,13 +428,18 @@ class Worker:
             if d.is_dir() and (d / "input").is_dir():
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
+        for root in (self.work / "map_in", self.work / "map_out"):  # the map-warm runner's run folders
+            for d in (root.iterdir() if root.is_dir() else []):
+                shutil.rmtree(d, ignore_errors=True)
+                n += root.name == "map_in"
         return n
 
     def serve(self) -> None:
         removed = 0 if self.args.keep_work else self.remove_leftovers()
         self.log("started", queue=_redact(self.args.queue), pacs=self.args.pacs_url, runner=self.args.runner,
                  retries=self.args.retries, retry_delays=self.delays, timeout_s=self.args.timeout,
-                 leftover_run_folders_removed=removed)
+                 leftover_run_folders_removed=removed, site=str(self.monitor.site) if self.monitor.site else None,
+                 monitor_every=self.args.monitor_every if self.monitor.site else None)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -424,7 +461,7 @@ class Worker:
             self._stopping = True
             stop.set()
             if self._warm is not None:
-                _kill(self._warm)
+                self._kill_warm(self._warm)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -484,7 +521,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="this worker's own folder (run folders left by a killed run are removed at start)")
     ap.add_argument("--log", default=None, help="JSON-lines log (default WORK_DIR/worker.log)")
     ap.add_argument("--name", default=None, help="worker name in logs and leases (default host:pid)")
-    ap.add_argument("--runner", default=env("PACS_RUNNER", "warm"), choices=["warm", "venv", "map"])
+    ap.add_argument("--runner", default=env("PACS_RUNNER", "warm"), choices=["warm", "venv", "map", "map-warm"])
     ap.add_argument("--models", default=env("MODELS", str(ROOT / ".deploy_models")))
     ap.add_argument("--app-python", default=str(ROOT / ".venv-deploy" / "bin" / "python"))
     ap.add_argument("--image", default=env("MAP_IMAGE", "localhost/cxr-enhance-classify:0.1.0"))
@@ -494,15 +531,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--retry-delays", default=env("PACS_RETRY_DELAYS", "10,60"), help="seconds before retry 1,2,...")
     ap.add_argument("--reconcile-s", type=float, default=float(env("PACS_RECONCILE_S", "30")))
     ap.add_argument("--keep-work", action="store_true", default=env("KEEP_WORK", "") in ("1", "true"))
+    ap.add_argument("--site", default=env("SITE") or None,
+                    help="commissioned site folder (configs/commission.json output, with monitor_reference.json): "
+                         "run its drift monitor on this worker's kept results")
+    ap.add_argument("--monitor-every", type=int, default=int(env("MONITOR_EVERY") or DEFAULT_EVERY),
+                    help="stored studies between two drift-monitor runs")
+    ap.add_argument("--monitor-window", type=int, default=int(env("MONITOR_WINDOW") or 100),
+                    help="most recent assessed images the monitor checks (at least 30 for a check to run)")
+    ap.add_argument("--results-keep", type=int, default=int(env("RESULTS_KEEP") or DEFAULT_KEEP),
+                    help="results.json copies kept under WORK_DIR/results (oldest removed first)")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.runner == "map" and shutil.which("podman") is None:
+    if args.runner in ("map", "map-warm") and shutil.which("podman") is None:
         print("error: --runner map needs podman (make map-tools) and the MAP image (make map)", file=sys.stderr)
         return 2
-    Worker(args).serve()
+    try:
+        worker = Worker(args)
+    except (ValueError, RuntimeError) as err:  # a SITE without a monitor reference, no MAP image, a bad setting
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    worker.serve()
     return 0
 
 

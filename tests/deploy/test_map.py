@@ -221,3 +221,36 @@ def test_map_run_equals_venv_app(map_image: dict, models: Path, study: Path, tmp
     for f in sorted(map_out.rglob("*.dcm")):
         assert dciodvfy_errors(exe, f) == [], f
     print(f"map-run {seconds:.1f} s, image build (cached) {map_image['build_s']:.1f} s")
+
+
+def test_pacs_worker_runs_warm_inside_the_map_image(map_image: dict, tmp_path: Path) -> None:
+    """``run_pacs.py --runner map-warm``: the PACS worker keeps one hardened container of the MAP image (models
+    loaded once) and sends it one study after another; the results come back to Orthanc once each, the container is
+    confined like a per-study MAP run, and nothing of it (container, run folders) is left afterwards."""
+    from tests.deploy.test_pacs import Pacs, _copies, _need, _one_result_each, _phantom
+
+    _need("Orthanc", "storescu")
+    p = Pacs(tmp_path / "pacs_dir", "--runner", "map-warm", "--image", IMAGE, "--retries", "0").start()
+    name = f"cxr-warm-{os.uname().nodename}-local0".replace(":", "-")
+    try:
+        p.wait_for(lambda: [e for e in p.events() if e["event"] in ("warm_app_ready", "warm_app_error")], 600,
+                   "the warm container")
+        assert [e for e in p.events() if e["event"] == "warm_app_ready"], p.events()
+        host = json.loads(podman("inspect", name).stdout)[0]["HostConfig"]
+        assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True, host
+        assert "no-new-privileges" in " ".join(host.get("SecurityOpt") or []), host.get("SecurityOpt")
+        assert len(host.get("CapDrop") or []) >= 10 and not host.get("CapAdd"), (host.get("CapDrop"), host.get("CapAdd"))
+        assert host["Memory"] > 0, host["Memory"]
+        studies = _copies(_phantom(tmp_path, 128), tmp_path / "s", 2)
+        assert p.store(*[f for f, _ in studies]).returncode == 0
+        uids = [u for _, u in studies]
+        p.wait_for(lambda: _one_result_each(p, uids, ("report", "enhanced", "gradcam")), 600, "2 studies' results")
+        done = [e for e in p.events() if e["event"] == "run_done"]
+        assert sorted(e["study_uid"] for e in done) == sorted(uids) and {e["runner"] for e in done} == {"map-warm"}
+        assert len([e for e in p.events() if e["event"] == "warm_app_ready"]) == 1  # one container for both studies
+        work = p.root / "work" / "local0"
+        p.wait_for(lambda: not [f for d in ("map_in", "map_out") for f in (work / d).iterdir()], 60,
+                   "the run folders to go")
+    finally:
+        p.stop()
+    assert podman("container", "exists", name).returncode != 0  # gone with its worker

@@ -174,9 +174,11 @@ def _sr_texts(ds) -> list[str]:
 
 def _no_run_folders(pacs: Pacs) -> None:
     """No run folder (patient images) left in the local worker's folder once it has finished (the report is stored
-    before the folder is removed: wait a little)."""
+    before the folder is removed: wait a little); ``results/`` holds results.json copies only."""
     work = pacs.root / "work" / "local0"
-    pacs.wait_for(lambda: not [p for p in work.iterdir() if p.is_dir()], 60, f"the run folders in {work} to go")
+    pacs.wait_for(lambda: not [p for p in work.iterdir() if p.is_dir() and p.name not in ("results", "monitor")], 60,
+                  f"the run folders in {work} to go")
+    assert {f.name for f in (work / "results").rglob("*") if f.is_file()} <= {"results.json"}
 
 
 def _one_result_each(pacs: Pacs, uids: list[str], kinds: tuple[str, ...] = ("report",)) -> bool:
@@ -226,7 +228,9 @@ def test_cr_study_comes_back_once_and_the_pacs_is_locked(pacs: Pacs, tmp_path: P
     # no patient data in the log; the work folder is gone; the credentials file is private
     log_text = (pacs.root / "ai_router.log").read_text()
     assert str(ds.PatientName) not in log_text and str(ds.PatientID) not in log_text
-    assert [p.name for p in (pacs.root / "work" / "local0").iterdir()] == ["warm_app.log"]
+    assert sorted(p.name for p in (pacs.root / "work" / "local0").iterdir()) == ["results", "warm_app.log"]
+    kept = [json.loads(f.read_text()) for f in (pacs.root / "work" / "local0" / "results").glob("*/results.json")]
+    assert [im["sop_uid"] for r in kept for im in r["images"]] == [sop_uid]  # the one run's results.json, kept
     assert (pacs.root / "credentials").stat().st_mode & 0o777 == 0o600
     assert (pacs.root / "orthanc.json").stat().st_mode & 0o777 == 0o600
     # anonymous REST and DICOMweb: 401
@@ -368,3 +372,96 @@ def test_two_workers_on_one_redis_share_a_batch(tmp_path: Path) -> None:
             _stop(w)
         p.stop()
         _stop(redis)
+
+
+def _site(d: Path) -> Path:
+    """A commissioned site folder (``monitor_reference.json``) built as the monitor's own tests build one: the
+    commissioning on a synthetic sample of 101 images, no long commissioning run."""
+    from cxr_monai import commissioning as C
+    from cxr_monai.commissioning import monitor as M
+    from tests.test_monitor import MODEL, _population
+
+    import numpy as np
+
+    y, x, stats, gate, in_scope = _population(101, np.random.default_rng(0))
+    rep = C.commission(x, y, MODEL, "synthetic", in_scope=in_scope, n_repeats=5, n_boot=20, min_per_class=10)
+    M.write_reference(M.build_reference(rep, stats, gate), d)
+    return d
+
+
+def _studies_of(src: Path, d: Path, n_studies: int, per_study: int) -> list[tuple[list[Path], str, list[str]]]:
+    """``n_studies`` studies of ``per_study`` images each (copies of ``src``, one series per study):
+    [(files, StudyInstanceUID, SOPInstanceUIDs)]."""
+    d.mkdir(parents=True, exist_ok=True)
+    out = []
+    for s in range(n_studies):
+        study, series, files, sops = generate_uid(), generate_uid(), [], []
+        for i in range(per_study):
+            ds = pydicom.dcmread(src)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, i + 1
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            files.append(d / f"s{s}_{i}.dcm")
+            ds.save_as(files[-1])
+            sops.append(str(ds.SOPInstanceUID))
+        out.append((files, study, sops))
+    return out
+
+
+def test_worker_keeps_results_and_runs_the_site_drift_monitor(tmp_path: Path) -> None:
+    """SITE + MONITOR_EVERY=2: each stored study's results.json is kept (no image, no patient data) and every second
+    study the monitor runs on exactly the kept stream. First 2 studies (4 images): a window of exactly those 4, too
+    few for a check, no alert. Then the kept history is made clearly shifted (40 earlier images from a detector
+    change, written in results.json form as the monitor's own tests write them) and 2 more studies arrive: the
+    window is those 40 + the 8 images stored, and the monitor alerts with a warning-level event."""
+    _need("Orthanc", "storescu")
+    import numpy as np
+
+    from tests.test_monitor import _window
+
+    site = _site(tmp_path / "site")
+    p = Pacs(tmp_path / "pacs_dir", "--site", str(site), "--monitor-every", "2").start()
+    try:
+        src = _phantom(tmp_path, 128)
+        studies = _studies_of(src, tmp_path / "m", 4, 2)
+        work = p.root / "work" / "local0"
+
+        def monitors() -> list[dict]:
+            return [e for e in p.events() if e["event"] == "monitor"]
+
+        assert p.store(*studies[0][0], *studies[1][0]).returncode == 0
+        p.wait_for(lambda: len(monitors()) == 1, 600, "the first monitor run")
+        first = monitors()[0]
+        assert first["window"]["n"] == first["window"]["n_in_stream"] == 4, first
+        assert first["status"] == "too_few_images" and first["alert"] is False and first["checks"] == [], first
+        copies = sorted((work / "results").glob("*/results.json"))
+        assert len(copies) == 2, copies
+        kept = [json.loads(f.read_text()) for f in copies]
+        assert sorted(im["sop_uid"] for r in kept for im in r["images"]) == sorted(studies[0][2] + studies[1][2])
+        assert all(im["status"] == "ok" and im["image_stats"] for r in kept for im in r["images"])
+        ds = pydicom.dcmread(src, stop_before_pixels=True)
+        for f in copies:
+            text = f.read_text()
+            assert str(ds.PatientName) not in text and str(ds.PatientID) not in text
+        assert sorted(f.name for f in (work / "results").rglob("*") if f.is_file()) == ["results.json"] * 2
+        res = json.loads((work / "monitor" / "monitor.json").read_text())
+        assert sorted(res["window"]["results_files"]) == [str(f) for f in copies]
+        # a shifted history before the next studies
+        hist = _window(work / "results" / "00000000-history", np.random.default_rng(5), 40, 0.5, shift=3.0)
+        os.utime(hist, (time.time() - 3600, time.time() - 3600))
+        assert p.store(*studies[2][0], *studies[3][0]).returncode == 0
+        p.wait_for(lambda: len(monitors()) == 2, 600, "the second monitor run")
+        second = monitors()[1]
+        assert second["after_study"] == 4 and second["window"]["n"] == second["window"]["n_in_stream"] == 48, second
+        assert second["alert"] is True and second["status"] == "alert", second
+        checks = {c["name"]: c for c in second["checks"]}
+        assert not checks["input_distribution"]["passed"], checks
+        assert checks["input_distribution"]["statistic"] > checks["input_distribution"]["threshold"]
+        alerts = [e for e in p.events() if e["event"] == "monitor_alert"]
+        assert len(alerts) == 1 and alerts[0]["level"] == "warning", alerts
+        assert alerts[0]["message"].startswith("RE-COMMISSION"), alerts
+        res = json.loads((work / "monitor" / "monitor.json").read_text())
+        assert res["alert"] is True and len(res["window"]["results_files"]) == 5
+        assert (work / "monitor" / "monitor.png").stat().st_size > 10_000
+        assert [len(p.results(uid).get("report", [])) for _, uid, _ in studies] == [2] * 4  # one per image
+    finally:
+        p.stop()
