@@ -55,6 +55,14 @@ def _laterality(source: Dataset) -> str | None:
     return lat if lat in ("L", "R") else None
 
 
+def _identity(source: Dataset, series_uid: str, series_number: int, instance_number: int) -> dict[str, Any]:
+    """The output object's place (highdicom keyword arguments): its series, its SOPInstanceUID (derived from the
+    source's and the series number) and instance number, our manufacturer."""
+    return {"series_instance_uid": series_uid, "series_number": int(series_number),
+            "sop_instance_uid": result_uid(source.SOPInstanceUID, series_number),
+            "instance_number": int(instance_number), "manufacturer": MANUFACTURER}
+
+
 def secondary_capture(source: Dataset, pixels: np.ndarray, photometric: str, bits: int, series_uid: str,
                       series_number: int, instance_number: int, series_description: str,
                       pixel_spacing: tuple[float, float] | None = None) -> hd.sc.SCImage:
@@ -69,11 +77,7 @@ def secondary_capture(source: Dataset, pixels: np.ndarray, photometric: str, bit
         photometric_interpretation=photometric,
         bits_allocated=bits,
         coordinate_system="PATIENT",
-        series_instance_uid=series_uid,
-        series_number=int(series_number),
-        sop_instance_uid=result_uid(source.SOPInstanceUID, series_number),
-        instance_number=int(instance_number),
-        manufacturer=MANUFACTURER,
+        **_identity(source, series_uid, series_number, instance_number),
         pixel_spacing=pixel_spacing,
         laterality=_laterality(source),
         # the SC IOD needs an orientation for PATIENT coordinates; unknown stays empty (type 2C) below
@@ -146,11 +150,7 @@ def measurement_report(source: Dataset, evidence: Sequence[Dataset], algorithm, 
     return hd.sr.ComprehensiveSR(
         evidence=[source, *evidence],
         content=report,
-        series_instance_uid=series_uid,
-        series_number=int(series_number),
-        sop_instance_uid=result_uid(source.SOPInstanceUID, series_number),
-        instance_number=int(instance_number),
-        manufacturer=MANUFACTURER,
+        **_identity(source, series_uid, series_number, instance_number),
         is_complete=True,
         is_final=False,
         is_verified=False,

@@ -13,15 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 from monai.deploy.operators import DICOMDataLoaderOperator
 
+from cxr_monai.commissioning.monitor import image_statistics
 from cxr_monai.explain import overlay_rgb
+from cxr_monai.export import load_deploy_model
+from cxr_monai.inference import check_scope, classify, sr_decision, super_resolve
 from cxr_monai.io import CXRInputError, load_cxr
 from cxr_monai.io.rules import modality_names
 from cxr_monai.records import ImageRecord, RejectedFile, SkippedSeries, run_each
 from cxr_monai.results import write_study_results
+from cxr_monai.scope import load_scope_gate
+from cxr_monai.transforms import load_lung_field
 
 logger = logging.getLogger("cxr_enhance_classify")
 
@@ -79,8 +85,6 @@ class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
         spec.output(self.REJECTED)
 
     def _load_data(self, files: list[str]):
-        import pydicom
-
         by_uid: dict[str, list[str]] = {}
         for file in sorted(files):
             try:
@@ -180,8 +184,6 @@ class _ModelOperator(Operator):
         """The lung-field network (model ``cxr_lung``) whose view the classifier and the gate read, or ``None``."""
         if self.lung_file is None:
             return None
-        from cxr_monai.transforms import load_lung_field
-
         return load_lung_field(self.lung_file, self.device)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -217,14 +219,9 @@ class ScopeGateOperator(_ModelOperator):
         super().__init__(fragment, *args, **kwargs)
 
     def load_model(self):
-        from cxr_monai.scope import load_scope_gate
-
         return load_scope_gate(self.model_file, self.device)
 
     def compute(self, op_input, op_output, context) -> None:
-        from cxr_monai.commissioning.monitor import image_statistics
-        from cxr_monai.inference import check_scope
-
         records = op_input.receive(RECORDS)
         gate = self.model
 
@@ -254,13 +251,9 @@ class SuperResolutionOperator(_ModelOperator):
         super().__init__(fragment, *args, **kwargs)
 
     def load_model(self):
-        from cxr_monai.export import load_deploy_model
-
         return load_deploy_model(self.model_file, self.device, kind="super_resolution")
 
     def compute(self, op_input, op_output, context) -> None:
-        from cxr_monai.inference import sr_decision, super_resolve
-
         records = op_input.receive(RECORDS)
         model, info = self.model
 
@@ -288,13 +281,9 @@ class PneumoniaClassifierOperator(_ModelOperator):
     """What :func:`~cxr_monai.inference.classify` returns for the Grad-CAM, kept out of the classification record."""
 
     def load_model(self):
-        from cxr_monai.export import load_deploy_model
-
         return load_deploy_model(self.model_file, self.device, kind="classifier")
 
     def compute(self, op_input, op_output, context) -> None:
-        from cxr_monai.inference import classify
-
         records = op_input.receive(RECORDS)
         model, info = self.model
 
