@@ -32,7 +32,10 @@ class ScopeRecord(TypedDict, total=False):
     """The intended-population decision (:meth:`cxr_monai.scope.ScopeDecision.as_dict`) and the models it concerns."""
 
     in_scope: bool
-    reason: str | None
+    reason: str
+    probability: float | None
+    distance: float | None
+    lung_field: dict[str, Any] | None
     gate: str | None
     classifier: str | None
     classifier_version: str | None
