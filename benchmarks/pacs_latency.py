@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     import pydicom
     from pydicom.uid import generate_uid
 
-    from cxr_monai.results import SERIES_NUMBERS, report_uid
+    from cxr_monai.dicom import SERIES_NUMBERS
+    from cxr_monai.results import report_uid
 
     with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
         tmp = Path(tmp)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 with urllib.request.urlopen(req, timeout=10) as r:
                     return bool(json.loads(r.read()))
 
-            from cxr_monai.dicom_out import result_uid
+            from cxr_monai.dicom import result_uid
 
             seconds = []
             load_start = os.getloadavg()

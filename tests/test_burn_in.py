@@ -1,4 +1,4 @@
-"""Burned-in text (cxr_monai.burn_in): the lines composed from the result dict, the pixels they change, and the
+"""Burned-in text (cxr_monai.dicom.burn_in): the lines composed from the result dict, the pixels they change, and the
 summary Secondary Capture of an out-of-scope image (dciodvfy-clean, BurnedInAnnotation YES)."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from cxr_monai.burn_in import DISCLAIMER, burn_in, calibration_line, finding_lines, text_band
 from cxr_monai.data.phantom import write_phantom_dicom
+from cxr_monai.dicom.burn_in import DISCLAIMER, burn_in, calibration_line, finding_lines, text_band
 from cxr_monai.io import load_cxr
+from cxr_monai.records import ImageRecord
 from tests.dicom_checks import dciodvfy_errors, dciodvfy_exe
 
 MODEL = {"model_name": "cxr_pneumonia_classifier", "version": "0.2.0"}
@@ -73,14 +74,14 @@ def test_burn_in_enlarges_small_images_and_wraps_long_lines() -> None:
     assert long.shape[0] > 2 * short.shape[0] and long.shape[1] == short.shape[1] == 600
 
 
-def _out_of_scope_record(src: Path) -> dict:
+def _out_of_scope_record(src: Path) -> ImageRecord:
     image, meta = load_cxr(src)
     ds = pydicom.dcmread(src)
-    return {"file": str(src), "study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
-            "sop_uid": str(ds.SOPInstanceUID), "modality": "CR", "status": "out_of_scope",
-            "reason": "patient age 45.0 years is above 10 years", "seconds": {}, "dataset": ds, "image": image,
-            "meta": meta, "scope": {"in_scope": False, "classifier": MODEL["model_name"],
-                                    "classifier_version": MODEL["version"]}}
+    return ImageRecord(file=str(src), study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID),
+                       sop_uid=str(ds.SOPInstanceUID), modality="CR", status="out_of_scope",
+                       reason="patient age 45.0 years is above 10 years", dataset=ds, image=image, meta=meta,
+                       scope={"in_scope": False, "classifier": MODEL["model_name"],
+                              "classifier_version": MODEL["version"]})
 
 
 def test_out_of_scope_image_gets_a_conformant_not_assessed_summary_sc(tmp_path: Path) -> None:
@@ -90,8 +91,8 @@ def test_out_of_scope_image_gets_a_conformant_not_assessed_summary_sc(tmp_path: 
     src = write_phantom_dicom(tmp_path / "adult.dcm", size=256, seed=3)
     rec = _out_of_scope_record(src)
     summary = write_study_results([rec], tmp_path / "out")
-    assert summary["counts"]["out_of_scope"] == 1 and set(rec["outputs"]) == {"report", "summary"}
-    path = Path(rec["outputs"]["summary"])
+    assert summary["counts"]["out_of_scope"] == 1 and set(rec.outputs) == {"report", "summary"}
+    path = Path(rec.outputs["summary"])
     assert path.parent.name == "summary" and not dciodvfy_errors(exe, path)
     sc = pydicom.dcmread(path)
     source = pydicom.dcmread(src, stop_before_pixels=True)
@@ -101,6 +102,6 @@ def test_out_of_scope_image_gets_a_conformant_not_assessed_summary_sc(tmp_path: 
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert "cxr_pneumonia_classifier 0.2.0" in sc.DerivationDescription
     # the source image (x2: 256 -> 512 px wide) below the text band
-    expected = np.round(np.clip(rec["image"][0], 0, 1) * 255).astype(np.uint8).repeat(2, 0).repeat(2, 1)
+    expected = np.round(np.clip(rec.image[0], 0, 1) * 255).astype(np.uint8).repeat(2, 0).repeat(2, 1)
     np.testing.assert_array_equal(sc.pixel_array[-512:, :, 1], expected)
     assert sc.Columns == 512 and sc.pixel_array[: sc.Rows - 512].max() == 255

@@ -250,7 +250,7 @@ def test_commission_bundle_on_the_site_sample(tmp_path: Path) -> None:
 def test_sr_report_states_the_calibration_in_force(tmp_path: Path, source: str) -> None:
     import pydicom
 
-    from cxr_monai import dicom_out as D
+    from cxr_monai import dicom as D
     from cxr_monai.data.phantom import write_phantom_dicom
 
     ds = pydicom.dcmread(write_phantom_dicom(tmp_path / "p.dcm", size=128))

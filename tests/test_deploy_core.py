@@ -17,6 +17,7 @@ from cxr_monai.data.phantom import write_phantom_dicom
 from cxr_monai.export import (DeployModelError, export_deploy_models, find_model_file, load_deploy_model)
 from cxr_monai.inference import check_lung_field, classifier_input, classify, sr_decision, super_resolve
 from cxr_monai.io import load_cxr, skip_reason
+from cxr_monai.records import ImageRecord
 from cxr_monai.scope import load_scope_gate
 from cxr_monai.transforms import load_lung_field
 from cxr_monai.utils import file_sha256
@@ -171,13 +172,14 @@ def _results_inputs(models: Path, src: Path):
     result = classify(cls, enhanced, cinfo, with_cam=True, lung_field=lung)
     result.update(model=cinfo["model_name"], version=cinfo["version"],
                   probability_unenhanced=classify(cls, image, cinfo, lung_field=lung)["probability"])
-    return {"file": str(src), "study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
-            "sop_uid": str(ds.SOPInstanceUID), "status": "ok", "reason": None, "seconds": {}, "dataset": ds,
-            "image": image, "enhanced": enhanced,
-            "sr": {"applied": True, "model": sinfo["model_name"], "version": sinfo["version"],
-                   "weights_sha256": sinfo["weights_sha256"]},
-            "classification": {k: v for k, v in result.items() if k not in ("cam", "cam_view", "network_input")},
-            "overlay": overlay_rgb(image, result["cam"])}
+    return ImageRecord(file=str(src), study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID),
+                       sop_uid=str(ds.SOPInstanceUID), modality=str(ds.Modality), dataset=ds, image=image,
+                       enhanced=enhanced,
+                       sr={"applied": True, "model": sinfo["model_name"], "version": sinfo["version"],
+                           "weights_sha256": sinfo["weights_sha256"]},
+                       classification={k: v for k, v in result.items()
+                                       if k not in ("cam", "cam_view", "network_input")},
+                       overlay=overlay_rgb(image, result["cam"]))
 
 
 def test_result_objects_conform_and_keep_the_study(models: Path, tmp_path: Path) -> None:
@@ -200,49 +202,49 @@ def test_result_objects_conform_and_keep_the_study(models: Path, tmp_path: Path)
     for rec, src_path in zip(recs, (src, src2)):
         source = pydicom.dcmread(src_path)
         for kind in ("enhanced", "report", "gradcam"):
-            ds = pydicom.dcmread(rec["outputs"][kind])
+            ds = pydicom.dcmread(rec.outputs[kind])
             kinds.setdefault(kind, set()).add(ds.SeriesInstanceUID)
             assert ds.StudyInstanceUID == source.StudyInstanceUID and ds.PatientID == source.PatientID
             assert ds.SeriesNumber == SERIES_NUMBERS[kind] and ds.SOPInstanceUID != source.SOPInstanceUID
             assert "NOT FOR PRIMARY DIAGNOSIS" in ds.SeriesDescription
-            assert not dciodvfy_errors(exe, Path(rec["outputs"][kind])), kind
-        sc = pydicom.dcmread(rec["outputs"]["enhanced"])
+            assert not dciodvfy_errors(exe, Path(rec.outputs[kind])), kind
+        sc = pydicom.dcmread(rec.outputs["enhanced"])
         assert (sc.Rows, sc.Columns) == (4 * source.Rows, 4 * source.Columns)
         assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"] and sc.BitsAllocated == 16
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-        assert "super-resolution" in sc.DerivationDescription and rec["sr"]["version"] in sc.DerivationDescription
-        assert rec["sr"]["weights_sha256"][:12] in sc.DerivationDescription
-        np.testing.assert_allclose(sc.pixel_array / 65535.0, rec["enhanced"][0], atol=1 / 65535)
+        assert "super-resolution" in sc.DerivationDescription and rec.sr["version"] in sc.DerivationDescription
+        assert rec.sr["weights_sha256"][:12] in sc.DerivationDescription
+        np.testing.assert_allclose(sc.pixel_array / 65535.0, rec.enhanced[0], atol=1 / 65535)
         if "PixelSpacing" in source:
             assert [float(v) for v in sc.PixelSpacing] == pytest.approx([float(v) / 4 for v in source.PixelSpacing])
         else:  # detector spacing is not relabelled as PixelSpacing
             assert "PixelSpacing" not in sc
             assert [float(v) for v in sc.NominalScannedPixelSpacing] == pytest.approx(
                 [float(v) / 4 for v in source.ImagerPixelSpacing], rel=1e-5)
-        ov = pydicom.dcmread(rec["outputs"]["gradcam"])
+        ov = pydicom.dcmread(rec.outputs["gradcam"])
         assert ov.PhotometricInterpretation == "RGB" and ov.BurnedInAnnotation == "YES"
         # the overlay (enlarged by a whole factor when narrower than 512 px) below a band of burned-in text
         k = ov.Columns // source.Columns
-        assert ov.Columns == k * source.Columns and ov.Rows > k * source.Rows and Path(rec["outputs"]["gradcam_png"]).is_file()
-        np.testing.assert_array_equal(ov.pixel_array[-k * source.Rows:], rec["overlay"].repeat(k, 0).repeat(k, 1))
+        assert ov.Columns == k * source.Columns and ov.Rows > k * source.Rows and Path(rec.outputs["gradcam_png"]).is_file()
+        np.testing.assert_array_equal(ov.pixel_array[-k * source.Rows:], rec.overlay.repeat(k, 0).repeat(k, 1))
         assert ov.pixel_array[: ov.Rows - k * source.Rows].max() == 255  # text drawn in the band
-        report = pydicom.dcmread(rec["outputs"]["report"])
+        report = pydicom.dcmread(rec.outputs["report"])
         assert report.VerificationFlag == "UNVERIFIED" and report.CompletionFlag == "COMPLETE"
         values = _numeric_values(report)
-        assert values["Pneumonia probability (calibrated)"] == pytest.approx(rec["classification"]["probability"], abs=1e-6)
-        assert values["Pneumonia decision threshold"] == pytest.approx(rec["classification"]["threshold"], abs=1e-6)
+        assert values["Pneumonia probability (calibrated)"] == pytest.approx(rec.classification["probability"], abs=1e-6)
+        assert values["Pneumonia decision threshold"] == pytest.approx(rec.classification["threshold"], abs=1e-6)
         findings = [i for i in _walk(report.ContentSequence)
                     if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeMeaning == "Finding"]
         assert len(findings) == 1  # one finding, not a "finding type" beside it
         codes = _coded_values(report)
-        assert codes["Finding"] == ("Pneumonia" if rec["classification"]["label"] == "PNEUMONIA" else "Normal")
+        assert codes["Finding"] == ("Pneumonia" if rec.classification["label"] == "PNEUMONIA" else "Normal")
         assert codes["AI super-resolution applied before classification"] == "Yes"
         refs = {r.ReferencedSOPInstanceUID for s in report.CurrentRequestedProcedureEvidenceSequence
                 for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
         assert {source.SOPInstanceUID, sc.SOPInstanceUID} <= refs
     assert all(len(v) == 1 for v in kinds.values())  # one series per output kind per study
     written = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [i["classification"]["probability"] for i in written["images"]] == [r["classification"]["probability"] for r in recs]
+    assert [i["classification"]["probability"] for i in written["images"]] == [r.classification["probability"] for r in recs]
 
 
 def _walk(items):

@@ -199,7 +199,7 @@ def test_image_writer_formats_round_trip(tmp_path: Path) -> None:
         SRImageWriter(tmp_path, output_format="jpg")
 
 
-# ------------------------------------------------------------- DICOM outputs: cxr_monai.dicom_out, as the deploy app
+# ------------------------------------------------------------- DICOM outputs: cxr_monai.dicom, as the deploy app
 
 _SHA = "0123456789ab" + "f" * 52
 _INFO = {"name": "CXR 4x super-resolution (CSAEGAN)", "version": "9.8.7", "weights_sha256": _SHA}
@@ -214,11 +214,11 @@ def _upsampled(path: Path, factor: int) -> torch.Tensor:
 
 
 def test_image_writer_dicom_is_the_deploy_enhanced_sc(tmp_path: Path) -> None:
-    """A DICOM source gets cxr_monai.dicom_out.enhanced_image_sc: in its study, source referenced, spacing / scale,
+    """A DICOM source gets cxr_monai.dicom.enhanced_image_sc: in its study, source referenced, spacing / scale,
     provenance and the "not for primary diagnosis" wording; one series per study; dciodvfy-clean; reads back."""
     import pydicom
 
-    from cxr_monai import dicom_out
+    from cxr_monai import dicom
     from cxr_monai.io import is_chest, load_cxr
     from tests.conftest import require_shared
     from tests.dicom_checks import dciodvfy_errors, dciodvfy_exe
@@ -245,8 +245,8 @@ def test_image_writer_dicom_is_the_deploy_enhanced_sc(tmp_path: Path) -> None:
     assert "0123456789ab" in ds.DerivationDescription and "not for primary diagnosis" in ds.DerivationDescription
     assert [float(v) for v in ds.PixelSpacing] == pytest.approx([0.6, 1.2012 / 2], rel=1e-6)
     # the same object the deploy app writes (UIDs apart)
-    ref = dicom_out.enhanced_image_sc(src, sr[0].numpy(), {**_INFO, "model_name": _INFO["name"], "scale": 2},
-                                      series_uid=dicom_out.new_uid(), series_number=9001)
+    ref = dicom.enhanced_image_sc(src, sr[0].numpy(), {**_INFO, "model_name": _INFO["name"], "scale": 2},
+                                  series_uid=dicom.new_uid(), series_number=9001)
     for key in ("SeriesDescription", "DerivationDescription", "PixelSpacing", "WindowCenter", "WindowWidth",
                 "ImageType", "LossyImageCompression", "Manufacturer", "PatientOrientation", "Laterality"):
         assert ds.get(key) == ref.get(key), key

@@ -373,7 +373,7 @@ class SRImageWriter:
                            "version": str(info.get("version", "")), "scale": int(scale),
                            "weights_sha256": str(info.get("weights_sha256") or "")}
         if series_number is None:
-            from cxr_monai.results import SERIES_NUMBERS
+            from cxr_monai.dicom import SERIES_NUMBERS
 
             series_number = SERIES_NUMBERS["enhanced"]
         self.series_number = int(series_number)
@@ -406,7 +406,7 @@ class SRImageWriter:
         return (None, f"the source DICOM has no {', '.join(missing)}") if missing else (ds, None)
 
     def _write_dicom(self, path: Path, img: torch.Tensor, ds: Any) -> Path:
-        from cxr_monai import dicom_out
+        from cxr_monai import dicom as dicom_out
 
         series = self._series.setdefault(str(ds.StudyInstanceUID), [dicom_out.new_uid(), 0])
         series[1] += 1

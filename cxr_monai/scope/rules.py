@@ -31,6 +31,8 @@ from typing import Any
 
 from cxr_monai.io import skip_reason
 
+from cxr_monai.io.rules import PROJECTION_MODALITIES, modality_names
+
 __all__ = [
     "INTENDED_USE",
     "MAX_AGE_YEARS",
@@ -56,8 +58,9 @@ MAX_AGE_YEARS = 10.0
 """Patients older than this (in years, from the header) are out of scope. The training cohort is 1-5 years;
 the margin up to 10 years is not validated (no such images here) and is stated in the model card."""
 
-IN_SCOPE_MODALITIES = ("CR", "DX")
-"""DICOM modalities of projection radiography the classifier reads; an absent modality (PNG, JPEG) passes."""
+IN_SCOPE_MODALITIES = PROJECTION_MODALITIES
+"""DICOM modalities of projection radiography the classifier reads (:data:`cxr_monai.io.rules.PROJECTION_MODALITIES`);
+an absent modality (PNG, JPEG) passes."""
 
 MAX_COLOURFULNESS = 0.04
 """A colour source whose mean chroma (``meta['colourfulness']``, max - min channel in [0, 1]) is above this is
@@ -168,7 +171,7 @@ def header_scope_reason(meta: Mapping[str, Any] | None, max_age_years: float = M
         return f"colour image (mean chroma {colour:.3f} > {MAX_COLOURFULNESS}): not a radiograph"
     modality = str(meta.get("modality") or "").strip().upper()
     if modality and modality not in IN_SCOPE_MODALITIES:
-        return f"modality {modality!r} is not projection radiography (CR/DX)"
+        return f"modality {modality!r} is not projection radiography ({modality_names()})"
     reason = skip_reason(meta)  # not a frontal chest radiograph: body part, non-projection modality, lateral view
     if reason:
         return reason

@@ -2,9 +2,12 @@
 
 Graph (``compose``)::
 
-    CheckedDICOMDataLoader --dicom_study_list--> DICOMSeriesSelector (CR/DX) --> CXRImageLoader
-        --> SuperResolution --> PneumoniaClassifier --> GradCAM --> ResultsWriter
+    CheckedDICOMDataLoader --dicom_study_list--> DICOMSeriesSelector (CR/DX) --> CXRImageLoader --> ScopeGate
+        --> SuperResolution --> PneumoniaClassifier (finding + Grad-CAM) --> ResultsWriter
     (the loader's study list and rejected files also go to the writer, which reports what was left out)
+
+What flows from the image loader to the writer is a list of :class:`cxr_monai.records.ImageRecord`; the writer
+writes the DICOM output kinds of :mod:`cxr_monai.dicom`.
 
 Models come from the SDK's named-model layout (``MODELS/cxr_sr/model.ts``, ``MODELS/cxr_pneumonia/model.ts``,
 written by ``make deploy-models``).
@@ -20,12 +23,13 @@ from pathlib import Path
 from monai.deploy.core import Application
 from monai.deploy.operators import DICOMSeriesSelectorOperator
 
+from cxr_monai.io.rules import modality_names, modality_pattern
+
 try:  # run as a package (python -m / tests) or as a folder (python deploy/cxr_enhance_classify)
-    from .operators import (CheckedDICOMDataLoaderOperator, CXRImageLoaderOperator, GradCAMOperator,
-                            PneumoniaClassifierOperator, ResultsWriterOperator, ScopeGateOperator,
-                            SuperResolutionOperator)
+    from .operators import (CheckedDICOMDataLoaderOperator, CXRImageLoaderOperator, PneumoniaClassifierOperator,
+                            ResultsWriterOperator, ScopeGateOperator, SuperResolutionOperator)
 except ImportError:  # pragma: no cover
-    from operators import (CheckedDICOMDataLoaderOperator, CXRImageLoaderOperator, GradCAMOperator,  # type: ignore
+    from operators import (CheckedDICOMDataLoaderOperator, CXRImageLoaderOperator,  # type: ignore
                            PneumoniaClassifierOperator, ResultsWriterOperator, ScopeGateOperator,
                            SuperResolutionOperator)
 
@@ -33,7 +37,9 @@ __all__ = ["CXREnhanceClassifyApp", "SELECTION_RULES", "AppSetupError"]
 
 logger = logging.getLogger("cxr_enhance_classify")
 
-SELECTION_RULES = json.dumps({"selections": [{"name": "CR/DX radiographs", "conditions": {"Modality": "^(CR|DX)$"}}]})
+SELECTION_RULES = json.dumps({"selections": [{"name": f"{modality_names()} radiographs",
+                                               "conditions": {"Modality": modality_pattern()}}]})
+"""The SDK series selector's rule: the project's modality rule (:data:`cxr_monai.io.rules.PROJECTION_MODALITIES`)."""
 
 
 class AppSetupError(RuntimeError):
@@ -118,7 +124,6 @@ class CXREnhanceClassifyApp(Application):
                                      name="super_resolution")
         cls = PneumoniaClassifierOperator(self, model_file=cls_file, device=device, lung_file=lung_file,
                                           name="pneumonia_classifier")
-        cam = GradCAMOperator(self, model_file=cls_file, device=device, lung_file=lung_file, name="gradcam")
         self.writer = ResultsWriterOperator(self, output_folder=output_path, run_info=run_info, name="results_writer")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
@@ -126,8 +131,7 @@ class CXREnhanceClassifyApp(Application):
         self.add_flow(images, scope, {("records", "records")})
         self.add_flow(scope, sr, {("records", "records")})
         self.add_flow(sr, cls, {("records", "records")})
-        self.add_flow(cls, cam, {("records", "records")})
-        self.add_flow(cam, self.writer, {("records", "records")})
+        self.add_flow(cls, self.writer, {("records", "records")})
         self.add_flow(loader, self.writer, {("dicom_study_list", "dicom_study_list"),
                                             ("rejected_files", "rejected_files")})
 

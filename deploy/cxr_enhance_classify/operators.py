@@ -1,8 +1,6 @@
 """Operators of the CXR enhance-and-classify app. Each is thin: it adapts its ports to a ``cxr_monai``
-function and back. What flows between them is a list of per-image records (dicts):
-
-``{"file", "study_uid", "series_uid", "sop_uid", "status": "ok"|"skipped"|"failed", "reason", "seconds": {...},
-"dataset" (pydicom), "image" (1, H, W), ...}``
+function and back. What flows between them is a list of :class:`cxr_monai.records.ImageRecord` (one per SOP
+instance); each operator fills its field.
 
 An image that fails in one operator is marked ``failed`` with the reason and passes through the rest
 untouched, so one bad file never stops the study.
@@ -15,42 +13,39 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 from monai.deploy.operators import DICOMDataLoaderOperator
+
+from cxr_monai.commissioning.monitor import image_statistics
+from cxr_monai.explain import overlay_rgb
+from cxr_monai.export import load_deploy_model
+from cxr_monai.inference import check_scope, classify, sr_decision, super_resolve
+from cxr_monai.io import CXRInputError, load_cxr
+from cxr_monai.io.rules import modality_names
+from cxr_monai.records import ImageRecord, RejectedFile, SkippedSeries, run_each
+from cxr_monai.results import write_study_results
+from cxr_monai.scope import load_scope_gate
+from cxr_monai.transforms import load_lung_field
 
 logger = logging.getLogger("cxr_enhance_classify")
 
 RECORDS = "records"
 
 
-def _timed(record: dict, step: str, start: float) -> None:
-    record.setdefault("seconds", {})[step] = round(time.perf_counter() - start, 4)
+def _log_failure(record: ImageRecord, step: str, err: BaseException) -> None:
+    logger.error("%s failed at %s: %s", record.file or record.sop_uid, step, err)
 
 
-def _fail(record: dict, step: str, err: BaseException) -> None:
-    record["status"], record["reason"] = "failed", f"{step}: {err}"
-    logger.error("%s failed at %s: %s", record.get("file") or record.get("sop_uid"), step, err)
-
-
-def _each_ok(records: list[dict], step: str, fn, statuses: tuple[str, ...] = ("ok",)) -> None:
+def _each_ok(records: list[ImageRecord], step: str, fn, statuses: tuple[str, ...] = ("ok",)) -> None:
     """``fn(record)`` for every record whose status is in ``statuses`` (still ``ok`` by default), timed; an
-    exception fails that record only."""
-    for rec in records:
-        if rec["status"] not in statuses:
-            continue
-        start = time.perf_counter()
-        try:
-            fn(rec)
-        except Exception as err:  # noqa: BLE001 - one image's failure must not stop the study
-            _fail(rec, step, err)
-        _timed(rec, step, start)
+    exception fails that record only (:func:`cxr_monai.records.run_each`) and is logged."""
+    run_each(records, step, fn, statuses, on_error=_log_failure)
 
 
 def _unreadable(file: str) -> str | None:
     """Why :func:`cxr_monai.io.load_cxr` cannot read ``file`` (truncated, corrupt...), or ``None`` when it can."""
-    from cxr_monai.io import CXRInputError, load_cxr
-
     try:
         load_cxr(file)
     except CXRInputError as err:
@@ -80,7 +75,7 @@ class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
     REJECTED = "rejected_files"
 
     def __init__(self, fragment: Fragment, *args, input_folder: Path, **kwargs) -> None:
-        self.rejected: list[dict[str, str]] = []
+        self.rejected: list[RejectedFile] = []
         # run once: the loader's input port is optional, so without a count it would run forever
         super().__init__(fragment, CountCondition(fragment, 1), *args, input_folder=Path(input_folder),
                          must_load=False, **kwargs)
@@ -90,8 +85,6 @@ class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
         spec.output(self.REJECTED)
 
     def _load_data(self, files: list[str]):
-        import pydicom
-
         by_uid: dict[str, list[str]] = {}
         for file in sorted(files):
             try:
@@ -143,7 +136,8 @@ class CheckedDICOMDataLoaderOperator(DICOMDataLoaderOperator):
 
 
 class CXRImageLoaderOperator(Operator):
-    """Selected CR/DX series -> one record per SOP instance, decoded with :func:`cxr_monai.io.load_cxr`
+    """Selected series (CR/DX: :data:`cxr_monai.io.rules.PROJECTION_MODALITIES`) -> one
+    :class:`~cxr_monai.records.ImageRecord` per SOP instance, decoded with :func:`cxr_monai.io.load_cxr`
     (MONOCHROME1, VOI LUT/window, rescale: the project's one implementation)."""
 
     def __init__(self, fragment: Fragment, *args, **kwargs) -> None:
@@ -154,29 +148,21 @@ class CXRImageLoaderOperator(Operator):
         spec.output(RECORDS)
 
     def compute(self, op_input, op_output, context) -> None:
-        from cxr_monai.io import CXRInputError, load_cxr
-
-        records: list[dict[str, Any]] = []
+        records: list[ImageRecord] = []
         for study_selected in op_input.receive("study_selected_series_list") or []:
             for selected in study_selected.selected_series:
                 series = selected.series
                 for sop in series.get_sop_instances():
                     ds = sop.get_native_sop_instance()
-                    rec: dict[str, Any] = {
-                        "file": str(getattr(ds, "filename", "") or ""),
-                        "study_uid": str(ds.get("StudyInstanceUID", "")),
-                        "series_uid": str(ds.get("SeriesInstanceUID", "")),
-                        "sop_uid": str(ds.get("SOPInstanceUID", "")),
-                        "modality": str(ds.get("Modality", "")),
-                        "status": "ok", "reason": None, "seconds": {},
-                    }
+                    rec = ImageRecord.from_dataset(ds)
                     start = time.perf_counter()
                     try:
-                        image, meta = load_cxr(ds)
-                        rec.update(dataset=ds, image=image, meta=meta, shape=list(image.shape[1:]))
+                        rec.image, rec.meta = load_cxr(ds)
+                        rec.dataset, rec.shape = ds, list(rec.image.shape[1:])
                     except CXRInputError as err:
-                        _fail(rec, "load", err)
-                    _timed(rec, "load", start)
+                        rec.fail("load", err)
+                        _log_failure(rec, "load", err)
+                    rec.timed("load", start)
                     records.append(rec)
         op_output.emit(records, RECORDS)
 
@@ -198,8 +184,6 @@ class _ModelOperator(Operator):
         """The lung-field network (model ``cxr_lung``) whose view the classifier and the gate read, or ``None``."""
         if self.lung_file is None:
             return None
-        from cxr_monai.transforms import load_lung_field
-
         return load_lung_field(self.lung_file, self.device)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -235,28 +219,23 @@ class ScopeGateOperator(_ModelOperator):
         super().__init__(fragment, *args, **kwargs)
 
     def load_model(self):
-        from cxr_monai.scope import load_scope_gate
-
         return load_scope_gate(self.model_file, self.device)
 
     def compute(self, op_input, op_output, context) -> None:
-        from cxr_monai.commissioning.monitor import image_statistics
-        from cxr_monai.inference import check_scope
-
         records = op_input.receive(RECORDS)
         gate = self.model
 
-        def check(rec: dict) -> None:
-            decision = check_scope(gate, rec["image"], rec.get("meta"),
+        def check(rec: ImageRecord) -> None:
+            decision = check_scope(gate, rec.image, rec.meta,
                                    image_size=int(self.classifier_info.get("image_size", 160)),
                                    lung_field=self.lung_field)
-            rec["scope"] = {**decision.as_dict(), "gate": gate.info.get("name"),
-                            "classifier": self.classifier_info.get("model_name"),
-                            "classifier_version": self.classifier_info.get("version")}
-            rec["image_stats"] = image_statistics(rec["image"])  # what the drift monitor compares (as read, pre-SR)
+            rec.scope = {**decision.as_dict(), "gate": gate.info.get("name"),
+                         "classifier": self.classifier_info.get("model_name"),
+                         "classifier_version": self.classifier_info.get("version")}
+            rec.image_stats = image_statistics(rec.image)  # what the drift monitor compares (as read, pre-SR)
             if not decision.in_scope:
-                rec["status"], rec["reason"] = "out_of_scope", decision.reason
-                logger.info("%s out of scope: %s", rec["sop_uid"] or rec["file"], decision.reason)
+                rec.status, rec.reason = "out_of_scope", decision.reason
+                logger.info("%s out of scope: %s", rec.sop_uid or rec.file, decision.reason)
 
         _each_ok(records, "scope", check)
         op_output.emit(records, RECORDS)
@@ -272,84 +251,65 @@ class SuperResolutionOperator(_ModelOperator):
         super().__init__(fragment, *args, **kwargs)
 
     def load_model(self):
-        from cxr_monai.export import load_deploy_model
-
         return load_deploy_model(self.model_file, self.device, kind="super_resolution")
 
     def compute(self, op_input, op_output, context) -> None:
-        from cxr_monai.inference import sr_decision, super_resolve
-
         records = op_input.receive(RECORDS)
         model, info = self.model
 
-        def enhance(rec: dict) -> None:
-            apply, why = sr_decision(rec["image"].shape, self.sr_max_side)
-            rec["sr"] = {"applied": apply, "note": why, "model": info["model_name"], "version": info["version"],
-                         "weights_sha256": info.get("weights_sha256"), "device": self.device}
-            logger.info("%s: %s", rec["sop_uid"], why)
+        def enhance(rec: ImageRecord) -> None:
+            apply, why = sr_decision(rec.image.shape, self.sr_max_side)
+            rec.sr = {"applied": apply, "note": why, "model": info["model_name"], "version": info["version"],
+                      "weights_sha256": info.get("weights_sha256"), "device": self.device}
+            logger.info("%s: %s", rec.sop_uid, why)
             if apply:
-                rec["enhanced"] = super_resolve(model, rec["image"], info, self.device)
-                rec["sr"]["output_shape"] = list(rec["enhanced"].shape[1:])
+                rec.enhanced = super_resolve(model, rec.image, info, self.device)
+                rec.sr["output_shape"] = list(rec.enhanced.shape[1:])
 
         _each_ok(records, "super_resolution", enhance, statuses=("ok", "out_of_scope"))
         op_output.emit(records, RECORDS)
 
 
 class PneumoniaClassifierOperator(_ModelOperator):
-    """Calibrated pneumonia probability (:func:`cxr_monai.inference.classify`) of the image the app
-    reports on: the enhanced one when SR ran (the un-enhanced probability is recorded beside it)."""
+    """Calibrated pneumonia probability (:func:`cxr_monai.inference.classify`) of the image the app reports on (the
+    enhanced one when SR ran) and its Grad-CAM of the predicted class (:func:`cxr_monai.explain.gradcam_split`), with
+    the RGB overlay (:func:`cxr_monai.explain.overlay_rgb`) on the source image; the probability on the un-enhanced
+    image is recorded beside it. One model load; the classifier runs once on the image it reads (with its Grad-CAM)
+    and once more on the un-enhanced image when SR ran."""
+
+    CAM_KEYS = ("cam", "cam_view", "cam_class", "network_input")
+    """What :func:`~cxr_monai.inference.classify` returns for the Grad-CAM, kept out of the classification record."""
 
     def load_model(self):
-        from cxr_monai.export import load_deploy_model
-
         return load_deploy_model(self.model_file, self.device, kind="classifier")
 
     def compute(self, op_input, op_output, context) -> None:
-        from cxr_monai.inference import classify
-
         records = op_input.receive(RECORDS)
         model, info = self.model
 
-        def run(rec: dict) -> None:
-            result = classify(model, rec.get("enhanced", rec["image"]), info, self.device, lung_field=self.lung_field)
+        def run(rec: ImageRecord) -> None:
+            lung = self.lung_field
+            out = classify(model, rec.read_image, info, self.device, with_cam=True, lung_field=lung)
+            result = {k: v for k, v in out.items() if k not in self.CAM_KEYS}
             result["probability_unenhanced"] = (
-                classify(model, rec["image"], info, self.device, lung_field=self.lung_field)["probability"]
-                if "enhanced" in rec else None)
+                classify(model, rec.image, info, self.device, lung_field=lung)["probability"]
+                if rec.enhanced is not None else None)
             result.update(model=info["model_name"], version=info["version"], device=self.device,
-                          read_enhanced="enhanced" in rec)
-            rec["classification"] = result
+                          read_enhanced=rec.enhanced is not None)
+            rec.classification = result
+            rec.gradcam = {"class": out["cam_class"], "normalisation": "divided by the map's maximum",
+                           "region": ("the lung-field view (zero outside it)" if out.get("lung_field")
+                                      else "the whole film")}
+            rec.overlay = overlay_rgb(rec.image, out["cam"])
 
         _each_ok(records, "classification", run)
         op_output.emit(records, RECORDS)
 
 
-class GradCAMOperator(PneumoniaClassifierOperator):
-    """Grad-CAM of the predicted class (:func:`cxr_monai.explain.gradcam_split`) on the image the
-    classifier read, and its RGB overlay (:func:`cxr_monai.explain.overlay_rgb`) on the source image."""
-
-    def compute(self, op_input, op_output, context) -> None:
-        from cxr_monai.explain import overlay_rgb
-        from cxr_monai.inference import classify
-
-        records = op_input.receive(RECORDS)
-        model, info = self.model
-
-        def explain(rec: dict) -> None:
-            out = classify(model, rec.get("enhanced", rec["image"]), info, self.device, with_cam=True,
-                           lung_field=self.lung_field)
-            rec["gradcam"] = {"class": out["cam_class"], "normalisation": "divided by the map's maximum",
-                              "region": ("the lung-field view (zero outside it)" if out.get("lung_field")
-                                         else "the whole film")}
-            rec["overlay"] = overlay_rgb(rec["image"], out["cam"])
-
-        _each_ok(records, "gradcam", explain)
-        op_output.emit(records, RECORDS)
-
-
 class ResultsWriterOperator(Operator):
-    """Writes the DICOM results (enhanced SC, Comprehensive SR, Grad-CAM SC with the finding burned in; for an
-    out-of-scope image a summary SC saying "not assessed" and why), the overlay PNGs and ``results.json``; every file is written to a temporary name and renamed. Also reports the series
-    the selector left out (not CR/DX) and the files the loader rejected."""
+    """Writes the DICOM results (:func:`cxr_monai.results.write_study_results`: the output kinds of
+    :mod:`cxr_monai.dicom`), the overlay PNGs and ``results.json``; every file is written to a temporary name and
+    renamed. Also reports the series the selector left out (not CR/DX) and the files the loader rejected."""
 
     def __init__(self, fragment: Fragment, *args, output_folder: Path, run_info: dict, **kwargs) -> None:
         self.output_folder = Path(output_folder)
@@ -363,16 +323,14 @@ class ResultsWriterOperator(Operator):
         spec.input("rejected_files").condition(ConditionType.NONE)
 
     def compute(self, op_input, op_output, context) -> None:
-        from cxr_monai.results import write_study_results
-
-        records = op_input.receive(RECORDS)
+        records: list[ImageRecord] = op_input.receive(RECORDS)
         studies = op_input.receive("dicom_study_list") or []
         try:
             rejected = op_input.receive("rejected_files") or []
         except Exception:  # noqa: BLE001 - optional port
             rejected = []
-        selected = {r["series_uid"] for r in records}
-        not_selected = []
+        selected = {r.series_uid for r in records}
+        not_selected: list[SkippedSeries] = []
         for study in studies:
             for series in study.get_all_series():
                 if series.SeriesInstanceUID not in selected:
@@ -381,7 +339,8 @@ class ResultsWriterOperator(Operator):
                              for sop in series.get_sop_instances()]
                     not_selected.append({"study_uid": study.StudyInstanceUID, "series_uid": series.SeriesInstanceUID,
                                          "modality": modality, "status": "skipped", "files": files,
-                                         "reason": f"series modality {modality!r} is not CR/DX"})
-                    logger.info("skipping series %s: modality %s is not CR/DX", series.SeriesInstanceUID, modality)
+                                         "reason": f"series modality {modality!r} is not {modality_names()}"})
+                    logger.info("skipping series %s: modality %s is not %s", series.SeriesInstanceUID, modality,
+                                modality_names())
         self.summary = write_study_results(records, self.output_folder, run_info=self.run_info,
                                            extra_skipped=not_selected, rejected_files=rejected)

@@ -78,8 +78,7 @@ def _preload(models: str) -> None:
     loaded = {}
     for op, f, load in (("ScopeGateOperator", scope, lambda: load_scope_gate(scope, device)),
                         ("SuperResolutionOperator", sr, lambda: load_deploy_model(sr, device, kind="super_resolution")),
-                        ("PneumoniaClassifierOperator", cls, lambda: load_deploy_model(cls, device, kind="classifier")),
-                        ("GradCAMOperator", cls, lambda: load_deploy_model(cls, device, kind="classifier"))):
+                        ("PneumoniaClassifierOperator", cls, lambda: load_deploy_model(cls, device, kind="classifier"))):
         ops._MODEL_CACHE[(op, str(f), Path(f).stat().st_mtime_ns, device)] = loaded[op] = load()
     # one pass of each model on a small image: TorchScript optimises a graph on its first calls, which would
     # otherwise land on the first study (tens of seconds on two shared cores)
@@ -93,7 +92,7 @@ def _preload(models: str) -> None:
     super_resolve(sr_model, image, sr_info, device)
     for _ in range(2):
         classify(cls_model, image, cls_info, device)
-        classify(loaded["GradCAMOperator"][0], image, cls_info, device, with_cam=True)
+        classify(cls_model, image, cls_info, device, with_cam=True)
 
 
 if __name__ == "__main__":

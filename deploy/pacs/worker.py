@@ -98,15 +98,6 @@ class Pacs:
         return any(f.get("Type") == "Instance" for f in found)
 
 
-def is_own_output(series_tags: dict) -> bool:
-    """A series the app wrote: our Manufacturer and the "NOT FOR PRIMARY DIAGNOSIS" every output series describes
-    itself with (the phantom study, which is an input, has the Manufacturer only)."""
-    from cxr_monai.dicom_out import MANUFACTURER, NOT_FOR_DIAGNOSIS
-
-    return (series_tags.get("Manufacturer", "") == MANUFACTURER
-            and NOT_FOR_DIAGNOSIS in series_tags.get("SeriesDescription", "").upper())
-
-
 def _die_with_parent() -> None:
     """In a child: SIGKILL when the worker dies (PR_SET_PDEATHSIG), so no app outlives its worker."""
     try:
@@ -152,8 +143,10 @@ class Worker:
     # ---------------------------------------------------------------------------------------------- what to process
     def sources(self, study_id: str) -> tuple[str, list[tuple[str, str]]]:
         """(StudyInstanceUID, [(Orthanc instance id, SOPInstanceUID)] of the study's CR/DX source images: the
-        modality rule of the scope (:data:`cxr_monai.scope.IN_SCOPE_MODALITIES`), never our own outputs)."""
-        from cxr_monai.scope import IN_SCOPE_MODALITIES
+        modality rule (:data:`cxr_monai.io.rules.PROJECTION_MODALITIES`), never our own outputs
+        (:func:`cxr_monai.dicom.is_own_output`))."""
+        from cxr_monai.dicom import is_own_output
+        from cxr_monai.io.rules import PROJECTION_MODALITIES
 
         study = self.pacs.get(f"/studies/{study_id}")
         uid = study["MainDicomTags"].get("StudyInstanceUID", "?")
@@ -161,7 +154,7 @@ class Worker:
         for series_id in study.get("Series", []):
             series = self.pacs.get(f"/series/{series_id}")
             tags = series.get("MainDicomTags", {})
-            if tags.get("Modality", "").upper() not in IN_SCOPE_MODALITIES or is_own_output(tags):
+            if tags.get("Modality", "").upper() not in PROJECTION_MODALITIES or is_own_output(tags):
                 continue
             for inst in self.pacs.get(f"/series/{series_id}/instances"):
                 out.append((inst["ID"], inst["MainDicomTags"].get("SOPInstanceUID", "")))

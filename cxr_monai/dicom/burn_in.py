@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from cxr_monai.dicom.codes import DISCLAIMER
+
 __all__ = ["DISCLAIMER", "calibration_line", "finding_lines", "burn_in", "text_band"]
 
-DISCLAIMER = "AI RESULT - NOT FOR PRIMARY DIAGNOSIS"
-"""The first line of every burned-in text."""
 
 _TEXT = (255, 255, 255)
 _WARN = (255, 215, 0)
