@@ -9,7 +9,7 @@ Batches are dictionaries with the LR input under ``lr_key`` and the HR target un
 ``pred`` (SR), ``loss`` plus the loss terms.
 
 Handlers: :class:`cxr_monai.engines.sr_metrics.SRMetricsWriter` (evaluation: ``metrics.json``, ``per_image.csv``,
-figure), :class:`SRImageWriter` (inference: 16-bit PNG / Secondary Capture via :mod:`cxr_monai.dicom_out` / NIfTI); the generator EMA is built into the
+figure), :class:`SRImageWriter` (inference: 16-bit PNG / Secondary Capture via :mod:`cxr_monai.dicom` / NIfTI); the generator EMA is built into the
 trainer (:func:`make_ema`). The hallucination-guard post-processing is the transform
 :class:`cxr_monai.transforms.BackProjectiond`; the downstream diagnostic study is
 :func:`cxr_monai.studies.run_downstream_study`.
@@ -329,7 +329,7 @@ class SRImageWriter:
     """Inference handler: write every SR output next to its source's name, in the same format family.
 
     * DICOM source -> the enhanced image as a 16-bit Secondary Capture built by
-      :func:`cxr_monai.dicom_out.enhanced_image_sc`, the writer the deploy app uses: in the source's study,
+      :func:`cxr_monai.dicom.enhanced_image_sc`, the writer the deploy app uses: in the source's study,
       referencing the source in SourceImageSequence, PixelSpacing divided by the scale (ImagerPixelSpacing only:
       NominalScannedPixelSpacing), the model name, version and weights sha256 in DerivationDescription, series
       description "AI-enhanced 4x - NOT FOR PRIMARY DIAGNOSIS". One series per study for the writer's lifetime

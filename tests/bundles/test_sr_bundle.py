@@ -236,7 +236,7 @@ def test_inference_formats(lite_bundle: Path, tmp_path: Path) -> None:
     assert "DERIVED" in list(ds.ImageType)
     assert ds.StudyInstanceUID == src_ds.StudyInstanceUID
     assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == src_ds.SOPInstanceUID
-    # the deploy app's enhanced SC (cxr_monai.dicom_out): wording and the bundle's provenance from its config
+    # the deploy app's enhanced SC (cxr_monai.dicom): wording and the bundle's provenance from its config
     version = json.loads((lite_bundle / "configs" / "metadata.json").read_text())["version"]
     assert ds.SeriesDescription == "AI-enhanced 4x - NOT FOR PRIMARY DIAGNOSIS"
     assert f"CSAEGAN) {version}" in ds.DerivationDescription

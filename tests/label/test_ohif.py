@@ -6,7 +6,7 @@ the app's SR, enhanced SC and Grad-CAM SC are stored into a throw-away Orthanc (
 Label (.venv-label) starts on a free port over Orthanc's DICOMweb; Chromium (Debian ``chromium``, headless) loads
 ``/ohif/viewer`` for the study with the Grad-CAM series in the viewport. Checked: the study browser lists the
 source and the three AI series by their descriptions (``--dump-dom``), and the screenshot shows the burned-in
-finding (the yellow "AI RESULT - NOT FOR PRIMARY DIAGNOSIS" line of :mod:`cxr_monai.burn_in`, a colour the
+finding (the yellow "AI RESULT - NOT FOR PRIMARY DIAGNOSIS" line of :mod:`cxr_monai.dicom.burn_in`, a colour the
 overlay itself cannot produce). The screenshot is kept as a test artefact (``$CXR_TEST_ARTIFACTS`` or
 ``tests/artifacts/ohif_study.png``). Every server and browser process is stopped by its PID, every step has a
 time limit.
@@ -38,7 +38,7 @@ APP_DIR = PROJECT_ROOT / "deploy" / "cxr_enhance_classify"
 CHROMIUM = shutil.which("chromium")
 APP_TIMEOUT = 900.0  # the app on a 384 px CR (4x SR): about 60 s on a loaded 2-core machine
 BROWSER_TIMEOUT = 240.0
-DISCLAIMER_RGB = (255, 215, 0)  # cxr_monai.burn_in's colour for the first line
+DISCLAIMER_RGB = (255, 215, 0)  # cxr_monai.dicom.burn_in's colour for the first line
 
 pytestmark = [
     pytest.mark.slow,
