@@ -9,6 +9,13 @@ import logging
 import os
 import sys
 from pathlib import Path
+from monai.bundle import ConfigWorkflow
+from cxr_monai.data import list_images
+import shutil
+from cxr_monai.data.phantom import write_phantom_dicom
+from cxr_monai.io import CXRInputError, is_chest, load_cxr, save_png
+from cxr_monai.export import export_deploy_models
+from cxr_monai.commissioning.monitor import main as monitor_main
 
 __all__ = ["BUNDLES_DIR", "demo", "deploy_models", "main", "phantom", "run_bundle", "run_workflow"]
 
@@ -23,7 +30,6 @@ def run_workflow(bundle_dir: str | Path, config: str | list[str], workflow_type:
     """Run a bundle config (``<bundle_dir>/configs/<config>``, or a list merged in order) through MONAI's
     ConfigWorkflow, as ``python -m monai.bundle run`` would; ``overrides`` set config ids (``bundle_root``
     defaults to ``bundle_dir``). Returns the workflow."""
-    from monai.bundle import ConfigWorkflow
 
     root = Path(bundle_dir)
     files = [str(root / "configs" / c) for c in ([config] if isinstance(config, str) else config)]
@@ -49,12 +55,9 @@ EXAMPLES_DIR = Path("examples") / "kermany"
 
 
 def _inputs(input: str | None, output_dir: Path, examples_dir: Path = EXAMPLES_DIR) -> list[Path]:
-    from cxr_monai.data import list_images
 
     if input is None:
-        import shutil
 
-        from cxr_monai.data.phantom import write_phantom_dicom
 
         films = sorted(Path(examples_dir).glob("*.dcm"))
         if len(films) < 2:
@@ -79,7 +82,6 @@ def demo(input: str | None = None, output_dir: str = "demo_output", sr_max_side:
     Writes into ``output_dir``: ``summary.json``, ``classification/`` (predictions.csv/json, Grad-CAM PNGs),
     ``sr/`` (super-resolved images) when available.
     """
-    from cxr_monai.io import CXRInputError, is_chest, load_cxr, save_png
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +141,6 @@ def deploy_models(bundles_dir: str = str(BUNDLES_DIR), out_dir: str = ".deploy_m
     named-model layout (``OUT/<name>/model.ts``, metadata and calibration embedded). ``site_dir``: a site's
     commissioning folder (``configs/commission.json --output_dir``); its calibration replaces the default one in
     the classifier (the weights' hash must match)."""
-    from cxr_monai.export import export_deploy_models
 
     for name, path in export_deploy_models(bundles_dir, out_dir, site_dir=site_dir).items():
         print(f"{name}: {path}")
@@ -148,7 +149,6 @@ def deploy_models(bundles_dir: str = str(BUNDLES_DIR), out_dir: str = ".deploy_m
 
 def phantom(out_dir: str = "demo_output/input", size: int = 512, seed: int = 7) -> None:
     """Write the procedural phantom chest radiograph (CR, 12-bit, fake patient) as ``OUT/phantom_cxr.dcm``."""
-    from cxr_monai.data.phantom import write_phantom_dicom
 
     print(write_phantom_dicom(Path(out_dir) / "phantom_cxr.dcm", size=size, seed=seed, consolidation=True))
 
@@ -158,7 +158,6 @@ def main() -> None:
 
     logging.basicConfig(level=os.environ.get("CXR_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     if sys.argv[1:2] == ["monitor"]:  # several --results paths: argparse, not fire
-        from cxr_monai.commissioning.monitor import main as monitor_main
 
         raise SystemExit(monitor_main(sys.argv[2:]))
 

@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from monai.visualize import GradCAM
+from cxr_monai.networks.blocks import SpatialAttention
+from cxr_monai.networks.classifiers import ResNet18SA
 
 __all__ = ["gradcam", "gradcam_split", "overlay_rgb", "save_overlay", "cam_mass_inside", "minmax_normalize", "max_normalize", "FeatureMapCollector", "feature_map_layers", "top_channels", "save_feature_maps"]
 
@@ -31,7 +34,6 @@ def gradcam(net: nn.Module, image: torch.Tensor, target_layer: str, class_idx: i
         (min, max) to (1, 0), i.e. it *flips* the map (Project-MONAI/tutorials#1796); :func:`minmax_normalize`
         is used instead so that high values mean high importance.
     """
-    from monai.visualize import GradCAM
 
     # MONAI registers forward/backward hooks on the target layer and keeps no handle to remove them: without
     # this clean-up every call (one per request in a server) adds two hooks and keeps a graph alive.
@@ -173,8 +175,6 @@ def feature_map_layers(net: nn.Module) -> dict[str, str]:
         ``{dotted module name: kind}``, kind ``"stage"`` (the module's output is recorded) or ``"attention"``
         (the sigmoid of the gate's convolution, i.e. the (N, 1, h, w) attention map, is recorded).
     """
-    from cxr_monai.networks.blocks import SpatialAttention
-    from cxr_monai.networks.classifiers import ResNet18SA
 
     layers: dict[str, str] = {}
     for prefix, module in net.named_modules():

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from cxr_monai.networks import freeze_module
+from cxr_monai.utils import load_bundle_network
+from cxr_monai.networks import resnet18_sa
 
 __all__ = ["REFERENCE_CONFIG", "REFERENCE_WEIGHTS", "load_reference_network"]
 
@@ -46,17 +49,14 @@ def load_reference_network(
         FileNotFoundError: the weights are missing and ``allow_untrained`` is False (a random extractor is never
             used silently).
     """
-    from cxr_monai.networks import freeze_module
 
     if bundle_root is None:
         raise ValueError("bundle_root is required: the folder of the cxr_pneumonia_classifier bundle")
     weights = Path(bundle_root) / "models" / weights_name
     if weights.is_file():
-        from cxr_monai.utils import load_bundle_network
 
         net = load_bundle_network(bundle_root, weights_name, config=config, overrides=overrides)
     elif allow_untrained:
-        from cxr_monai.networks import resnet18_sa
 
         torch.manual_seed(seed)
         net = resnet18_sa("lite")

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+import tempfile
+from monai.bundle import ConfigParser
+import hashlib
 
 __all__ = ["find_bundles", "resolve_bundle", "bundle_checks", "latest_checkpoint", "load_bundle_network", "read_json", "bare_state_dict", "require_arg", "cpu_budget",
            "configure_threads", "META_FILE", "DeployModelError", "save_torchscript_with_meta",
@@ -26,7 +29,6 @@ class DeployModelError(RuntimeError):
 def save_torchscript_with_meta(module: torch.jit.ScriptModule, meta: dict, path: str | os.PathLike) -> Path:
     """Write ``module`` with ``meta`` embedded as :data:`META_FILE`, atomically (temporary name, then rename;
     readable by every user, so that a container running as another user can load it)."""
-    import tempfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,6 @@ def load_bundle_network(
         net_id: config id of the network definition.
         overrides: config overrides (e.g. another preset).
     """
-    from monai.bundle import ConfigParser
 
     bundle_root = Path(bundle_root)
     parser = ConfigParser()
@@ -242,7 +243,6 @@ def item_name(item: dict, key: str = "image", index: int = 0) -> str:
 
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 hex digest of a file (read in 1 MiB blocks)."""
-    import hashlib
 
     h = hashlib.sha256()
     with open(path, "rb") as f:

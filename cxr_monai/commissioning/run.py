@@ -57,6 +57,13 @@ from cxr_monai.metrics.classification import (
     expected_calibration_error,
     roc_auc,
 )
+from cxr_monai.metrics.classification import reliability_bins, roc_curve
+from cxr_monai.scope import load_scope_gate
+from cxr_monai.commissioning.monitor import image_statistics
+from cxr_monai.io import CXRInputError, load_cxr
+from cxr_monai.commissioning.monitor import build_reference, write_reference
+from ignite.engine import Events
+from cxr_monai.utils import item_name
 
 __all__ = [
     "MIN_PER_CLASS",
@@ -256,7 +263,6 @@ def _plot(report: Mapping[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cxr_monai.metrics.classification import reliability_bins, roc_curve
 
     cv, y, x = report["_cv"], report["_labels"], report["_logodds"]
     site_p, site_y = cv["probs"].ravel(), np.tile(y, cv["probs"].shape[0])
@@ -320,7 +326,6 @@ def default_scope_check(gate_file: str | os.PathLike | None, device: str | torch
     if gate_file is None or not Path(gate_file).is_file():
         raise ScopeGateError(f"{gate_file}: intended-population gate not found; commissioning needs the gate the "
                              "model will run with (or --use_scope_gate False to commission without it, explicitly)")
-    from cxr_monai.scope import load_scope_gate
 
     return load_scope_gate(gate_file, device).check
 
@@ -352,13 +357,11 @@ class CommissioningCollector:
         self.gate_scores: list[tuple[float | None, float | None]] = []
 
     def attach(self, engine) -> None:
-        from ignite.engine import Events
 
         engine.add_event_handler(Events.STARTED, lambda _: self.reset())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
 
     def iteration_completed(self, engine) -> None:
-        from cxr_monai.utils import item_name
 
         outputs = engine.state.output
         outputs = outputs if isinstance(outputs, list) else [outputs]
@@ -380,8 +383,6 @@ class CommissioningCollector:
 
 def _image_stats(files: Sequence[str]) -> list[dict[str, float] | None]:
     """:func:`cxr_monai.commissioning.monitor.image_statistics` of each file as read (``None`` where unreadable)."""
-    from cxr_monai.commissioning.monitor import image_statistics
-    from cxr_monai.io import CXRInputError, load_cxr
 
     out: list[dict[str, float] | None] = []
     for f in files:
@@ -411,7 +412,6 @@ def run_commissioning(collector: CommissioningCollector, output_dir: str | os.Pa
     program with its message and no traceback (``SystemExit``; the typed error is its ``__cause__``).
     Returns the JSON's path.
     """
-    from cxr_monai.commissioning.monitor import build_reference, write_reference
 
     try:
         if not collector.labels:

@@ -26,6 +26,13 @@ from cxr_monai.metrics.classification import (
     plot_roc,
 )
 from cxr_monai.utils import bare_state_dict, item_name
+from cxr_monai.utils import read_json
+from ignite.engine import Events
+from cxr_monai.scope import OUT_OF_SCOPE
+from cxr_monai.explain import gradcam, gradcam_split, save_overlay
+from cxr_monai.explain import FeatureMapCollector, save_feature_maps
+from cxr_monai.engines.ema import make_ema
+from cxr_monai.engines.ema import update_ema
 
 __all__ = ["ClassificationWriter", "ModelEMA", "calibrate_member", "build_ensemble",
            "EQUAL_PRIOR_RULE", "item_name"]
@@ -124,7 +131,6 @@ class ClassificationWriter:
         self._feature_map_paths: set[str] = set()
 
     def attach(self, engine) -> None:
-        from ignite.engine import Events
 
         engine.add_event_handler(Events.STARTED, self.started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
@@ -148,7 +154,6 @@ class ClassificationWriter:
                 row["calibration"] = _calibration_label(self.calibration)
             new_rows.append(row)
         if self.scope_gate is not None:
-            from cxr_monai.scope import OUT_OF_SCOPE
 
             images = [torch.as_tensor(item[self.image_key]) for item in outputs]
             metas = [getattr(item[self.image_key], "meta", None) for item in outputs]
@@ -162,7 +167,6 @@ class ClassificationWriter:
         self.rows += new_rows
 
     def _save_gradcam(self, images: list[torch.Tensor], rows: list[dict]) -> None:
-        from cxr_monai.explain import gradcam, gradcam_split, save_overlay
 
         budget = len(rows) if self.gradcam_max is None else max(0, self.gradcam_max - len(self.rows))
         if budget == 0 or not rows:
@@ -197,7 +201,6 @@ class ClassificationWriter:
             row["gradcam_class"] = row["label"]
 
     def _save_feature_maps(self, images: torch.Tensor, rows: list[dict], cams: list) -> None:
-        from cxr_monai.explain import FeatureMapCollector, save_feature_maps
 
         collector = FeatureMapCollector(self.network)
         maps = collector.collect(images)
@@ -271,7 +274,6 @@ class ModelEMA:
     """
 
     def __init__(self, network: nn.Module, decay: float = 0.998) -> None:
-        from cxr_monai.engines.ema import make_ema
 
         if not 0.0 <= float(decay) < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
@@ -281,13 +283,11 @@ class ModelEMA:
         self.updates = 0
 
     def attach(self, engine) -> None:
-        from ignite.engine import Events
 
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     @torch.no_grad()
     def update(self) -> None:
-        from cxr_monai.engines.ema import update_ema
 
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         update_ema(self.module, self.network, d)
@@ -366,7 +366,6 @@ def build_ensemble(member_dirs: Sequence[str | Path], network_def, calib_loader,
         val_loader: the validation split (report only).
         output_dir: where to write (the bundle's ``models/``).
     """
-    from cxr_monai.utils import read_json
 
     output_dir = Path(output_dir)
     member_dirs = [Path(d) for d in member_dirs]

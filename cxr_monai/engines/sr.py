@@ -38,6 +38,8 @@ from cxr_monai.engines.ema import make_ema, update_ema
 from cxr_monai.engines.outputs import meta_value, output_items, output_name
 from cxr_monai.io import save_png
 from cxr_monai.losses.adversarial import hinge_d_loss, hinge_g_loss, relativistic_d_loss, relativistic_g_loss
+from cxr_monai.dicom import SERIES_NUMBERS
+from cxr_monai import dicom as dicom_out
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -373,7 +375,6 @@ class SRImageWriter:
                            "version": str(info.get("version", "")), "scale": int(scale),
                            "weights_sha256": str(info.get("weights_sha256") or "")}
         if series_number is None:
-            from cxr_monai.dicom import SERIES_NUMBERS
 
             series_number = SERIES_NUMBERS["enhanced"]
         self.series_number = int(series_number)
@@ -406,7 +407,6 @@ class SRImageWriter:
         return (None, f"the source DICOM has no {', '.join(missing)}") if missing else (ds, None)
 
     def _write_dicom(self, path: Path, img: torch.Tensor, ds: Any) -> Path:
-        from cxr_monai import dicom as dicom_out
 
         series = self._series.setdefault(str(ds.StudyInstanceUID), [dicom_out.new_uid(), 0])
         series[1] += 1

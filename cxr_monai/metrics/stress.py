@@ -27,6 +27,7 @@ from torch import nn
 
 from cxr_monai.metrics.classification import bootstrap_ci, classification_report, expected_calibration_error, roc_auc
 from cxr_monai.transforms.stress import STRESS_TRANSFORMS, make_stress_transform
+from cxr_monai.transforms.presets import LoadCXRImaged
 
 __all__ = [
     "StressShift",
@@ -119,7 +120,6 @@ def load_images(datalist: Sequence[Mapping], image_key: str = "image", label_key
             :class:`cxr_monai.transforms.LoadCXRImaged` (what the preprocessing starts with).
     """
     if loader is None:
-        from cxr_monai.transforms.presets import LoadCXRImaged
 
         loader = LoadCXRImaged([image_key])
     images, labels = [], []

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import SpatialAttention
+from monai.networks.nets import DenseNet121
+from monai.networks.nets import resnet18 as _r18
+from monai.networks.nets import resnet50 as _r50
 
 __all__ = [
     "SABasicBlock",
@@ -334,7 +337,6 @@ def pneumonia_cnn(**kwargs) -> PneumoniaCNN:
 def densenet121(in_channels: int = 1, num_classes: int = 2, pretrained_path: str | Path | None = None,
                 **kwargs) -> nn.Module:
     """MONAI DenseNet121 baseline (2D, trained from scratch, or a local weights file)."""
-    from monai.networks.nets import DenseNet121
 
     net = DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, **kwargs)
     return load_local_weights(net, pretrained_path)
@@ -344,8 +346,6 @@ def resnet(depth: int = 18, in_channels: int = 1, num_classes: int = 2,
            pretrained_path: str | Path | None = None, **kwargs) -> nn.Module:
     """MONAI ResNet baseline (18 or 50) with the standard stride-2 stem (MONAI defaults to stride 1,
     which costs about 4x the compute)."""
-    from monai.networks.nets import resnet18 as _r18
-    from monai.networks.nets import resnet50 as _r50
 
     factories = {18: _r18, 50: _r50}
     if depth not in factories:

@@ -29,6 +29,13 @@ from typing import Any
 import numpy as np
 
 from cxr_monai.commissioning.monitor import image_statistics, measure_false_alarms, run_monitor
+from cxr_monai.commissioning import check_deployed_gate
+from cxr_monai.export import export_classifier, load_deploy_model
+from cxr_monai.inference import check_scope, classify
+from cxr_monai.scope import load_scope_gate
+from cxr_monai.commissioning import sha256_file
+from cxr_monai.data import class_folder_datalist, list_images, training_split
+from cxr_monai.io import load_cxr
 
 __all__ = ["STREAM_KINDS", "alter", "deployed_assessor", "run_monitor_streams"]
 
@@ -77,10 +84,6 @@ def deployed_assessor(bundle_root: str | os.PathLike, site_dir: str | os.PathLik
     record holds the ``results.json`` fields the monitor reads (``status``, ``scope``, ``image_stats``,
     ``classification``)."""
     bundle_root, site_dir, work = Path(bundle_root), Path(site_dir), Path(work)
-    from cxr_monai.commissioning import check_deployed_gate
-    from cxr_monai.export import export_classifier, load_deploy_model
-    from cxr_monai.inference import check_scope, classify
-    from cxr_monai.scope import load_scope_gate
 
     model, info = load_deploy_model(export_classifier(bundle_root, work / "cxr_pneumonia" / "model.ts", site_dir),
                                     device, kind="classifier")
@@ -101,7 +104,6 @@ def deployed_assessor(bundle_root: str | os.PathLike, site_dir: str | os.PathLik
 
 
 def _sha(path: Path) -> str:
-    from cxr_monai.commissioning import sha256_file
 
     return sha256_file(path)
 
@@ -131,8 +133,6 @@ def run_monitor_streams(bundle_root: str | os.PathLike, site_dir: str | os.PathL
         n_splits: halvings of :func:`measure_false_alarms`.
         device: torch device.
     """
-    from cxr_monai.data import class_folder_datalist, list_images, training_split
-    from cxr_monai.io import load_cxr
 
     root, site, out = Path(bundle_root), Path(site_dir), Path(output_dir)
     ref = json.loads((site / "monitor_reference.json").read_text())

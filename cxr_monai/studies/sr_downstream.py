@@ -19,16 +19,19 @@ import torch
 from torch import nn
 
 from cxr_monai.metrics.sr import bicubic_up
+from monai.transforms import Compose
+from cxr_monai.transforms import classifier_preprocessing
+from cxr_monai.transforms.presets import PercentileNormalized
+from monai.metrics import compute_roc_auc
+from cxr_monai.metrics.sr import degrade, psnr
+from cxr_monai.explain import gradcam
 
 __all__ = ["run_downstream_study"]
 
 
 def _split_classifier_preprocessing(spatial_size: int, key: str) -> tuple[Callable, Callable]:
     """The classifier's own preprocessing split at its intensity normalisation: (load + resize, normalise)."""
-    from monai.transforms import Compose
 
-    from cxr_monai.transforms import classifier_preprocessing
-    from cxr_monai.transforms.presets import PercentileNormalized
 
     xs = list(classifier_preprocessing([key], spatial_size))
     cut = next((i for i, t in enumerate(xs) if isinstance(t, PercentileNormalized)), len(xs))
@@ -76,9 +79,7 @@ def run_downstream_study(
         device: device.
         extra: constant entries added to ``downstream.json``.
     """
-    from monai.metrics import compute_roc_auc
 
-    from cxr_monai.metrics.sr import degrade, psnr
 
     if spatial_size % scale:
         raise ValueError(f"spatial_size {spatial_size} must be a multiple of scale {scale}.")
@@ -149,7 +150,6 @@ def _gradcam_triptych(classifier: nn.Module, inputs: Mapping[str, torch.Tensor],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cxr_monai.explain import gradcam
 
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
     for ax, (key, title) in zip(axes, (("lr_bicubic", "LR (bicubic)"), ("sr", "SR"), ("hr", "HR"))):

@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
+from cxr_monai.utils import load_torchscript_with_meta
+from cxr_monai.utils import file_sha256, read_json
+import shutil
 
 __all__ = [
     "LUNG_FIELD_KEY",
@@ -194,7 +197,6 @@ _CACHE: dict[tuple[str, str], LungField] = {}
 def load_lung_field(path: str | os.PathLike, device: str | torch.device = "cpu") -> LungField:
     """Read a lung-field network written by :func:`cxr_monai.engines.lung.save_lung_field` (the classifier
     bundle's ``models/lung_field.ts`` or the deploy copy ``cxr_lung/model.ts``); one copy per path and device."""
-    from cxr_monai.utils import load_torchscript_with_meta
 
     key = (str(Path(path).resolve()), str(torch.device(device)))
     if key not in _CACHE:
@@ -212,7 +214,6 @@ def lung_field_of(models_dir: str | os.PathLike, calibration_name: str = "calibr
     Raises:
         ValueError: the calibration names a lung-field network and the file is missing or has another hash.
     """
-    from cxr_monai.utils import file_sha256, read_json
 
     root = Path(models_dir)
     want = read_json(root / calibration_name, default={}).get("lung_field_sha256")
@@ -233,7 +234,6 @@ def place_lung_field(lung_field_file: str | os.PathLike | None, models_dir: str 
     """Copy the lung-field network a classifier was trained through into its models folder (``ensemble.json``
     writes a classifier there whose calibration names it: :func:`lung_field_of` finds it beside the weights).
     Returns the path in ``models_dir`` (``None`` when there is no lung-field network)."""
-    import shutil
 
     if not lung_field_file:
         return None
