@@ -48,7 +48,7 @@ def _batch(tmp: Path, phantom: Path, workers: int, threads: int, studies: int, s
     import pydicom
     from pydicom.uid import generate_uid
 
-    from cxr_monai.dicom_out import result_uid
+    from cxr_monai.dicom import result_uid
     from cxr_monai.results import SERIES_NUMBERS, report_uid
 
     (tmp / "redis").mkdir(parents=True)
