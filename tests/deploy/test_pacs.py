@@ -266,11 +266,15 @@ def test_unreadable_image_gets_a_not_assessed_report(pacs: Pacs, tmp_path: Path)
 
 
 def test_a_worker_killed_mid_run_is_replaced_and_the_study_stored_once(pacs: Pacs, tmp_path: Path) -> None:
-    (src, uid), = _copies(_phantom(tmp_path, 256), tmp_path / "k", 1)
+    # a 512 px film: its run takes several seconds even on a quiet machine (a 256 px one could finish before the
+    # kill on idle cores, and the test would then kill an idle worker: checked below instead of passing vacuously)
+    (src, uid), = _copies(_phantom(tmp_path, 512), tmp_path / "k", 1)
     assert pacs.store(src).returncode == 0
     pacs.wait_for(lambda: [e for e in pacs.events() if e["event"] == "run_start" and e.get("study_uid") == uid],
                   600, "the run to start")
-    time.sleep(2)
+    time.sleep(0.5)
+    assert not [e for e in pacs.events() if e["event"] == "run_done" and e.get("study_uid") == uid], \
+        "the run ended before the kill: the test needs a longer run"
     os.kill(pacs.pid("worker"), signal.SIGKILL)  # its warm app dies with it (PR_SET_PDEATHSIG)
     pacs.wait_for(lambda: _one_result_each(pacs, [uid], ("report", "enhanced", "gradcam")), 600, "the re-run's results")
     starts = [e for e in pacs.events() if e["event"] == "run_start" and e.get("study_uid") == uid]
