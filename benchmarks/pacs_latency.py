@@ -28,6 +28,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pydicom
+from pydicom.uid import generate_uid
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,6 +38,30 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def orthanc_lookup(http: int, pacs_dir: Path):
+    """``present(uid) -> bool``: whether Orthanc on ``http`` (credentials of ``pacs_dir``) holds that UID."""
+    cred = (pacs_dir / "credentials").read_text().split()[0]
+    auth = "Basic " + base64.b64encode(cred.encode()).decode()
+
+    def present(uid: str) -> bool:
+        req = urllib.request.Request(f"http://127.0.0.1:{http}/tools/lookup", data=uid.encode())
+        req.add_header("Authorization", auth)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return bool(json.loads(r.read()))
+
+    return present
+
+
+def new_study(src: Path, dst: Path) -> tuple[str, str]:
+    """Write ``src`` to ``dst`` as a new one-image study (new study, series and SOP instance UIDs); returns the
+    SOPInstanceUID and StudyInstanceUID."""
+    ds = pydicom.dcmread(src)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(dst)
+    return str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pacs_latency.json"))
     args = ap.parse_args(argv)
 
-    import pydicom
-    from pydicom.uid import generate_uid
 
     from cxr_monai.dicom import SERIES_NUMBERS
     from cxr_monai.results import report_uid
@@ -71,26 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             while not (log.exists() and ready in log.read_text()):
                 assert proc.poll() is None and time.monotonic() < deadline, (tmp / "pacs.out").read_text()[-2000:]
                 time.sleep(0.5)
-            cred = (tmp / "pacs" / "credentials").read_text().split()[0]
-            auth = "Basic " + base64.b64encode(cred.encode()).decode()
-
-            def present(uid: str) -> bool:
-                req = urllib.request.Request(f"http://127.0.0.1:{http}/tools/lookup", data=uid.encode())
-                req.add_header("Authorization", auth)
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    return bool(json.loads(r.read()))
+            present = orthanc_lookup(http, tmp / "pacs")
 
             from cxr_monai.dicom import result_uid
 
             seconds = []
             load_start = os.getloadavg()
             for i in range(args.studies):
-                ds = pydicom.dcmread(tmp / "ph" / "phantom_cxr.dcm")
-                ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-                ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
                 f = tmp / f"s{i}.dcm"
-                ds.save_as(f)
-                sop = str(ds.SOPInstanceUID)
+                sop, _ = new_study(tmp / "ph" / "phantom_cxr.dcm", f)
                 wanted = [report_uid(sop), result_uid(sop, SERIES_NUMBERS["enhanced"])]
                 t0 = time.monotonic()
                 subprocess.run(["storescu", "-aec", "ORTHANC", "127.0.0.1", str(dicom), str(f)], check=True,

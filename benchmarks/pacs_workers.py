@@ -17,7 +17,6 @@ the repeats go to ``--out`` with the command. The machine's other load is part o
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import signal
@@ -26,13 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.pacs_latency import _free_port  # noqa: E402
+from benchmarks.pacs_latency import _free_port, new_study, orthanc_lookup  # noqa: E402
 
 
 def _cpu_model() -> str:
@@ -45,9 +43,6 @@ def _cpu_model() -> str:
 
 def _batch(tmp: Path, phantom: Path, workers: int, threads: int, studies: int, stable_age: int) -> dict:
     """One configuration, one batch, fresh broker and PACS."""
-    import pydicom
-    from pydicom.uid import generate_uid
-
     from cxr_monai.dicom import result_uid
     from cxr_monai.results import SERIES_NUMBERS, report_uid
 
@@ -72,25 +67,14 @@ def _batch(tmp: Path, phantom: Path, workers: int, threads: int, studies: int, s
         while len([e for e in events() if e["event"] == "warm_app_ready"]) < workers:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp / "pacs.out").read_text()[-2000:]
             time.sleep(0.5)
-        cred = (tmp / "pacs" / "credentials").read_text().split()[0]
-        auth = "Basic " + base64.b64encode(cred.encode()).decode()
-
-        def present(uid: str) -> bool:
-            req = urllib.request.Request(f"http://127.0.0.1:{http}/tools/lookup", data=uid.encode())
-            req.add_header("Authorization", auth)
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return bool(json.loads(r.read()))
+        present = orthanc_lookup(http, tmp / "pacs")
 
         files, wanted, study_uids = [], [], []
         for i in range(studies):
-            ds = pydicom.dcmread(phantom)
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
             files.append(tmp / f"s{i}.dcm")
-            ds.save_as(files[-1])
-            sop = str(ds.SOPInstanceUID)
+            sop, study_uid = new_study(phantom, files[-1])
             wanted.append([report_uid(sop), result_uid(sop, SERIES_NUMBERS["enhanced"])])
-            study_uids.append(str(ds.StudyInstanceUID))
+            study_uids.append(study_uid)
         load_start = os.getloadavg()
         t0 = time.monotonic()
         subprocess.run(["storescu", "-aec", "ORTHANC", "127.0.0.1", str(dicom), *map(str, files)], check=True,
