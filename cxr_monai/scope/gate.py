@@ -15,9 +15,10 @@ import torch
 
 from cxr_monai.scope.rules import (MAX_AGE_YEARS, MAX_LUNG_EDGE_CONTACT, MIN_LUNG_FRACTION, SCOPE_KIND, ScopeDecision,
                                    header_scope_reason, lung_field_reason)
-from cxr_monai.utils import load_torchscript_with_meta, save_torchscript_with_meta
+from cxr_monai.transforms.lung_field import named_lung_field
+from cxr_monai.utils import file_sha256, load_torchscript_with_meta, save_torchscript_with_meta
 
-__all__ = ["ScopeGate", "save_scope_gate", "load_scope_gate"]
+__all__ = ["ScopeGate", "save_scope_gate", "load_scope_gate", "gate_lung_field_of", "gate_with_pass_region"]
 
 
 class ScopeGate:
@@ -109,3 +110,31 @@ def load_scope_gate(path: str | os.PathLike, device: str | torch.device = "cpu")
     copy ``cxr_scope/model.ts``)."""
     module, info = load_torchscript_with_meta(path, device, kind=SCOPE_KIND)
     return ScopeGate(module, info, device)
+
+
+def gate_lung_field_of(scope_gate_file: str | os.PathLike | None, file_name: str = "lung_field.ts") -> str | None:
+    """The lung-field network a gate reads its own view through: ``lung_field.ts`` beside the gate file when the
+    gate names one (``lung_field_sha256``), checked by hash; ``None`` for a gate that reads the classifier's
+    network input (or no gate). The gate's view does not depend on the classifier's: a whole-film classifier can
+    sit behind a gate that reads the lung-field view."""
+    if not scope_gate_file or not Path(scope_gate_file).is_file():
+        return None
+    _, info = load_torchscript_with_meta(scope_gate_file, "cpu", kind=SCOPE_KIND)
+    return named_lung_field(Path(scope_gate_file).parent, info.get("lung_field_sha256"), str(scope_gate_file), file_name)
+
+
+def gate_with_pass_region(scope_gate_file: str | os.PathLike, output_file: str | os.PathLike,
+                          min_lung_fraction: float, max_lung_edge_contact: float, why: str) -> Path:
+    """A copy of a gate (same network and image-check thresholds) with its lung-field rule's limits changed:
+    the pass region narrowed (or widened) to the framing a classifier was validated on. ``why`` (how the limits
+    were chosen) is recorded in the gate's metadata (``pass_region``)."""
+    module, info = load_torchscript_with_meta(scope_gate_file, "cpu", kind=SCOPE_KIND)
+    if not info.get("lung_field_sha256"):
+        raise ValueError(f"{scope_gate_file} reads no lung-field view: its lung-field rule has nothing to act on")
+    if not 0 <= float(min_lung_fraction) < 1 or not 0 <= float(max_lung_edge_contact) <= 1:
+        raise ValueError(f"limits out of range: min_lung_fraction {min_lung_fraction}, "
+                         f"max_lung_edge_contact {max_lung_edge_contact}")
+    info = {**info, "min_lung_fraction": float(min_lung_fraction), "max_lung_edge_contact": float(max_lung_edge_contact),
+            "pass_region": str(why), "derived_from_sha256": file_sha256(scope_gate_file)}
+    return save_torchscript_with_meta(module, info, Path(output_file))
+

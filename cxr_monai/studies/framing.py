@@ -33,11 +33,13 @@ from cxr_monai.metrics.classification import roc_auc
 from cxr_monai.networks import classifier_ensemble
 from cxr_monai.scope import bedside_like
 from cxr_monai.scope.training import adult_split
-from cxr_monai.transforms import classifier_preprocessing
+from cxr_monai.transforms import classifier_preprocessing, load_lung_field, lung_field_of
 from cxr_monai.transforms.framing import FRAMINGS, reframe
 from cxr_monai.utils import bare_state_dict, read_json
 
-__all__ = ["FRAMING_RULE", "judge_framing", "read_framings", "framing_study", "framing_table", "gradcam_in_lungs", "held_out_adults", "load_ensemble"]
+__all__ = ["FRAMING_RULE", "judge_framing", "read_framings", "framing_study", "framing_table", "gradcam_in_lungs",
+           "held_out_adults", "load_ensemble", "load_reader", "mixed_logodds", "mixed_validation_auc",
+           "pass_region_limits", "GATE_RULE", "judge_gate_change"]
 
 def read_framings(images: Sequence[np.ndarray], framing: str, image_size: int, lung_field: Any,
                   desc: str = "") -> tuple[torch.Tensor, list[dict]]:
@@ -67,10 +69,14 @@ def _metrics(p: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float 
             "auc": float(roc_auc(p, y)) if pos.any() and neg.any() else None}
 
 
+_SAME = object()
+
+
 def framing_study(network: torch.nn.Module, calibration: Mapping[str, Any], gate: Any, lung_field: Any,
                   sets: Mapping[str, Sequence[dict]], framings: Mapping[str, Sequence[str]], output_file: str | Path,
                   image_size: int = 160, model: Mapping[str, Any] | None = None, n_boot: int = 200,
-                  seed: int = 0) -> dict[str, Any]:
+                  seed: int = 0, extra_readers: Sequence[tuple[torch.nn.Module, Mapping[str, Any], Any]] = (),
+                  gate_lung_field: Any = _SAME) -> dict[str, Any]:
     """Read every set under each of its framings and write the table.
 
     Args:
@@ -85,10 +91,22 @@ def framing_study(network: torch.nn.Module, calibration: Mapping[str, Any], gate
         model: identity of the model (recorded).
         n_boot: bootstrap resamples of the commissioning estimates (labelled sets).
         seed: commissioning seed.
+        extra_readers: more ``(network, calibration, lung_field)`` read beside ``network``, each through its own
+            view; the probability is the mean of all readers' calibrated probabilities (an ensemble of
+            ensembles, :func:`mixed_logodds`); their thresholds must equal ``calibration``'s.
+        gate_lung_field: the lung-field network the gate reads its own view through (default: the classifier's
+            ``lung_field``; ``None``: the whole film).
     """
     temperature, threshold = float(calibration.get("temperature", 1.0)), float(calibration["threshold"])
+    readers = [(network, calibration, lung_field), *extra_readers]
+    for _, cal, _ in readers[1:]:
+        if abs(float(cal["threshold"]) - threshold) > 1e-9:
+            raise ValueError(f"readers with different thresholds ({cal['threshold']} vs {threshold}) cannot be averaged")
+    gate_lung_field = lung_field if gate_lung_field is _SAME else gate_lung_field
     report: dict[str, Any] = {"model": dict(model or {}), "threshold": threshold, "image_size": image_size,
-                              "lung_field": lung_field is not None, "sets": {}}
+                              "lung_field": lung_field is not None, "readers": len(readers),
+                              "reader_views": ["lung field" if lf is not None else "whole film" for _, _, lf in readers],
+                              "gate_view": "lung field" if gate_lung_field is not None else "whole film", "sets": {}}
     for name, items in sets.items():
         images = [load_cxr(it["image"])[0] if isinstance(it["image"], (str, Path)) else np.asarray(it["image"], np.float32)
                   for it in tqdm(items, desc=f"loading {name}", leave=False)]
@@ -96,9 +114,16 @@ def framing_study(network: torch.nn.Module, calibration: Mapping[str, Any], gate
         y = np.asarray([int(it["label"]) for it in items]) if labelled else None
         rows = {}
         for framing in framings[name]:
-            x, metas = read_framings(images, framing, image_size, lung_field, desc=f"{name} {framing}")
-            z = logodds_from_logits(_logits(network, x), temperature)
+            views: dict[int, tuple[torch.Tensor, list[dict]]] = {}
+
+            def view(lf: Any) -> tuple[torch.Tensor, list[dict]]:
+                if id(lf) not in views:
+                    views[id(lf)] = read_framings(images, framing, image_size, lf, desc=f"{name} {framing}")
+                return views[id(lf)]
+
+            z = mixed_logodds([(net, cal, view(lf)[0]) for net, cal, lf in readers])
             p = 1.0 / (1.0 + np.exp(-z))
+            x, metas = view(gate_lung_field)
             decisions = gate.check(x, metas) if gate is not None else []
             keep = np.asarray([d.in_scope for d in decisions]) if decisions else np.ones(len(x), bool)
             reasons = Counter(d.reason.split(":")[0] + ":" + d.reason.split(":")[1].split("(")[0].strip()
@@ -129,6 +154,58 @@ def framing_study(network: torch.nn.Module, calibration: Mapping[str, Any], gate
     Path(output_file).parent.mkdir(parents=True, exist_ok=True)
     Path(output_file).write_text(json.dumps(report, indent=1))
     return report
+
+
+def mixed_logodds(readers: Sequence[tuple[torch.nn.Module, Mapping[str, Any], torch.Tensor]]) -> np.ndarray:
+    """PNEUMONIA log-odds of an ensemble of ensembles: the log-odds of the mean over ``(network, calibration, x)``
+    of each network's calibrated probability on its own view ``x`` (for ensembles with the same number of members,
+    the mean of all members' calibrated probabilities), computed in log space (one reader: its own log-odds)."""
+    zs = np.stack([logodds_from_logits(_logits(net, x), float(cal.get("temperature", 1.0))).astype(np.float64)
+                   for net, cal, x in readers])
+    log_k = np.log(len(zs))
+    log_p = np.logaddexp.reduce(-np.logaddexp(0.0, -zs), axis=0) - log_k
+    log_q = np.logaddexp.reduce(-np.logaddexp(0.0, zs), axis=0) - log_k
+    return log_p - log_q
+
+
+def mixed_validation_auc(readers: Sequence[tuple[torch.nn.Module, Mapping[str, Any], Any]], items: Sequence[dict],
+                         image_size: int = 160) -> dict[str, Any]:
+    """Validation AUC of readers ``(network, calibration, lung_field)`` averaged as in :func:`framing_study`,
+    each through its own view, on labelled ``items`` (the classifier's validation split)."""
+    images = [load_cxr(it["image"])[0] for it in tqdm(items, desc="loading validation", leave=False)]
+    y = np.asarray([int(it["label"]) for it in items])
+    z = mixed_logodds([(net, cal, read_framings(images, "whole", image_size, lf, desc="validation")[0])
+                       for net, cal, lf in readers])
+    p = 1.0 / (1.0 + np.exp(-z))
+    threshold = float(readers[0][1]["threshold"])
+    return {"n": int(len(y)), "auc": float(roc_auc(p, y)), "accuracy": float(((p >= threshold) == y).mean())}
+
+
+def load_reader(models_dir: str | Path) -> tuple[torch.nn.Module, dict, Any]:
+    """``(network, calibration, lung_field)`` of a models folder: :func:`load_ensemble` and the lung-field network
+    its calibration names (``None``: it reads the whole film)."""
+    net, cal = load_ensemble(models_dir)
+    lf = lung_field_of(models_dir)
+    return net, cal, (load_lung_field(lf) if lf else None)
+
+
+def pass_region_limits(lung_field: Any, items: Sequence[dict], output_file: str | Path | None = None,
+                       low: float = 0.5, high: float = 99.5) -> dict[str, Any]:
+    """Limits of the lung-field rule where a whole-film classifier was validated: the ``low`` percentile of the
+    lung fraction and the ``high`` percentile of the edge contact of ``items`` (its validation films) read whole,
+    rounded outwards to 0.01 (:func:`cxr_monai.scope.gate_with_pass_region` writes them into a gate)."""
+    boxes = [lung_field.box(load_cxr(it["image"])[0]) for it in tqdm(items, desc="lung-field boxes", leave=False)]
+    frac = np.asarray([b.lung_fraction for b in boxes])
+    edge = np.asarray([b.edge_contact for b in boxes])
+    out = {"n": len(boxes), "percentiles": {"low": low, "high": high},
+           "lung_fraction": {str(q): float(np.percentile(frac, q)) for q in (low, 1, 5, 50)},
+           "edge_contact": {str(q): float(np.percentile(edge, q)) for q in (50, 90, 99, high)},
+           "limits": {"min_lung_fraction": float(np.floor(np.percentile(frac, low) * 100) / 100),
+                      "max_lung_edge_contact": float(np.ceil(np.percentile(edge, high) * 100) / 100)}}
+    if output_file is not None:
+        Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_file).write_text(json.dumps(out, indent=1))
+    return out
 
 
 def held_out_adults(adult_dir: str | Path, bedside: bool = False, seed: int = 0) -> list[dict]:
@@ -279,10 +356,51 @@ def judge_framing(report: Mapping[str, Any], rule: Mapping[str, Any] = FRAMING_R
     return {"rule": dict(rule), "points": points, "passes": all(p["holds"] for p in points.values())}
 
 
-if __name__ == "__main__":  # python -m cxr_monai.studies.framing REPORT.json [VERDICT.json]: table and rule verdict
+GATE_RULE = {"uncropped_in_scope": 0.93, "accuracy_drop": 0.01, "auc_drop": 0.005, "min_share": 0.25,
+             "accuracy": 0.90, "auc": 0.95, "default_accuracy": 0.85, "adults_out": FRAMING_RULE["adults_out"]}
+"""Round 4's rule for a gate-only change (candidate G, ``docs/recipes/framing_plan.md``), as written before
+evaluating: a. point 3; b. uncropped in scope >= 93 %, commissioned accuracy and AUC within 0.01 / 0.005 of the
+classifier behind its old gate; c. every framing keeping >= 25 % in scope read as validated (commissioned on
+itself accuracy >= 0.90, AUC >= 0.95; default calibration accuracy >= 0.85)."""
+
+
+def judge_gate_change(report: Mapping[str, Any], baseline: Mapping[str, Any],
+                      rule: Mapping[str, Any] = GATE_RULE) -> dict[str, Any]:
+    """Points a-c of :data:`GATE_RULE` on a :func:`framing_study` report of the same classifier behind a new gate,
+    against ``baseline`` (its report behind the gate in force)."""
+    site, base = report["sets"]["site_sample"], baseline["sets"]["site_sample"]["whole"].get("commissioned") or {}
+    whole = site["whole"]
+    wc = whole.get("commissioned") or {}
+    three = judge_framing(report, {**FRAMING_RULE, "adults_out": rule["adults_out"]})["points"]["3_adults_and_turned"]
+    b_holds = (whole["in_scope_share"] >= rule["uncropped_in_scope"]
+               and isinstance(wc.get("accuracy"), float) and wc["accuracy"] >= base["accuracy"] - rule["accuracy_drop"]
+               and isinstance(wc.get("auc"), float) and wc["auc"] >= base["auc"] - rule["auc_drop"])
+    framings = {}
+    for framing, r in site.items():
+        if r["in_scope_share"] < rule["min_share"]:
+            framings[framing] = {"in_scope": r["in_scope_share"], "judged": False, "holds": True}
+            continue
+        c, d = r.get("commissioned") or {}, r.get("default") or {}
+        framings[framing] = {"in_scope": r["in_scope_share"], "judged": True, "commissioned_accuracy": c.get("accuracy"),
+                             "commissioned_auc": c.get("auc"), "default_accuracy": d.get("accuracy"),
+                             "holds": isinstance(c.get("accuracy"), float) and c["accuracy"] >= rule["accuracy"]
+                             and isinstance(c.get("auc"), float) and c["auc"] >= rule["auc"]
+                             and isinstance(d.get("accuracy"), float) and d["accuracy"] >= rule["default_accuracy"]}
+    points = {"a_adults_and_turned": three,
+              "b_uncropped": {"figures": {"in_scope": whole["in_scope_share"], **wc, "baseline": dict(base)},
+                              "holds": b_holds},
+              "c_pass_region_read_as_validated": {"figures": framings,
+                                                  "holds": all(f["holds"] for f in framings.values())}}
+    return {"rule": dict(rule), "points": points, "passes": all(p["holds"] for p in points.values())}
+
+
+if __name__ == "__main__":  # python -m cxr_monai.studies.framing REPORT.json [VERDICT.json [BASELINE.json]]
+    # table and verdict: points 1-4, or with BASELINE (the same classifier behind the gate in force) points a-c of
+    # a gate-only change
     rep = json.loads(Path(sys.argv[1]).read_text())
     print(framing_table(rep))
-    verdict = judge_framing(rep)
+    verdict = (judge_gate_change(rep, json.loads(Path(sys.argv[3]).read_text())) if len(sys.argv) > 3
+               else judge_framing(rep))
     print(json.dumps({k: v["holds"] for k, v in verdict["points"].items()} | {"passes": verdict["passes"]}))
     if len(sys.argv) > 2:
         Path(sys.argv[2]).write_text(json.dumps(verdict, indent=1))

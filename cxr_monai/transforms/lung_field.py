@@ -37,6 +37,7 @@ __all__ = [
     "percentile_normalise_batch",
     "load_lung_field",
     "lung_field_of",
+    "named_lung_field",
     "place_lung_field",
     "LungField",
     "LungFieldCrop",
@@ -216,16 +217,29 @@ def lung_field_of(models_dir: str | os.PathLike, calibration_name: str = "calibr
     """
 
     root = Path(models_dir)
-    want = read_json(root / calibration_name, default={}).get("lung_field_sha256")
+    return named_lung_field(root, read_json(root / calibration_name, default={}).get("lung_field_sha256"),
+                            str(root / calibration_name), file_name)
+
+
+def named_lung_field(models_dir: str | os.PathLike, want: str | None, named_by: str = "the model",
+                     file_name: str = "lung_field.ts") -> str | None:
+    """``models_dir/file_name`` checked against the hash ``want`` that a model names (``None``: the model reads
+    the whole film, no file). Shared by :func:`lung_field_of` and the scope gate's
+    :func:`cxr_monai.scope.gate_lung_field_of`.
+
+    Raises:
+        ValueError: the file is missing or has another hash.
+    """
+
     if not want:
         return None
-    path = root / file_name
+    path = Path(models_dir) / file_name
     if not path.is_file():
-        raise ValueError(f"{root / calibration_name} names lung-field network {want[:12]} but {path} is missing")
+        raise ValueError(f"{named_by} names lung-field network {want[:12]} but {path} is missing")
     have = file_sha256(path)
     if have != want:
         raise ValueError(f"{path} (sha256 {have[:12]}) is not the lung-field network {want[:12]} that "
-                         f"{root / calibration_name} was trained through")
+                         f"{named_by} was trained through")
     return str(path)
 
 
