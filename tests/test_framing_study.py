@@ -122,3 +122,21 @@ def test_gate_change_verdict_on_synthetic_reports() -> None:
     worse = copy.deepcopy(good)
     worse["sets"]["site_sample"]["whole"]["commissioned"]["auc"] = 0.973 - GATE_RULE["auc_drop"] - 0.001
     assert not judge_gate_change(worse, baseline)["points"]["b_uncropped"]["holds"]
+
+
+def test_framing_verdict_compares_floors_up_to_float_rounding() -> None:
+    """A commissioned sensitivity held at 0.95 comes out of the cross-validation mean as 0.9499999999999998: that is
+    the floor, not below it; a figure one part in 10^4 below still fails."""
+    from cxr_monai.studies.framing import judge_framing
+
+    def report(sens: float) -> dict:
+        tight = {"accuracy": 0.93, "auc": 0.975, "specificity": 0.87, "sensitivity": sens, "ece": 0.04}
+        return {"model": {"validation_auc": 0.995}, "sets": {
+            "site_sample": {"whole": {"in_scope_share": 0.97, "commissioned": {
+                "accuracy": 0.95, "auc": 0.98, "specificity": 0.9, "sensitivity": 0.96, "ece": 0.05}},
+                "crop:0.7": {"in_scope_share": 0.95, "commissioned": tight},
+                "rot:180": {"in_scope": 0, "pneumonia_findings": 0}},
+            "adults_held_out": {"whole": {"out_of_scope_share": 0.99}}}}
+
+    assert judge_framing(report(0.9499999999999998))["points"]["1_tight_collimation"]["holds"]
+    assert not judge_framing(report(0.9499))["points"]["1_tight_collimation"]["holds"]
