@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,8 @@ def save_overlay(image: np.ndarray | torch.Tensor, cam: np.ndarray, path: str | 
     return path
 
 
-def gradcam_split(features_fn, head_fn, image: torch.Tensor, class_idx: int) -> np.ndarray:
+def gradcam_split(features_fn, head_fn, image: torch.Tensor, class_idx: int,
+                  groups: Sequence[Sequence[int]] | None = None) -> np.ndarray:
     """Grad-CAM from a network split at the explained layer (works on TorchScript modules, which take
     no hooks): ``A = features_fn(x)``, ``y = head_fn(A)``, weights = spatial mean of ``dy_c / dA``,
     map = ``ReLU(sum_k w_k A_k)`` upsampled bilinearly to the input size.
@@ -127,20 +129,27 @@ def gradcam_split(features_fn, head_fn, image: torch.Tensor, class_idx: int) -> 
         head_fn: ``A -> logits`` (N, K), e.g. ``CalibratedClassifier.cam_head``.
         image: (N, 1, H, W) network input.
         class_idx: the class to explain (the predicted one, for an explanation of the decision).
+        groups: for a network reading several input views (:class:`~cxr_monai.networks.ClassifierEnsemble`
+            ``view_channels``), the feature channels of each view: one map per view, each from its own channels
+            (the views have different geometries), all divided by the largest peak so that their strengths stay
+            comparable.
 
     Returns:
-        (N, H, W) float32 in [0, 1].
+        (N, H, W) float32 in [0, 1]; with ``groups``, (N, V, H, W).
     """
     with torch.enable_grad():
         feats = features_fn(image.detach().float()).detach().requires_grad_(True)
         logits = head_fn(feats)
         grad, = torch.autograd.grad(logits[:, int(class_idx)].sum(), feats)
-    weights = grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * feats.detach()).sum(dim=1, keepdim=True))
+    weighted = grad.mean(dim=(2, 3), keepdim=True) * feats.detach()
+    if groups is None:
+        cam = torch.relu(weighted.sum(dim=1, keepdim=True))
+    else:
+        cam = torch.cat([torch.relu(weighted[:, list(g)].sum(dim=1, keepdim=True)) for g in groups], dim=1)
     cam = torch.nn.functional.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)
     peak = cam.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
     cam = torch.where(peak > 0, cam / peak.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
-    return cam[:, 0].cpu().numpy().astype(np.float32)
+    return (cam[:, 0] if groups is None else cam).cpu().numpy().astype(np.float32)
 
 
 def overlay_rgb(image: np.ndarray | torch.Tensor, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:

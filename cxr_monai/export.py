@@ -197,7 +197,11 @@ def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLik
         "calibration": calibration,
         "image_size": int(cal.get("image_size", 224)),
         "lung_field_sha256": cal.get("lung_field_sha256"),
+        "views": list(cal.get("views") or []) or None,
+        "view_channels": net.view_channels() if len(cal.get("views") or []) > 1 else None,
         "preprocessing": "cxr_monai.transforms.classifier_preprocessing" + (
+            f" (views {', '.join(cal['views'])}: input (N, {len(cal['views'])}, S, S); lung-field view: deploy model "
+            "cxr_lung)" if len(cal.get("views") or []) > 1 else
             " (lung-field view: deploy model cxr_lung)" if cal.get("lung_field_sha256") else ""),
         "output": ("calibrated probabilities (N, 2): softmax(site_a * logits / temperature + [0, site_b]); "
                    "site_a = 1, site_b = 0 unless a site calibration is in force (calibration.source)"),

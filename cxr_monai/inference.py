@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -165,13 +165,15 @@ def super_resolve(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info
     return y
 
 
-def classifier_input(image: np.ndarray | torch.Tensor, image_size: int = 224, lung_field: Any = None) -> torch.Tensor:
-    """``(1, 1, S, S)`` network input from a ``(1, H, W)`` image, through the one classifier preprocessing
+def classifier_input(image: np.ndarray | torch.Tensor, image_size: int = 224, lung_field: Any = None,
+                     views: Sequence[str] | None = None) -> torch.Tensor:
+    """``(1, V, S, S)`` network input from a ``(1, H, W)`` image, through the one classifier preprocessing
     definition (:func:`cxr_monai.transforms.classifier_preprocessing`); with ``lung_field`` (a
     :class:`~cxr_monai.transforms.LungField` or its file) the lung-field view, whose box is in the returned
-    MetaTensor's ``meta["lung_field"]``."""
+    MetaTensor's ``meta["lung_field"]``; ``views`` as the preprocessing takes them (``None``: one view)."""
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, dtype=np.float32)
-    out = Compose(classifier_preprocessing(["image"], int(image_size), lung_field=lung_field))({"image": arr})["image"]
+    out = Compose(classifier_preprocessing(["image"], int(image_size), lung_field=lung_field,
+                                           views=views))({"image": arr})["image"]
     meta = dict(getattr(out, "meta", {}) or {})
     x = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
     return MetaTensor(x[None].float(), meta={"lung_field": meta["lung_field"]} if "lung_field" in meta else {})
@@ -242,7 +244,8 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
     """
     lung_field = check_lung_field(info, lung_field)
     device = torch.device(device)
-    x = classifier_input(image, int(info.get("image_size", 224)), lung_field)
+    views = list(info.get("views") or []) or None
+    x = classifier_input(image, int(info.get("image_size", 224)), lung_field, views)
     box = x.meta.get("lung_field") if hasattr(x, "meta") else None
     x = x.as_tensor().to(device) if hasattr(x, "as_tensor") else x.to(device)
     model = inference_layout(model, device)
@@ -257,16 +260,24 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
                            "calibration": dict(info.get("calibration") or DEFAULT_CALIBRATION),
                            "lung_field": dict(box) if box else None}
     if with_cam:
-        cam = gradcam_split(model.cam_features, model.cam_head, x, label_idx)[0]
         shape = tuple(np.asarray(image.shape if not isinstance(image, torch.Tensor) else tuple(image.shape))[-2:])
+        if views and len(views) > 1:  # one map per view, each placed back on the film through its own geometry
+            cams = gradcam_split(model.cam_features, model.cam_head, x, label_idx, groups=info["view_channels"])[0]
+            film = sum(view_to_film(c, box if v == "lung_field" else None, shape) for v, c in zip(views, cams))
+            strongest = int(np.argmax([float(c.max()) for c in cams]))
+            cam, channel = cams[strongest], strongest
+            peak = float(film.max())
+            out["cam"] = film / peak if peak > 0 else film
+        else:
+            cam, channel = gradcam_split(model.cam_features, model.cam_head, x, label_idx)[0], 0
+            out["cam"] = view_to_film(cam, box, shape)
         out["cam_view"] = cam
-        out["cam"] = view_to_film(cam, box, shape)
         if lung_field is not None:  # shown inside the lung field (the mask widened by 5 % of the film)
             out["cam"] = out["cam"] * lung_field.mask_on_film(image)
             peak = float(out["cam"].max())
             out["cam"] = out["cam"] / peak if peak > 0 else out["cam"]
         out["cam_class"] = names[label_idx]
-        out["network_input"] = x[0, 0].cpu().numpy()
+        out["network_input"] = x[0, channel].cpu().numpy()
     return out
 
 

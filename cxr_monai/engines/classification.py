@@ -178,9 +178,17 @@ class ClassificationWriter:
         # explain the decision: each image's predicted class (by the threshold), maps divided by their maximum
         predicted = [self.class_names.index(r["label"]) for r in rows[:budget]]
         cams = [None] * len(predicted)
+        shown = [0] * len(predicted)  # the input channel (view) each overlay is drawn on
         for c in sorted(set(predicted)) if self.gradcam_layer is not None else ():
             idx = [i for i, p in enumerate(predicted) if p == c]
-            if self.gradcam_layer == "cam_features":  # the network's own split (ResNet18SA, ClassifierEnsemble)
+            groups = self.network.view_channels() if getattr(self.network, "in_channels", 1) > 1 else None
+            if self.gradcam_layer == "cam_features" and groups:  # several views: shown on the strongest one
+                per_view = gradcam_split(self.network.cam_features, self.network.cam_head, images[idx], c, groups)
+                strongest = per_view.reshape(*per_view.shape[:2], -1).max(axis=2).argmax(axis=1)
+                maps = [m[v] for m, v in zip(per_view, strongest)]
+                for i, v in zip(idx, strongest):
+                    shown[i] = int(v)  # the overlay's background: that view
+            elif self.gradcam_layer == "cam_features":  # the network's own split (ResNet18SA, ClassifierEnsemble)
                 maps = gradcam_split(self.network.cam_features, self.network.cam_head, images[idx], c)
             else:
                 maps = gradcam(self.network, images[idx], self.gradcam_layer, class_idx=c, normalize="max")
@@ -191,11 +199,11 @@ class ClassificationWriter:
             self._save_feature_maps(images, rows, cams)
         if self.gradcam_layer is None:
             return
-        for k, (row, img, cam) in enumerate(zip(rows, images, cams)):
+        for k, (row, img, cam, v) in enumerate(zip(rows, images, cams, shown)):
             stem = Path(row["file"]).name.split(".")[0].replace(":", "_")
             # the running index keeps same-named inputs from different folders apart
             path = self.output_dir / "gradcam" / f"{len(self.rows) + k:05d}_{stem}_gradcam.png"
-            save_overlay(img.cpu(), cam, path, title=f"{row['label']}  p(PNEUMONIA)={row['probability']:.3f}  "
+            save_overlay(img[v:v + 1].cpu(), cam, path, title=f"{row['label']}  p(PNEUMONIA)={row['probability']:.3f}  "
                                                      f"(Grad-CAM of {row['label']})")
             row["gradcam"] = str(path)
             row["gradcam_class"] = row["label"]

@@ -208,10 +208,15 @@ class ClassifierEnsemble(nn.Module):
             member; 0 (default) for none, else an odd size >= 3. Part of the weights: a non-zero filter is a
             state-dict entry (``input_kernel``), so weights saved with a filter do not load into an ensemble
             built without it, nor the other way round.
+        views: the input channel (view) each member reads (default: all read channel 0, a one-view input). A
+            two-view input ``(N, 2, S, S)`` carries the whole film and its lung-field view
+            (:func:`cxr_monai.transforms.classifier_preprocessing` ``views``); members trained on either read
+            theirs. Part of the weights when any member reads a channel other than 0 (``member_views``).
     """
 
     def __init__(self, members: Sequence[nn.Module], temperatures: Sequence[float] | None = None,
-                 biases: Sequence[float] | None = None, input_blur: int = 0) -> None:
+                 biases: Sequence[float] | None = None, input_blur: int = 0,
+                 views: Sequence[int] | None = None) -> None:
         super().__init__()
         input_blur = int(input_blur)
         if input_blur != 0 and (input_blur < 3 or input_blur % 2 == 0):
@@ -229,6 +234,12 @@ class ClassifierEnsemble(nn.Module):
             raise ValueError(f"need one temperature and one bias per member ({k}), got {len(temperatures)} and {len(biases)}")
         if not all(t > 0 for t in temperatures):
             raise ValueError(f"temperatures must be > 0, got {temperatures}")
+        views = [0] * k if views is None else [int(v) for v in views]
+        if len(views) != k or min(views) < 0:
+            raise ValueError(f"need one view index >= 0 per member ({k}), got {views}")
+        self.views = views
+        self.in_channels = max(views) + 1
+        self.register_buffer("member_views", torch.tensor(views, dtype=torch.long), persistent=max(views) > 0)
         self.members = nn.ModuleList(members)
         self.register_buffer("temperatures", torch.tensor(temperatures, dtype=torch.float32))
         self.register_buffer("biases", torch.tensor(biases, dtype=torch.float32))
@@ -240,7 +251,8 @@ class ClassifierEnsemble(nn.Module):
         x = self.low_pass(x)
         out: list[torch.Tensor] = []
         for i, m in enumerate(self.members):
-            out.append(self._calibrated(m.cam_head(m.cam_features(x)), i).softmax(dim=1))
+            v = self.views[i]
+            out.append(self._calibrated(m.cam_head(m.cam_features(x[:, v:v + 1])), i).softmax(dim=1))
         return torch.stack(out)
 
     @torch.jit.export
@@ -262,7 +274,21 @@ class ClassifierEnsemble(nn.Module):
     def cam_features(self, x: torch.Tensor) -> torch.Tensor:
         """The members' last feature maps, concatenated along the channels (N, sum C_k, h, w)."""
         x = self.low_pass(x)
-        return torch.cat([m.cam_features(x) for m in self.members], dim=1)
+        feats: list[torch.Tensor] = []
+        for i, m in enumerate(self.members):
+            v = self.views[i]
+            feats.append(m.cam_features(x[:, v:v + 1]))
+        return torch.cat(feats, dim=1)
+
+    def view_channels(self) -> list[list[int]]:
+        """For each input view, the channels of :meth:`cam_features` that its members produce (Grad-CAM maps
+        each view's evidence back to the film through that view's own geometry)."""
+        groups: list[list[int]] = [[] for _ in range(self.in_channels)]
+        start = 0
+        for v, c in zip(self.views, self.channels):
+            groups[v].extend(range(start, start + c))
+            start += c
+        return groups
 
     @torch.jit.export
     def cam_head(self, f: torch.Tensor) -> torch.Tensor:
@@ -278,7 +304,7 @@ class ClassifierEnsemble(nn.Module):
 
 
 def classifier_ensemble(preset: str = "slim", members: int = 3, input_blur: int = 0,
-                        **kwargs) -> ClassifierEnsemble:
+                        views: Sequence[int] | None = None, **kwargs) -> ClassifierEnsemble:
     """``members`` :func:`resnet18_sa` networks of one preset as a :class:`ClassifierEnsemble` with identity
     calibration (load the trained state dict, which carries the members' temperatures and biases, after).
 
@@ -286,11 +312,13 @@ def classifier_ensemble(preset: str = "slim", members: int = 3, input_blur: int 
         preset: the members' :func:`resnet18_sa` preset.
         members: number of members (>= 1).
         input_blur: the ensemble's input filter (:class:`ClassifierEnsemble`; 0: none).
+        views: the input view each member reads (:class:`ClassifierEnsemble`; ``None``: one view).
         kwargs: override any :class:`ResNet18SA` argument of every member.
     """
     if int(members) < 1:
         raise ValueError(f"members must be >= 1, got {members}")
-    return ClassifierEnsemble([resnet18_sa(preset, **kwargs) for _ in range(int(members))], input_blur=input_blur)
+    return ClassifierEnsemble([resnet18_sa(preset, **kwargs) for _ in range(int(members))], input_blur=input_blur,
+                              views=views)
 
 
 class PneumoniaCNN(nn.Module):

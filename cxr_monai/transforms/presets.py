@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import EnsureTyped, MapTransform, Resized, Transform
+from monai.transforms import CopyItemsd, EnsureTyped, MapTransform, Resized, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
 from cxr_monai.transforms.augmentation import cxr_augmentation, cxr_framing_augmentation, cxr_strong_augmentation
@@ -22,6 +22,8 @@ __all__ = [
     "PercentileNormalize",
     "PercentileNormalized",
     "LoadCXRImaged",
+    "VIEWS",
+    "StackViewsd",
     "classifier_preprocessing",
     "classifier_train_transforms",
     "sr_preprocessing",
@@ -109,8 +111,44 @@ class LoadCXRImaged(MapTransform):
         return d
 
 
+VIEWS = ("whole", "lung_field")
+"""The classifier's input views: the whole film, and its lung-field view (the film cropped to the box the lungs
+define). A one-view classifier reads one of them; a two-view classifier reads both as two input channels, in
+this order."""
+
+
+class StackViewsd(MapTransform):
+    """Stack the views of an image, each held under its own key as ``(1, S, S)``, into ``(V, S, S)`` under the
+    first key (the others are removed); the lung-field box of a lung-field view goes into the stacked image's
+    metadata (:data:`cxr_monai.transforms.LUNG_FIELD_KEY`).
+
+    Args:
+        view_keys: per image key, the keys of its views in channel order (the first is the image key itself).
+    """
+
+    def __init__(self, view_keys: Mapping[str, Sequence[str]]) -> None:
+        super().__init__(list(view_keys))
+        self.view_keys = {k: list(v) for k, v in view_keys.items()}
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            parts = [d[k] for k in self.view_keys[key]]
+            meta = dict(getattr(parts[0], "meta", {}) or {})
+            for part in parts[1:]:
+                box = (getattr(part, "meta", {}) or {}).get("lung_field")
+                if box is not None:
+                    meta["lung_field"] = box
+            tensors = [p.as_tensor() if isinstance(p, MetaTensor) else torch.as_tensor(p) for p in parts]
+            d[key] = MetaTensor(torch.cat(tensors, dim=0), meta=meta)
+            for k in self.view_keys[key][1:]:
+                del d[k]
+        return d
+
+
 def classifier_preprocessing(keys: Sequence[str] = ("image",), spatial_size: int = 224,
-                             max_pixels: int = 50_000_000, lung_field: LungField | str | None = None) -> list:
+                             max_pixels: int = 50_000_000, lung_field: LungField | str | None = None,
+                             views: Sequence[str] | None = None) -> list:
     """Deterministic classifier preprocessing: load (display orientation, [0, 1]) -> with ``lung_field``,
     crop the film to its lung-field view (:class:`~cxr_monai.transforms.LungFieldCropd`: the box the lungs
     define, found by the lung-field network, so that collimation and zoom change the view little; the box is
@@ -124,14 +162,38 @@ def classifier_preprocessing(keys: Sequence[str] = ("image",), spatial_size: int
         max_pixels: refuse larger images (see :func:`cxr_monai.io.load_cxr`).
         lung_field: the lung-field network (:class:`~cxr_monai.transforms.LungField` or the path of its
             TorchScript file); ``None``: the whole film (the PneumoniaMNIST model and classifiers before 0.5).
+        views: the input views in channel order (:data:`VIEWS`; ``None``: one view, the lung-field view when
+            ``lung_field`` is given, else the whole film). ``("whole", "lung_field")`` gives ``(2, S, S)``: each
+            view is made as the one-view preprocessing makes it (crop, resize and normalisation per view).
     """
     keys = list(keys)
-    crop = [LungFieldCropd(keys, lung_field)] if lung_field is not None else []
+    if views is None:
+        views = ("lung_field",) if lung_field is not None else ("whole",)
+    views = tuple(views)
+    if not views or any(v not in VIEWS for v in views) or len(set(views)) != len(views):
+        raise ValueError(f"views must be distinct names from {VIEWS}, got {views}")
+    if "lung_field" in views and lung_field is None:
+        raise ValueError("the lung-field view needs the lung-field network (lung_field)")
+    if len(views) == 1:
+        crop = [LungFieldCropd(keys, lung_field)] if views[0] == "lung_field" else []
+        return [
+            LoadCXRImaged(keys, max_pixels=max_pixels),
+            *crop,
+            Resized(keys, spatial_size=(spatial_size, spatial_size), mode="bilinear", anti_aliasing=True),
+            PercentileNormalized(keys, lower=1.0, upper=99.0),
+            EnsureTyped(keys, dtype=torch.float32, track_meta=True),
+        ]
+    view_keys = {k: [k if i == 0 else f"{k}__view_{v}" for i, v in enumerate(views)] for k in keys}
+    extra = {v: [view_keys[k][i] for k in keys] for i, v in enumerate(views) if i > 0}
+    all_keys = [vk for k in keys for vk in view_keys[k]]
+    lung_keys = [view_keys[k][views.index("lung_field")] for k in keys] if "lung_field" in views else []
     return [
         LoadCXRImaged(keys, max_pixels=max_pixels),
-        *crop,
-        Resized(keys, spatial_size=(spatial_size, spatial_size), mode="bilinear", anti_aliasing=True),
-        PercentileNormalized(keys, lower=1.0, upper=99.0),
+        *[CopyItemsd(keys, times=1, names=names) for names in extra.values()],
+        *([LungFieldCropd(lung_keys, lung_field)] if lung_keys else []),
+        Resized(all_keys, spatial_size=(spatial_size, spatial_size), mode="bilinear", anti_aliasing=True),
+        PercentileNormalized(all_keys, lower=1.0, upper=99.0),
+        StackViewsd(view_keys),
         EnsureTyped(keys, dtype=torch.float32, track_meta=True),
     ]
 
