@@ -81,7 +81,7 @@ def test_exported_classifier_equals_bundle_network_with_temperature(models: Path
     net = load_bundle_network(CLS_BUNDLE)
     lung = load_lung_field(models / "cxr_lung" / "model.ts")
     image, _ = load_cxr(require_shared("dicom", "dx_thorax_mono1_small.dcm"))
-    x = classifier_input(image, info["image_size"], check_lung_field(info, lung))
+    x = classifier_input(image, info["image_size"], check_lung_field(info, lung), info.get("views"))
     with torch.no_grad():
         ref = torch.softmax(net(x.as_tensor()) / info["temperature"], dim=1)
         got = module(x.as_tensor())
@@ -106,15 +106,18 @@ def test_gradcam_split_matches_monai_gradcam(models: Path) -> None:
     ens = load_bundle_network(CLS_BUNDLE)
     member = ens.members[0]
     image, _ = load_cxr(require_shared("dicom", "cr_chest_pa_mono2_jpeg.dcm"))
-    x = classifier_input(image, info["image_size"],
-                         check_lung_field(info, load_lung_field(models / "cxr_lung" / "model.ts"))).as_tensor()
+    full = classifier_input(image, info["image_size"],
+                            check_lung_field(info, load_lung_field(models / "cxr_lung" / "model.ts")),
+                            info.get("views")).as_tensor()
+    x = full[:, ens.views[0]:ens.views[0] + 1]  # the view the first member reads
     scripted = torch.jit.script(CalibratedClassifier(member, 1.0).eval())
     ours = gradcam_split(scripted.cam_features, scripted.cam_head, x, 1)[0]
     ref = gradcam(member, x, "layer4", class_idx=1)[0]  # min-max normalised
     ours_mm = (ours - ours.min()) / (ours.max() - ours.min())
     assert np.corrcoef(ours_mm.ravel(), ref.ravel())[0, 1] > 0.99
-    cam = gradcam_split(module.cam_features, module.cam_head, x, 1)[0]
-    assert cam.shape == x.shape[-2:] and cam.max() == pytest.approx(1.0)
+    groups = info.get("view_channels")  # a two-view model: one map per view
+    cam = gradcam_split(module.cam_features, module.cam_head, full, 1, groups=groups)[0]
+    assert cam.shape == ((len(groups),) if groups else ()) + tuple(x.shape[-2:]) and cam.max() == pytest.approx(1.0)
 
 
 def test_super_resolve_tiled_matches_whole_image(models: Path) -> None:

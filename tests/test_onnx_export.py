@@ -12,10 +12,12 @@ import onnxruntime as ort  # a project dependency (pyproject.toml): missing is a
 import pytest
 import torch
 
+from tests.bundles import weight_checks as W
 from tests.conftest import PROJECT_ROOT
 
 CASES = {
-    "cxr_pneumonia_classifier": dict(args=["--input_shape", "[2,1,160,160]"], shapes=[(2, 1, 160, 160)]),
+    "cxr_pneumonia_classifier": dict(args=["--input_shape", str(list(W.classifier_input_shape(2))).replace(" ", "")],
+                                     shapes=[W.classifier_input_shape(2)]),
     # dynamic height and width: exported at 32 px, run at other sizes
     "cxr_sr_csaegan": dict(args=["--use_trace", "True", "--input_shape", "[1,1,32,32]", "--converter_kwargs",
                                  "{'dynamic_axes': {'x': {2: 'h', 3: 'w'}}}"], shapes=[(1, 1, 32, 32), (1, 1, 48, 40)]),

@@ -12,7 +12,9 @@ import torch
 
 from cxr_monai.io import load_cxr
 from cxr_monai.scope import (MAX_AGE_YEARS, NEGATIVE_KINDS, OUT_OF_SCOPE, ScopeDecision, ScopeGateModule,
-                             header_scope_reason, load_scope_gate, negative_set, patient_age_years, scope_net)
+                             gate_lung_field_of, header_scope_reason, load_scope_gate, negative_set,
+                             patient_age_years, scope_net)
+from cxr_monai.transforms import load_lung_field
 from cxr_monai.scope.training import adult_split, augment_batch, fit_feature_stats, preprocess_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,49 +125,78 @@ def gate():
     return load_scope_gate(GATE_FILE)
 
 
-def test_shipped_gate_refuses_generated_non_radiographs(gate) -> None:
-    """New procedural images (a seed never used in training): every kind refused."""
+@pytest.fixture(scope="module")
+def gate_lung():
+    """The lung-field network the shipped gate reads its own view through (``None`` for a whole-film gate)."""
+    path = gate_lung_field_of(GATE_FILE)
+    return load_lung_field(path) if path else None
+
+
+def _decide(gate, lung, items, framing=None):
+    """The shipped gate's decisions on its own view of ``items`` (paths or arrays), with the lung-field rule."""
+    x, boxes = preprocess_images(items, gate.image_size, lung_field=lung, framing=framing, return_boxes=True)
+    return gate.check(x.float() / 255.0, [{"lung_field": b} if b else None for b in boxes])
+
+
+def test_shipped_gate_refuses_generated_non_radiographs(gate, gate_lung) -> None:
+    """New procedural images (a seed never used in training): every kind refused, by the image check or because
+    no lungs are found on them."""
     images, kinds = negative_set(6, seed=12345, size=224)
-    x = preprocess_images(images, gate.image_size).float() / 255.0
-    decisions = gate.check(x)
+    decisions = _decide(gate, gate_lung, images)
     refused = {k: 0 for k in NEGATIVE_KINDS}
     for k, d in zip(kinds, decisions):
         refused[k] += not d.in_scope
     assert all(v == 6 for v in refused.values()), refused
-    assert all(d.reason.startswith("image check:") for d in decisions)
+    assert all(d.reason.startswith(("image check:", "lung field:")) for d in decisions)
 
 
 @needs_shared
-def test_shipped_gate_keeps_validation_radiographs_and_refuses_held_out_adults(gate) -> None:
+def test_shipped_gate_keeps_validation_radiographs_and_refuses_held_out_adults(gate, gate_lung) -> None:
     """In-population validation images (the classifier's own validation split) are kept at the calibrated rate;
     adults the gate never trained on (the held-out 30 %) are refused."""
     from cxr_monai.data import training_split
 
     val = training_split(SHARED / "kermany224" / "train", 0.15, 0)[1][::4]  # every 4th: ~200 images
-    x = preprocess_images([it["image"] for it in val], gate.image_size).float() / 255.0
-    refused_val = np.mean([not d.in_scope for d in gate.check(x)])
+    refused_val = np.mean([not d.in_scope for d in _decide(gate, gate_lung, [it["image"] for it in val])])
     assert refused_val <= 0.03, refused_val  # calibrated to at most 2 % on the whole split
     adults = adult_split(SHARED / "adult_normal_nih")[1][::3]  # ~80 of the 240 held out
-    xa = preprocess_images(adults, gate.image_size).float() / 255.0
-    refused_adults = np.mean([not d.in_scope for d in gate.check(xa)])
+    refused_adults = np.mean([not d.in_scope for d in _decide(gate, gate_lung, adults)])
     assert refused_adults >= 0.9, refused_adults
 
 
 @needs_shared
-def test_shipped_gate_on_dicom_headers_and_pixels(gate) -> None:
+def test_shipped_gate_pass_region_edges(gate, gate_lung) -> None:
+    """The tested pass region's edges (model card, "Intended use"): children's films collimated to 0.7 of each side
+    stay in scope; the same films upside down or turned 90 degrees, and held-out adults cropped to 0.7 and 0.5,
+    are refused."""
+    if gate_lung is None:
+        pytest.fail("the shipped gate reads no lung-field view: the pass region below is not its own")
+    from cxr_monai.data import training_split
+
+    kids = [it["image"] for it in training_split(SHARED / "kermany224" / "train", 0.15, 0)[1][::20]]  # 40 films
+    kept = {f: np.mean([d.in_scope for d in _decide(gate, gate_lung, kids, f)]) for f in ("crop:0.7", "rot:180", "rot:90")}
+    assert kept["crop:0.7"] >= 0.9 and kept["rot:180"] == 0.0 and kept["rot:90"] == 0.0, kept
+    adults = adult_split(SHARED / "adult_normal_nih")[1][::6]  # 40 of the 240 held out
+    for f in ("crop:0.7", "crop:0.5"):
+        refused = np.mean([not d.in_scope for d in _decide(gate, gate_lung, adults, f)])
+        assert refused >= 0.9, (f, refused)
+
+
+@needs_shared
+def test_shipped_gate_on_dicom_headers_and_pixels(gate, gate_lung) -> None:
     """The extremity CR is refused by its header and, with its tags ignored, by its pixels; a paediatric chest
     with an adult PatientAge is refused by the header rule only."""
     from cxr_monai.inference import check_scope
 
     image, meta = load_cxr(SHARED / "dicom" / "cr_extremity_mono1_j2k.dcm")
-    d = check_scope(gate, image, meta)
+    d = check_scope(gate, image, meta, lung_field=gate_lung)
     assert not d.in_scope and d.reason.startswith("header:") and "EXTREMITY" in d.reason
-    assert not check_scope(gate, image, None).in_scope
+    assert not check_scope(gate, image, None, lung_field=gate_lung).in_scope
     child = sorted((SHARED / "kermany224" / "train" / "NORMAL").iterdir())[0]
     image, meta = load_cxr(child)
-    assert check_scope(gate, image, meta).in_scope
+    assert check_scope(gate, image, meta, lung_field=gate_lung).in_scope
     adult_tags = {**meta, "modality": "CR", "dicom_tags": {**meta["dicom_tags"], "PatientAge": "052Y"}}
-    d = check_scope(gate, image, adult_tags)
+    d = check_scope(gate, image, adult_tags, lung_field=gate_lung)
     assert not d.in_scope and "age 52.0" in d.reason
 
 
@@ -173,7 +204,13 @@ def test_shipped_gate_report_meets_its_targets() -> None:
     """The committed check report (configs/scope_train.json) shows the calibration rule held: at most 2 % of the
     in-population validation split refused, every held-out procedural kind refused."""
     report = json.loads(REPORT.read_text())
-    assert report["in_population_validation"]["fraction_out_of_scope"] <= 0.02
+    val = report["in_population_validation"]
+    if "whole" in val:  # a gate trained at every framing reports each: the pass region kept, turned films refused
+        for framing in ("whole", "crop:0.85", "crop:0.7", "pad:1.3", "rot:10", "rot:-10"):
+            assert val[framing]["fraction_out_of_scope"] <= 0.02, (framing, val[framing])
+        assert val["rot:180"]["fraction_out_of_scope"] >= 0.99 and val["rot:90"]["fraction_out_of_scope"] >= 0.99
+    else:
+        assert val["fraction_out_of_scope"] <= 0.02
     assert all(v["fraction_out_of_scope"] == 1.0 for v in report["generated_held_out"].values())
     thresholds = report["gate"]["thresholds"]
     gate_info = load_scope_gate(GATE_FILE).info

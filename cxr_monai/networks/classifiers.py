@@ -248,6 +248,8 @@ class ClassifierEnsemble(nn.Module):
     @torch.jit.export
     def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities of each member, (K, N, num_classes)."""
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected an input with {self.in_channels} view channel(s), got {x.shape[1]}")
         x = self.low_pass(x)
         out: list[torch.Tensor] = []
         for i, m in enumerate(self.members):
@@ -273,6 +275,9 @@ class ClassifierEnsemble(nn.Module):
     @torch.jit.export
     def cam_features(self, x: torch.Tensor) -> torch.Tensor:
         """The members' last feature maps, concatenated along the channels (N, sum C_k, h, w)."""
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected an input with {self.in_channels} view channel(s) (N, {self.in_channels}, S, S), "
+                             f"got {x.shape[1]}: preprocess with the views of the classifier's calibration")
         x = self.low_pass(x)
         feats: list[torch.Tensor] = []
         for i, m in enumerate(self.members):

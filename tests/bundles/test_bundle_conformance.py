@@ -165,7 +165,7 @@ def test_shipped_reference_network_separates_the_classes() -> None:
     assert W.reference_auc(W.permuted(net), size) < W.REFERENCE_AUC_FLOOR
 
 
-@pytest.mark.parametrize("bundle,shape", [("cxr_pneumonia_classifier", (2, 1, 160, 160)),
+@pytest.mark.parametrize("bundle,shape", [("cxr_pneumonia_classifier", W.classifier_input_shape(2)),
                                           ("cxr_sr_csaegan", (1, 1, 48, 40))])
 def test_shipped_torchscript_equals_the_checkpoint(bundle: str, shape: tuple) -> None:
     """models/model.ts computes what models/model.pt does (float32 tolerance: other code paths)."""

@@ -117,7 +117,7 @@ def test_monai_verify_net_in_out_and_ckpt_export(tmp_path):
                           str(BUNDLE / "models" / "model.pt"), "--meta_file", meta, "--config_file", cfg,
                           "--bundle_root", str(BUNDLE)], check=True)
     scripted = torch.jit.load(str(ts))
-    assert scripted(torch.rand(1, 1, 160, 160)).shape == (1, 2)
+    assert scripted(torch.rand(*W.classifier_input_shape(1))).shape == (1, 2)
 
 
 def test_gpu_switches_default_off_on_cpu_and_channels_last_trains(phantom_dataset, tmp_path):

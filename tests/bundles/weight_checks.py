@@ -57,6 +57,21 @@ def classifier_lung_field() -> Path | None:
     return path
 
 
+def classifier_input_shape(batch: int = 1) -> tuple[int, int, int, int]:
+    """``(batch, C, S, S)`` of the shipped classifier's network input, from ``configs/metadata.json``."""
+    from cxr_monai.utils import read_json
+
+    image = read_json(BUNDLES / "cxr_pneumonia_classifier" / "configs" / "metadata.json")["network_data_format"]["inputs"]["image"]
+    return (batch, int(image["num_channels"]), *map(int, image["spatial_shape"]))
+
+
+def classifier_views() -> list[str] | None:
+    """The input views of the shipped classifier (``views`` in ``models/calibration.json``; ``None``: one view)."""
+    from cxr_monai.utils import read_json
+
+    return read_json(BUNDLES / "cxr_pneumonia_classifier" / "models" / "calibration.json").get("views")
+
+
 def classifier_auc(net: nn.Module, per_class: int = 30) -> float:
     """AUC of PNEUMONIA on the first ``per_class`` images of each class of the patient-aware validation split
     of kermany224/train (the split the shipped model was validated on, never trained on)."""
@@ -68,7 +83,8 @@ def classifier_auc(net: nn.Module, per_class: int = 30) -> float:
 
     _, val = training_split(require_shared("kermany224", "train"), 0.15, 0)
     items = [d for d in val if int(d["label"]) == 0][:per_class] + [d for d in val if int(d["label"]) == 1][:per_class]
-    pre = Compose(classifier_preprocessing(["image"], classifier_image_size(), lung_field=classifier_lung_field()))
+    pre = Compose(classifier_preprocessing(["image"], classifier_image_size(), lung_field=classifier_lung_field(),
+                                           views=classifier_views()))
     x = torch.stack([torch.as_tensor(pre({"image": d["image"]})["image"]) for d in items])
     with torch.no_grad():
         p = torch.softmax(net.eval()(x), 1)[:, 1].numpy()
@@ -131,7 +147,8 @@ def generator_fidelity(net: nn.Module, per_class: int = 24) -> tuple[float, floa
 
     cls = classifier_network()
     cal = read_json(BUNDLES / "cxr_pneumonia_classifier" / "models" / "calibration.json")
-    pre = Compose(classifier_preprocessing(["image"], classifier_image_size(), lung_field=classifier_lung_field()))
+    pre = Compose(classifier_preprocessing(["image"], classifier_image_size(), lung_field=classifier_lung_field(),
+                                           views=classifier_views()))
     out = []
     for c in (0, 1):
         imgs, _ = generate(net, per_class, c, seed=123)
