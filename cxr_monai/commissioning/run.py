@@ -58,7 +58,7 @@ from cxr_monai.metrics.classification import (
     roc_auc,
 )
 from cxr_monai.metrics.classification import reliability_bins, roc_curve
-from cxr_monai.scope import load_scope_gate
+from cxr_monai.scope import load_scope_check, require_own_view
 from cxr_monai.commissioning.monitor import image_statistics
 from cxr_monai.io import CXRInputError, load_cxr
 from cxr_monai.commissioning.monitor import build_reference, write_reference
@@ -315,9 +315,19 @@ def write_site_calibration(report: Mapping[str, Any], output_dir: str | os.PathL
 # ------------------------------------------------------------------------------------------- the bundle's run
 
 
-def default_scope_check(gate_file: str | os.PathLike | None, device: str | torch.device = "cpu"
+def default_scope_check(gate_file: str | os.PathLike | None, device: str | torch.device = "cpu",
+                        image_size: int | None = None, classifier_lung_field: str | os.PathLike | None = None
                         ) -> Callable[..., list]:
-    """``gate.check`` of the bundle's intended-population gate.
+    """The decisions of the bundle's intended-population gate on the classifier batches, the same as inference's
+    (:func:`cxr_monai.scope.load_scope_check`: the gate's own view of each film, as
+    :func:`cxr_monai.inference.check_scope`; the gate's ``check`` on the network input when that is its view).
+
+    Args:
+        gate_file: the gate (``models/scope_gate.ts``).
+        device: where it runs.
+        image_size: the classifier's input side (``None``: the gate's own).
+        classifier_lung_field: the lung-field network the classifier's input is made through (``None``: the whole
+            film).
 
     Raises:
         ScopeGateError: no gate at ``gate_file``: a site calibration must be fitted on the in-scope set of the gate
@@ -326,8 +336,7 @@ def default_scope_check(gate_file: str | os.PathLike | None, device: str | torch
     if gate_file is None or not Path(gate_file).is_file():
         raise ScopeGateError(f"{gate_file}: intended-population gate not found; commissioning needs the gate the "
                              "model will run with (or --use_scope_gate False to commission without it, explicitly)")
-
-    return load_scope_gate(gate_file, device).check
+    return load_scope_check(gate_file, image_size, classifier_lung_field, device)
 
 
 class CommissioningCollector:
@@ -335,14 +344,16 @@ class CommissioningCollector:
     the intended-population decision.
 
     Args:
-        scope_check: ``f(x, metas) -> decisions`` with ``in_scope`` and ``reason`` (``ScopeGate.check``) run on the
-            network input batch; ``None``: every image in scope.
+        scope_check: ``f(x, metas) -> decisions`` with ``in_scope`` and ``reason``, given the network input batch
+            (:func:`default_scope_check`: the same decisions as the bundle's inference; a gate's own ``check`` only
+            for a gate that names no lung-field network); ``None``: every image in scope.
         temperature: the default temperature (log-odds are ``(z1 - z0) / T``).
         image_key, label_key, pred_key: item keys (``pred``: the raw network output, no softmax).
     """
 
     def __init__(self, scope_check: Callable[..., Sequence[Any]] | None = None, temperature: float = 1.0,
                  image_key: str = "image", label_key: str = "label", pred_key: str = "pred") -> None:
+        require_own_view(scope_check, "CommissioningCollector")
         self.scope_check = scope_check
         self.temperature = float(temperature)
         self.image_key, self.label_key, self.pred_key = image_key, label_key, pred_key

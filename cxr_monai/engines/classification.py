@@ -28,7 +28,7 @@ from cxr_monai.metrics.classification import (
 from cxr_monai.utils import bare_state_dict, item_name
 from cxr_monai.utils import read_json
 from ignite.engine import Events
-from cxr_monai.scope import OUT_OF_SCOPE
+from cxr_monai.scope import OUT_OF_SCOPE, require_own_view
 from cxr_monai.explain import gradcam, gradcam_split, save_overlay
 from cxr_monai.explain import FeatureMapCollector, save_feature_maps
 from cxr_monai.engines.ema import make_ema
@@ -79,8 +79,11 @@ class ClassificationWriter:
         calibration: the calibration in force (:func:`cxr_monai.commissioning.calibration_in_force`: ``source``
             ``"default"`` or ``"site"``, ``id``, ``date``, ...); when given, every row gets a ``calibration`` column
             (``default`` or ``site:<id>:<date>``) and ``metrics.json`` the record as ``calibration``.
-        scope_gate: the intended-population gate (:class:`cxr_monai.scope.ScopeGate`); when given, every row
-            gets ``in_scope`` (1/0) and ``scope_reason`` (empty when in scope), an out-of-scope image is labelled
+        scope_gate: the intended-population check: :class:`cxr_monai.scope.ScopeCheck`
+            (:func:`cxr_monai.scope.load_scope_check`: the gate's decision on its own view of each film, as
+            :func:`cxr_monai.inference.check_scope`), or a :class:`cxr_monai.scope.ScopeGate` that names no
+            lung-field network (it reads the network input as it is; a gate that names one is refused); when given,
+            every row gets ``in_scope`` (1/0) and ``scope_reason`` (empty when in scope), an out-of-scope image is labelled
             ``OUT_OF_SCOPE`` (its probability is still written) and gets no Grad-CAM, and ``metrics.json`` is
             computed on in-scope images only, with ``n_out_of_scope`` added.
         feature_maps: also write ``feature_maps/<image name>.png`` per explained image (the same images and
@@ -125,6 +128,7 @@ class ClassificationWriter:
         self.gradcam_max = gradcam_max
         self.n_boot = int(n_boot)
         self.image_key, self.label_key, self.pred_key = image_key, label_key, pred_key
+        require_own_view(scope_gate, "ClassificationWriter")
         self.scope_gate = scope_gate
         self.calibration = dict(calibration) if calibration else None
         self.rows: list[dict] = []
@@ -154,7 +158,7 @@ class ClassificationWriter:
                 row["calibration"] = _calibration_label(self.calibration)
             new_rows.append(row)
         if self.scope_gate is not None:
-
+            # the network batch goes as it is; a ScopeCheck reads the gate's own view where it differs
             images = [torch.as_tensor(item[self.image_key]) for item in outputs]
             metas = [getattr(item[self.image_key], "meta", None) for item in outputs]
             for row, decision in zip(new_rows, self.scope_gate.check(torch.stack(images), metas)):
