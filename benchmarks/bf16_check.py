@@ -65,22 +65,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bf16_check.json"))
     args = ap.parse_args(argv)
 
-    from cxr_monai.export import CLASSIFIER_NAME, SR_NAME, find_model_file, load_deploy_model
+    from cxr_monai.export import CLASSIFIER_NAME, LUNG_NAME, SR_NAME, find_model_file, load_deploy_model
     from cxr_monai.inference import classify, cpu_has_bf16_units, super_resolve
     from cxr_monai.io import load_cxr
     from cxr_monai.transforms.degradation import simulate_low_resolution
+    from cxr_monai.transforms import load_lung_field
     from cxr_monai.utils import configure_threads
 
     threads = configure_threads()
     sr_model, sr_info = load_deploy_model(find_model_file(args.models, SR_NAME), "cpu", kind="super_resolution")
     cls_model, cls_info = load_deploy_model(find_model_file(args.models, CLASSIFIER_NAME), "cpu", kind="classifier")
+    lung_dir = Path(args.models) / LUNG_NAME  # a classifier that reads the lung-field view needs it
+    lung = load_lung_field(find_model_file(args.models, LUNG_NAME), "cpu") if lung_dir.is_dir() else None
 
     # warm both paths up (TorchScript optimises on the first calls)
     warm = np.random.default_rng(0).random((1, 128, 128), dtype=np.float32)
     for setting in ("0", "1"):
         for _ in range(2):
             _with(setting, lambda: super_resolve(sr_model, warm[:, :64, :64], sr_info, "cpu"))
-            _with(setting, lambda: classify(cls_model, warm, cls_info, "cpu"))
+            _with(setting, lambda: classify(cls_model, warm, cls_info, "cpu", lung_field=lung))
 
     split = json.loads((ROOT / "bundles" / "cxr_sr_csaegan" / "configs" / "datalist.json").read_text())["validation"]
     sr_rows = []
@@ -105,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p32, p16, y, t32s, t16s = [], [], [], 0.0, 0.0
     for f, label in files:
         img = load_cxr(f)[0]
-        a, t32 = _with("0", lambda: classify(cls_model, img, cls_info, "cpu"))
-        b, t16 = _with("1", lambda: classify(cls_model, img, cls_info, "cpu"))
+        a, t32 = _with("0", lambda: classify(cls_model, img, cls_info, "cpu", lung_field=lung))
+        b, t16 = _with("1", lambda: classify(cls_model, img, cls_info, "cpu", lung_field=lung))
         p32.append(a["probability"])
         p16.append(b["probability"])
         y.append(label)

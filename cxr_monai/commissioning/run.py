@@ -316,8 +316,8 @@ def write_site_calibration(report: Mapping[str, Any], output_dir: str | os.PathL
 
 
 def default_scope_check(gate_file: str | os.PathLike | None, device: str | torch.device = "cpu",
-                        image_size: int | None = None, classifier_lung_field: str | os.PathLike | None = None
-                        ) -> Callable[..., list]:
+                        image_size: int | None = None, classifier_lung_field: str | os.PathLike | None = None,
+                        classifier_views: Sequence[str] | None = None) -> Callable[..., list]:
     """The decisions of the bundle's intended-population gate on the classifier batches, the same as inference's
     (:func:`cxr_monai.scope.load_scope_check`: the gate's own view of each film, as
     :func:`cxr_monai.inference.check_scope`; the gate's ``check`` on the network input when that is its view).
@@ -328,6 +328,7 @@ def default_scope_check(gate_file: str | os.PathLike | None, device: str | torch
         image_size: the classifier's input side (``None``: the gate's own).
         classifier_lung_field: the lung-field network the classifier's input is made through (``None``: the whole
             film).
+        classifier_views: the classifier's input views (``None``: one view).
 
     Raises:
         ScopeGateError: no gate at ``gate_file``: a site calibration must be fitted on the in-scope set of the gate
@@ -336,7 +337,7 @@ def default_scope_check(gate_file: str | os.PathLike | None, device: str | torch
     if gate_file is None or not Path(gate_file).is_file():
         raise ScopeGateError(f"{gate_file}: intended-population gate not found; commissioning needs the gate the "
                              "model will run with (or --use_scope_gate False to commission without it, explicitly)")
-    return load_scope_check(gate_file, image_size, classifier_lung_field, device)
+    return load_scope_check(gate_file, image_size, classifier_lung_field, device, classifier_views)
 
 
 class CommissioningCollector:

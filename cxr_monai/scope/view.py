@@ -53,6 +53,8 @@ class ScopeCheck:
         classifier_lung_field: the lung-field network the classifier's input was made through (``None``: the
             whole film, :func:`cxr_monai.transforms.lung_field_of`).
         max_pixels: the pixel limit of the films read again (:func:`cxr_monai.io.load_cxr`).
+        classifier_views: the classifier's input views (``None``: one view); a two-view input
+            (``('whole', 'lung_field')``) is never the gate's view, whatever lung-field network made it.
 
     Raises:
         DeployModelError: the gate names a lung-field network and none, or another one, was given
@@ -62,7 +64,7 @@ class ScopeCheck:
     def __init__(self, gate: ScopeGate, image_size: int | None = None,
                  lung_field: LungField | str | os.PathLike | None = None,
                  classifier_lung_field: LungField | str | os.PathLike | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, classifier_views: Sequence[str] | None = None) -> None:
         self.gate = gate
         self.image_size = int(image_size if image_size is not None else gate.image_size)
         self.max_pixels = int(max_pixels)
@@ -76,7 +78,8 @@ class ScopeCheck:
         self.lung_field = check_lung_field(gate.info, lung_field)
         # the classifier's batch is the gate's view: the gate checks it as it is (the only path of a gate that
         # names no lung-field network)
-        self.reads_batch = self.lung_field is None or _lung_field_sha(classifier_lung_field) == want
+        one_view = classifier_views is None or len(classifier_views) == 1
+        self.reads_batch = self.lung_field is None or (one_view and _lung_field_sha(classifier_lung_field) == want)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -87,7 +90,7 @@ class ScopeCheck:
         """The scope decision of each film of a batch.
 
         Args:
-            x: the classifier's network input (N, 1, S, S) of the films.
+            x: the classifier's network input (N, V, S, S) of the films.
             metas: their metadata (a decollated MetaTensor's ``meta``): headers, the classifier view's
                 ``lung_field`` box, and ``filename_or_obj``, the file read again when the gate reads its own view.
 
@@ -114,7 +117,7 @@ class ScopeCheck:
 
 def load_scope_check(scope_gate_file: str | os.PathLike, image_size: int | None = None,
                      classifier_lung_field: LungField | str | os.PathLike | None = None,
-                     device: str | torch.device = "cpu") -> ScopeCheck:
+                     device: str | torch.device = "cpu", classifier_views: Sequence[str] | None = None) -> ScopeCheck:
     """The bundle's :class:`ScopeCheck`: the gate at ``scope_gate_file`` with the lung-field network it names
     (``lung_field.ts`` beside it, hash-checked: :func:`cxr_monai.scope.gate_lung_field_of`).
 
@@ -124,9 +127,11 @@ def load_scope_check(scope_gate_file: str | os.PathLike, image_size: int | None 
         classifier_lung_field: the lung-field network the classifier's input was made through (``None``: the
             whole film).
         device: where the gate and its lung-field network run.
+        classifier_views: the classifier's input views (``None``: one view; :class:`ScopeCheck`).
     """
     gate = load_scope_gate(scope_gate_file, device)
-    return ScopeCheck(gate, image_size, gate_lung_field_of(scope_gate_file), classifier_lung_field)
+    return ScopeCheck(gate, image_size, gate_lung_field_of(scope_gate_file), classifier_lung_field,
+                      classifier_views=classifier_views)
 
 
 def require_own_view(scope_check: Any, where: str) -> None:

@@ -32,7 +32,8 @@ from cxr_monai.commissioning.monitor import image_statistics, measure_false_alar
 from cxr_monai.commissioning import check_deployed_gate
 from cxr_monai.export import export_classifier, load_deploy_model
 from cxr_monai.inference import check_scope, classify
-from cxr_monai.scope import load_scope_gate
+from cxr_monai.scope import gate_lung_field_of, load_scope_gate
+from cxr_monai.transforms import load_lung_field, lung_field_of
 from cxr_monai.commissioning import sha256_file
 from cxr_monai.data import class_folder_datalist, list_images, training_split
 from cxr_monai.io import load_cxr
@@ -89,14 +90,16 @@ def deployed_assessor(bundle_root: str | os.PathLike, site_dir: str | os.PathLik
                                     device, kind="classifier")
     gate = load_scope_gate(bundle_root / "models" / "scope_gate.ts", device)
     check_deployed_gate(info, {"weights_sha256": _sha(bundle_root / "models" / "scope_gate.ts")})
+    lung_file = lung_field_of(bundle_root / "models") or gate_lung_field_of(bundle_root / "models" / "scope_gate.ts")
+    lung = load_lung_field(lung_file, device) if lung_file else None  # what the app gets as cxr_lung
 
     def assess(image: np.ndarray, meta: dict, name: str) -> dict:
-        decision = check_scope(gate, image, meta, image_size=int(info.get("image_size", 160)))
+        decision = check_scope(gate, image, meta, image_size=int(info.get("image_size", 160)), lung_field=lung)
         rec: dict[str, Any] = {"file": name, "status": "ok" if decision.in_scope else "out_of_scope",
                                "reason": decision.reason, "shape": list(image.shape[1:]),
                                "scope": decision.as_dict(), "image_stats": image_statistics(image)}
         if decision.in_scope:
-            out = classify(model, image, info, device)
+            out = classify(model, image, info, device, lung_field=lung)
             rec["classification"] = {k: out[k] for k in ("probability", "label", "label_index", "threshold")}
         return rec
 

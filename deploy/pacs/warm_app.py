@@ -67,9 +67,10 @@ def main() -> int:
 def _preload(models: str) -> None:
     """Load every model into the operators' cache, as the app's operators would on their first image."""
     import operators as ops  # the app's module, as app.py imports it
-    from cxr_monai.export import CLASSIFIER_NAME, SCOPE_NAME, SR_NAME, find_model_file, load_deploy_model
+    from cxr_monai.export import CLASSIFIER_NAME, LUNG_NAME, SCOPE_NAME, SR_NAME, find_model_file, load_deploy_model
     from cxr_monai.inference import select_device
     from cxr_monai.scope import load_scope_gate
+    from cxr_monai.transforms import load_lung_field
     from cxr_monai.utils import configure_threads
 
     configure_threads()
@@ -88,11 +89,14 @@ def _preload(models: str) -> None:
 
     image = np.random.default_rng(0).random((1, 128, 128), dtype=np.float32)
     (sr_model, sr_info), (cls_model, cls_info) = loaded["SuperResolutionOperator"], loaded["PneumoniaClassifierOperator"]
-    check_scope(loaded["ScopeGateOperator"], image, None, image_size=int(cls_info.get("image_size", 160)))
+    lung_dir = Path(models) / LUNG_NAME  # the lung-field network the gate and the classifier may read through
+    lung = load_lung_field(find_model_file(models, LUNG_NAME), device) if lung_dir.is_dir() else None
+    check_scope(loaded["ScopeGateOperator"], image, None, image_size=int(cls_info.get("image_size", 160)),
+                lung_field=lung)
     super_resolve(sr_model, image, sr_info, device)
     for _ in range(2):
-        classify(cls_model, image, cls_info, device)
-        classify(cls_model, image, cls_info, device, with_cam=True)
+        classify(cls_model, image, cls_info, device, lung_field=lung)
+        classify(cls_model, image, cls_info, device, with_cam=True, lung_field=lung)
 
 
 if __name__ == "__main__":
