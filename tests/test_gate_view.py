@@ -112,8 +112,8 @@ def _expected(gate_file: Path, files) -> dict[str, tuple[int, str]]:
     return out
 
 
-def _infer(out: Path, data: Path, **overrides) -> dict[str, dict]:
-    run_workflow(BUNDLE, "inference.json", "infer", dataset_dir=str(data), output_dir=str(out), gradcam_layer=None,
+def _infer(out: Path, data: Path, configs=("inference.json",), **overrides) -> dict[str, dict]:
+    run_workflow(BUNDLE, list(configs), "infer", dataset_dir=str(data), output_dir=str(out), gradcam_layer=None,
                  **overrides)
     return {Path(r["file"]).name: r for r in json.loads((out / "predictions.json").read_text())}
 
@@ -140,6 +140,13 @@ def test_bundle_inference_decides_on_the_gates_own_view(films, models, tmp_path)
     assert not any("lung field" in got[n]["scope_reason"] for n in children)
     image_check = [got[n]["in_scope"] for n in children]
     assert 0 < sum(image_check) < len(children), image_check  # the image check is decisive on these films
+    # evaluation (evaluate.json over inference.json): the same decisions, and metrics on the in-scope films only
+    ev = _infer(tmp_path / "eval", films, ("inference.json", "evaluate.json"), models_dir=str(models),
+                scope_gate_file=str(gate_file), n_boot=0, gradcam_max=0)
+    assert {n: (r["in_scope"], r["scope_reason"]) for n, r in ev.items()} == want
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n_out_of_scope"] == sum(1 for s, _ in want.values() if not s) and metrics["n"] == 7 - metrics[
+        "n_out_of_scope"]
     shipped = _infer(tmp_path / "shipped", films)
     assert set(shipped) == set(got)
     for n in got:
@@ -189,7 +196,9 @@ def test_a_gate_reading_the_classifier_input_keeps_its_path(films, models) -> No
     want = [check_scope(same.gate, *load_cxr(f), SIZE, same.lung_field) for f in files]
     assert [(g.in_scope, g.reason.split("(")[0]) for g in got] == [(w.in_scope, w.reason.split("(")[0]) for w in want]
     for g, w in zip(got, want):
-        assert g.distance == pytest.approx(w.distance, rel=1e-5) and g.lung_field == w.lung_field
+        assert g.distance == pytest.approx(w.distance, rel=1e-5) and set(g.lung_field) == set(w.lung_field)
+        for k, v in w.lung_field.items():
+            assert g.lung_field[k] == (v if isinstance(v, (bool, str)) else pytest.approx(v, rel=1e-5, abs=1e-7)), k
 
     bare = load_scope_gate(models / "scope_gate.ts")
     with pytest.raises(ValueError, match="own lung-field view"):

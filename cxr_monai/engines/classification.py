@@ -82,10 +82,10 @@ class ClassificationWriter:
         scope_gate: the intended-population check: :class:`cxr_monai.scope.ScopeCheck`
             (:func:`cxr_monai.scope.load_scope_check`: the gate's decision on its own view of each film, as
             :func:`cxr_monai.inference.check_scope`), or a :class:`cxr_monai.scope.ScopeGate` that names no
-            lung-field network (it reads the network input as it is; a gate that names one is refused); when given,
-            every row gets ``in_scope`` (1/0) and ``scope_reason`` (empty when in scope), an out-of-scope image is labelled
-            ``OUT_OF_SCOPE`` (its probability is still written) and gets no Grad-CAM, and ``metrics.json`` is
-            computed on in-scope images only, with ``n_out_of_scope`` added.
+            lung-field network (it reads the network input as it is; a gate that names one is refused); when
+            given, every row gets ``in_scope`` (1/0) and ``scope_reason`` (empty when in scope), an out-of-scope
+            image is labelled ``OUT_OF_SCOPE`` (its probability is still written) and gets no Grad-CAM, and
+            ``metrics.json`` is computed on in-scope images only, with ``n_out_of_scope`` added.
         feature_maps: also write ``feature_maps/<image name>.png`` per explained image (the same images and
             ``gradcam_max`` budget as Grad-CAM): the input, its Grad-CAM and the strongest channels of every stage
             and the spatial-attention maps of each network (:func:`cxr_monai.explain.save_feature_maps`, from
