@@ -160,15 +160,15 @@ def generator_fidelity(net: nn.Module, per_class: int = 24) -> tuple[float, floa
     return out[0], out[1]
 
 
-def classifier_logits(net: nn.Module, items: list[dict], image_size: int,
-                      lung_field: Path | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Logits of ``net`` on ``items`` (the bundle's classifier preprocessing, with ``lung_field``'s view when given)
-    and their labels."""
+def classifier_logits(net: nn.Module, items: list[dict], image_size: int, lung_field: Path | None = None,
+                      views: list[str] | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits of ``net`` on ``items`` (the bundle's classifier preprocessing, with ``lung_field`` and ``views`` as
+    the classifier's calibration names them) and their labels."""
     from monai.transforms import Compose
 
     from cxr_monai.transforms import classifier_preprocessing
 
-    pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field))
+    pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field, views=views))
     logits = []
     for i in range(0, len(items), 64):
         x = torch.stack([torch.as_tensor(pre({"image": d["image"]})["image"]) for d in items[i:i + 64]])
