@@ -140,3 +140,27 @@ def test_framing_verdict_compares_floors_up_to_float_rounding() -> None:
 
     assert judge_framing(report(0.9499999999999998))["points"]["1_tight_collimation"]["holds"]
     assert not judge_framing(report(0.9499))["points"]["1_tight_collimation"]["holds"]
+
+
+def test_write_reframed_folder_keeps_the_class_layout(tmp_path: Path) -> None:
+    """A class-folder set written under one framing: same layout and names (as PNG), each film the central crop."""
+    import os
+
+    from PIL import Image
+
+    from cxr_monai.io import load_cxr
+    from cxr_monai.studies.framing import write_reframed_folder
+
+    data = Path(os.environ.get("CXR_SHARED_DATA", ROOT.parent / "shared" / "data")) / "kermany_site_sample"
+    src = tmp_path / "src"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (src / cls).mkdir(parents=True)
+        f = sorted((data / cls).iterdir())[0]
+        shutil.copy(f, src / cls / f.name)
+    assert write_reframed_folder(src, tmp_path / "out", "crop:0.85") == 2
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (f,) = list((src / cls).iterdir())
+        out = tmp_path / "out" / cls / f"{f.stem}.png"
+        h, w = load_cxr(f)[0].shape[-2:]
+        got = np.array(Image.open(out))
+        assert got.dtype == np.uint16 and abs(got.shape[0] - 0.85 * h) <= 1 and abs(got.shape[1] - 0.85 * w) <= 1

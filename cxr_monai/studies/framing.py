@@ -38,7 +38,8 @@ from cxr_monai.utils import bare_state_dict, read_json
 
 __all__ = ["FRAMING_RULE", "judge_framing", "read_framings", "framing_study", "framing_table", "gradcam_in_lungs",
            "held_out_adults", "load_ensemble", "load_reader", "mixed_logodds", "mixed_validation_auc",
-           "pass_region_limits", "GATE_RULE", "judge_gate_change", "framing_figure", "NON_INFERIORITY"]
+           "pass_region_limits", "GATE_RULE", "judge_gate_change", "framing_figure", "NON_INFERIORITY",
+           "write_reframed_folder"]
 
 def read_framings(images: Sequence[np.ndarray], framing: str, image_size: int, lung_field: Any,
                   desc: str = "", views: Sequence[str] | None = None) -> tuple[torch.Tensor, list[dict]]:
@@ -208,6 +209,21 @@ def pass_region_limits(lung_field: Any, items: Sequence[dict], output_file: str 
         Path(output_file).parent.mkdir(parents=True, exist_ok=True)
         Path(output_file).write_text(json.dumps(out, indent=1))
     return out
+
+
+def write_reframed_folder(src_dir: str | Path, dst_dir: str | Path, framing: str) -> int:
+    """Write every film of a class-folder set (``NORMAL/``, ``PNEUMONIA/``) under one framing as 16-bit PNGs in the
+    same layout (so that the bundle's own ``evaluate.json``/``commission.json`` can read the re-framed set, e.g.
+    with a site calibration fitted on the uncropped films). Returns the number of films written."""
+    n = 0
+    for cls_dir in sorted(p for p in Path(src_dir).iterdir() if p.is_dir()):
+        (Path(dst_dir) / cls_dir.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(cls_dir.iterdir()):
+            film = reframe(load_cxr(f)[0], framing)[0]
+            Image.fromarray((np.clip(film, 0, 1) * 65535 + 0.5).astype(np.uint16)).save(
+                Path(dst_dir) / cls_dir.name / f"{f.stem}.png")
+            n += 1
+    return n
 
 
 def held_out_adults(adult_dir: str | Path, bedside: bool = False, seed: int = 0) -> list[dict]:
