@@ -1,5 +1,5 @@
 """The classifier bundle's scope gate decides on its own view of each film: a gate that names a lung-field network,
-behind the shipped whole-film classifier, gives in the bundle's inference and commissioning runs the decisions
+behind the shipped classifier, gives in the bundle's inference and commissioning runs the decisions
 of :func:`cxr_monai.inference.check_scope` (the deploy app's), while the classifier's outputs stay those of the run
 with the shipped gate."""
 
@@ -78,7 +78,7 @@ def _gate_network(lung_field) -> tuple[torch.nn.Module, torch.Tensor, torch.Tens
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, films) -> Path:
-    """A models folder: the shipped ensemble (whole film) with a gate that reads its own lung-field view at 160 px;
+    """A models folder: the shipped ensemble with a gate that reads its own lung-field view at 160 px;
     its distance threshold splits the films' distances (the image check is decisive), its lung-field rule refuses
     a film whose lungs run off more than 11 % of its perimeter (a tight crop)."""
     root = tmp_path_factory.mktemp("gate_view_models")
@@ -173,12 +173,16 @@ def test_commissioning_collects_the_same_gate_decisions_as_inference(films, mode
 
 
 @needs_data
-def test_a_gate_reading_the_classifier_input_keeps_its_path(films, models) -> None:
-    """The shipped gate (no lung field) and a lung-view gate behind a classifier of the same view check the batch
-    as it is; the latter's decisions are check_scope's. A bare gate that names a lung field is refused by the
-    writer and the collector (it would decide on the classifier's input)."""
+def test_a_gate_reading_the_classifier_input_keeps_its_path(films, models, tmp_path) -> None:
+    """A whole-film gate (no lung field) and a lung-view gate behind a one-view classifier of the same view check
+    the batch as it is; the latter's decisions are check_scope's. Behind a two-view classifier the lung-view gate
+    reads its own view. A bare gate that names a lung field is refused by the writer and the collector (it would
+    decide on the classifier's input)."""
     files = sorted(str(f) for f in films.rglob("*") if f.is_file())
-    shipped = load_scope_check(MODELS / "scope_gate.ts", SIZE, None)
+    module, _, _ = _gate_network(None)
+    plain = save_scope_gate(module, {"name": "cxr_scope_gate", "image_size": SIZE,
+                                     "thresholds": {"probability": 1.0, "distance": 1e9}}, tmp_path / "scope_gate.ts")
+    shipped = load_scope_check(plain, SIZE, None)
     assert shipped.reads_batch and shipped.lung_field is None
     whole = Compose(classifier_preprocessing(["image"], SIZE))
     items = [whole({"image": f})["image"] for f in files]
@@ -190,6 +194,8 @@ def test_a_gate_reading_the_classifier_input_keeps_its_path(films, models) -> No
     lung_file = models / "lung_field.ts"
     same = load_scope_check(models / "scope_gate.ts", SIZE, lung_file)
     assert same.reads_batch
+    assert not load_scope_check(models / "scope_gate.ts", SIZE, lung_file, classifier_views=("whole", "lung_field")
+                                ).reads_batch  # a two-view input is never the gate's view
     view = Compose(classifier_preprocessing(["image"], SIZE, lung_field=str(lung_file)))
     items = [view({"image": f})["image"] for f in files]
     got = same.check(torch.stack([i.as_tensor() for i in items]), [i.meta for i in items])

@@ -200,7 +200,7 @@ class ClassificationWriter:
                 cams[i] = cam
         self.network.train(was_training)
         if self.feature_maps:
-            self._save_feature_maps(images, rows, cams)
+            self._save_feature_maps(images, rows, cams, shown)
         if self.gradcam_layer is None:
             return
         for k, (row, img, cam, v) in enumerate(zip(rows, images, cams, shown)):
@@ -212,17 +212,17 @@ class ClassificationWriter:
             row["gradcam"] = str(path)
             row["gradcam_class"] = row["label"]
 
-    def _save_feature_maps(self, images: torch.Tensor, rows: list[dict], cams: list) -> None:
+    def _save_feature_maps(self, images: torch.Tensor, rows: list[dict], cams: list, shown: list[int]) -> None:
 
         collector = FeatureMapCollector(self.network)
         maps = collector.collect(images)
-        for k, (row, img, cam) in enumerate(zip(rows, images, cams)):
+        for k, (row, img, cam, v) in enumerate(zip(rows, images, cams, shown)):  # v: the view shown (and its map)
             stem = Path(row["file"]).name.split(".")[0].replace(":", "_")
             path = self.output_dir / "feature_maps" / f"{stem}.png"
             if str(path) in self._feature_map_paths:  # the same name from another folder in this run
                 path = path.with_name(f"{stem}_{len(self.rows) + k:05d}.png")
             self._feature_map_paths.add(str(path))
-            save_feature_maps(img.cpu(), maps, path, cam=cam, layers=collector.layers, index=k,
+            save_feature_maps(img[v:v + 1].cpu(), maps, path, cam=cam, layers=collector.layers, index=k,
                               k=self.feature_maps_channels,
                               title=f"{Path(row['file']).name}: {row['label']}  "
                                     f"p(PNEUMONIA)={row['probability']:.3f}")

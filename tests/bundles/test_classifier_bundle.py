@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cxr_monai.cli import BUNDLES_DIR, run_workflow
+from tests.bundles import weight_checks as W
 
 BUNDLE = BUNDLES_DIR / "cxr_pneumonia_classifier"
 CONFIGS = BUNDLE / "configs"

@@ -193,7 +193,8 @@ def mnist28_network() -> nn.Module:
     from cxr_monai.utils import load_bundle_network
 
     return load_bundle_network(BUNDLES / "cxr_pneumonia_classifier", weights_name="model_mnist28.pt",
-                               overrides={"network_preset": "mnist_slim", "image_size": 28})
+                               overrides={"network_preset": "mnist_slim", "image_size": 28,
+                                          "calibration_name": "calibration_mnist28.json"})
 
 
 def mnist28_val_items() -> list[dict]:
