@@ -218,9 +218,11 @@ def _bundle_classifier(bundle: Path, config: str, weights_name: str, calibration
         reason = "missing" if isinstance(e, FileNotFoundError) else "does not fit network_def"
         weights = f"random (models/{weights_name} {reason})"
     params = sum(p.numel() for p in net.parameters()) / 1e6
-    gflop = count_flops(net.eval(), torch.rand(1, 1, size, size)) / 1e9
+    channels = int(getattr(net, "in_channels", 1))  # the input views (0.5.0: whole film + lung-field view)
+    gflop = count_flops(net.eval(), torch.rand(1, channels, size, size)) / 1e9
     return {"net": net, "config": f"configs/{config}", "network_def": definition, "params_M": round(params, 3),
-            "gflop_per_image": gflop, "image_size": size, "image_size_from": size_from, "weights": weights}
+            "gflop_per_image": gflop, "image_size": size, "image_size_from": size_from, "weights": weights,
+            "channels": channels}
 
 
 def _onnx_runtime(net: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, tmp: Path) -> tuple:
@@ -270,7 +272,7 @@ def bench_classifier(args, tmp: Path) -> tuple[list[dict], dict, dict]:
         fns: dict = {}  # (runtime, role) -> (callable or None, error, exporter)
         for role, net in nets.items():
             size = info[role]["image_size"]
-            x = torch.rand(batch, 1, size, size)
+            x = torch.rand(batch, info[role]["channels"], size, size)
             with torch.no_grad():
                 ref = net(x)
                 ts = scripted[role]
