@@ -166,3 +166,19 @@ def test_write_reframed_folder_keeps_the_class_layout(tmp_path: Path) -> None:
         assert abs(got.shape[-2] - 0.85 * h) <= 1 and abs(got.shape[-1] - 0.85 * w) <= 1
         want = reframe(film, "crop:0.85")
         assert got.shape == want.shape and float(np.abs(got - want).max()) <= 2 / 65535
+
+
+def test_reframe_draws_shutter_frames_inside_the_film() -> None:
+    """``frameblack:f`` / ``framewhite:f``: the outer ``f`` of each side set to 0 / 1, the interior and the size kept."""
+    from cxr_monai.transforms.framing import reframe
+
+    x = np.random.default_rng(0).uniform(0.2, 0.8, (1, 100, 80)).astype(np.float32)
+    black, white = reframe(x, "frameblack:0.1"), reframe(x, "framewhite:0.25")
+    assert black.shape == x.shape and white.shape == x.shape
+    assert (black[:, :10] == 0).all() and (black[:, 90:] == 0).all() and (black[:, :, :8] == 0).all()
+    np.testing.assert_array_equal(black[:, 10:90, 8:72], x[:, 10:90, 8:72])
+    assert (white[:, :25] == 1).all() and (white[:, :, 60:] == 1).all()
+    np.testing.assert_array_equal(white[:, 25:75, 20:60], x[:, 25:75, 20:60])
+    np.testing.assert_array_equal(reframe(x, "frameblack:0"), x)
+    with pytest.raises(ValueError, match="frame fraction"):
+        reframe(x, "framewhite:0.5")

@@ -13,7 +13,9 @@ __all__ = ["FRAMINGS", "reframe"]
 FRAMINGS = ("whole", "crop:0.85", "crop:0.7", "crop:0.6", "crop:0.5", "pad:1.3", "rot:10", "rot:-10", "rot:90",
             "rot:180")
 """The framings of the study: ``crop:f`` keeps the central ``f`` of each side (collimation), ``pad:s`` zooms out
-by ``s`` with a black border, ``rot:d`` rotates by ``d`` degrees (``rot:180``: upside down)."""
+by ``s`` with a black border, ``rot:d`` rotates by ``d`` degrees (``rot:180``: upside down). Also (not in the
+default study): ``frameblack:f`` / ``framewhite:f`` set the outer ``f`` of each side to black (an electronic
+shutter) or white (unexposed film under a collimator blade), the field of view unchanged."""
 
 
 def reframe(image: np.ndarray, framing: str) -> np.ndarray:
@@ -47,4 +49,14 @@ def reframe(image: np.ndarray, framing: str) -> np.ndarray:
         t = torch.as_tensor(x)[None]
         grid = F.affine_grid(theta, list(t.shape), align_corners=False)
         return F.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].numpy()
+    if kind in ("frameblack", "framewhite"):
+        if not 0 <= v < 0.5:
+            raise ValueError(f"frame fraction must be in [0, 0.5), got {v}")
+        out, dy, dx = x.copy(), round(h * v), round(w * v)
+        fill = 0.0 if kind == "frameblack" else 1.0
+        if dy:
+            out[:, :dy], out[:, h - dy:] = fill, fill
+        if dx:
+            out[:, :, :dx], out[:, :, w - dx:] = fill, fill
+        return out
     raise ValueError(f"unknown framing {framing!r}")
