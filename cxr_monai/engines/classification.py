@@ -35,7 +35,7 @@ from cxr_monai.engines.ema import make_ema
 from cxr_monai.engines.ema import update_ema
 
 __all__ = ["ClassificationWriter", "ModelEMA", "calibrate_member", "build_ensemble",
-           "EQUAL_PRIOR_RULE", "item_name"]
+           "EQUAL_PRIOR_RULE", "item_name", "ensemble_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -393,25 +393,29 @@ def build_ensemble(member_dirs: Sequence[str | Path], network_def, calib_loader,
         network_def.temperatures.copy_(torch.tensor([m["temperature"] for m in members]))
         network_def.biases.copy_(torch.tensor([m["bias"] for m in members]))
     network_def.to(device)
-    z_cal, y_cal = _collect_logits(network_def, calib_loader, device)
-    prior = _prevalence(y_cal)
-    threshold = equal_prior_threshold(prior)
-    z_val, y_val = _collect_logits(network_def, val_loader, device)
-    p_val, yv = torch.softmax(z_val, 1)[:, 1].numpy(), y_val.numpy()
-    result = {
-        "temperature": 1.0,
-        "threshold": threshold,
-        "threshold_rule": EQUAL_PRIOR_RULE,
-        "calibration_prior": prior,
-        "members": members,
-        "ece_calibrated": expected_calibration_error(p_val, yv),
-        "validation": classification_report(p_val, yv, threshold),
-        "validation_ci95": bootstrap_ci(p_val, yv, threshold, n_boot=n_boot),
-        "calibration_split": classification_report(torch.softmax(z_cal, 1)[:, 1].numpy(), y_cal.numpy(), threshold),
-        **(extra or {}),
-    }
+    result = {**ensemble_report(network_def, calib_loader, val_loader, device, n_boot), "members": members,
+              **(extra or {})}
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu() for k, v in network_def.state_dict().items()}, output_dir / weights_name)
     (output_dir / calibration_name).write_text(json.dumps(result, indent=2))
-    logger.info("ensemble of %d: threshold=%.3f val AUC %.4f", len(members), threshold, result["validation"]["auc"])
+    logger.info("ensemble of %d: threshold=%.3f val AUC %.4f", len(members), result["threshold"],
+                result["validation"]["auc"])
     return result
+
+
+def ensemble_report(network: nn.Module, calib_loader, val_loader, device: str | torch.device = "cpu",
+                    n_boot: int = 1000) -> dict[str, Any]:
+    """The calibration record of an assembled ensemble (members calibrated inside it, temperature 1): the threshold
+    by the equal-prior rule on the calibration split's prevalence, the validation report with bootstrap 95 %
+    intervals and the calibration split's report. Shared by :func:`build_ensemble` and
+    :func:`cxr_monai.engines.build_view_ensemble`."""
+    z_cal, y_cal = _collect_logits(network, calib_loader, device)
+    prior = _prevalence(y_cal)
+    threshold = equal_prior_threshold(prior)
+    z_val, y_val = _collect_logits(network, val_loader, device)
+    p_val, yv = torch.softmax(z_val, 1)[:, 1].numpy(), y_val.numpy()
+    return {"temperature": 1.0, "threshold": threshold, "threshold_rule": EQUAL_PRIOR_RULE, "calibration_prior": prior,
+            "ece_calibrated": expected_calibration_error(p_val, yv),
+            "validation": classification_report(p_val, yv, threshold),
+            "validation_ci95": bootstrap_ci(p_val, yv, threshold, n_boot=n_boot),
+            "calibration_split": classification_report(torch.softmax(z_cal, 1)[:, 1].numpy(), y_cal.numpy(), threshold)}

@@ -18,9 +18,7 @@ from typing import Any
 
 import torch
 
-from cxr_monai.engines.classification import EQUAL_PRIOR_RULE, _collect_logits, _prevalence
-from cxr_monai.metrics.classification import (bootstrap_ci, classification_report, equal_prior_threshold,
-                                              expected_calibration_error)
+from cxr_monai.engines.classification import ensemble_report
 from cxr_monai.networks import classifier_ensemble
 from cxr_monai.transforms.presets import VIEWS
 from cxr_monai.utils import bare_state_dict, file_sha256, read_json
@@ -96,20 +94,11 @@ def build_view_ensemble(models_dirs: Sequence[str | Path], calib_loader, val_loa
             state["input_kernel"] = net.state_dict()["input_kernel"]
     net.load_state_dict(compact_state_dict(state))  # the network computes with the weights as stored
     net.to(device).eval()
-    z_cal, y_cal = _collect_logits(net, calib_loader, device)
-    prior = _prevalence(y_cal)
-    threshold = equal_prior_threshold(prior)
-    z_val, y_val = _collect_logits(net, val_loader, device)
-    p_val, yv = torch.softmax(z_val, 1)[:, 1].numpy(), y_val.numpy()
     result = {
-        "temperature": 1.0, "threshold": threshold, "threshold_rule": EQUAL_PRIOR_RULE, "calibration_prior": prior,
+        **ensemble_report(net, calib_loader, val_loader, device, n_boot),
         "views": views, "member_views": member_views, "members": members,
         "sources": [{"dir": str(s["dir"]), "view": s["view"], "weights_sha256": file_sha256(s["dir"] / "model.pt"),
                      "members": n, "validation_auc": s["cal"]["validation"]["auc"]} for s, n in zip(sources, counts)],
-        "ece_calibrated": expected_calibration_error(p_val, yv),
-        "validation": classification_report(p_val, yv, threshold),
-        "validation_ci95": bootstrap_ci(p_val, yv, threshold, n_boot=n_boot),
-        "calibration_split": classification_report(torch.softmax(z_cal, 1)[:, 1].numpy(), y_cal.numpy(), threshold),
         "network_preset": sources[0]["cal"].get("network_preset", "slim"), "ensemble_members": sum(counts),
         "image_size": int(sources[0]["cal"].get("image_size", 160)),
         "input_blur": int(sources[0]["cal"].get("input_blur", 0)),
@@ -120,6 +109,6 @@ def build_view_ensemble(models_dirs: Sequence[str | Path], calib_loader, val_loa
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.save(compact_state_dict({k: v.cpu() for k, v in net.state_dict().items()}), output_dir / weights_name)
     (output_dir / calibration_name).write_text(json.dumps(result, indent=2))
-    logger.info("view ensemble of %d (%s): threshold=%.3f val AUC %.4f", sum(counts), views, threshold,
+    logger.info("view ensemble of %d (%s): threshold=%.3f val AUC %.4f", sum(counts), views, result["threshold"],
                 result["validation"]["auc"])
     return result
