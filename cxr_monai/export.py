@@ -199,7 +199,9 @@ def export_classifier(bundle_root: str | os.PathLike, out_file: str | os.PathLik
         "lung_field_sha256": cal.get("lung_field_sha256"),
         "views": list(cal.get("views") or []) or None,
         "view_channels": net.view_channels() if len(cal.get("views") or []) > 1 else None,
+        "exposed_field": bool(cal.get("exposed_field")),
         "preprocessing": "cxr_monai.transforms.classifier_preprocessing" + (
+            " (shutter frame removed: exposed field first)" if cal.get("exposed_field") else "") + (
             f" (views {', '.join(cal['views'])}: input (N, {len(cal['views'])}, S, S); lung-field view: deploy model "
             "cxr_lung)" if len(cal.get("views") or []) > 1 else
             " (lung-field view: deploy model cxr_lung)" if cal.get("lung_field_sha256") else ""),

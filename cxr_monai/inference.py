@@ -22,7 +22,7 @@ from monai.transforms import Compose
 
 from cxr_monai.explain import gradcam_split
 from cxr_monai.transforms import classifier_preprocessing
-from cxr_monai.transforms.lung_field import LungBox
+from cxr_monai.transforms.exposed_field import box_pixels
 from cxr_monai.utils import DeployModelError
 
 __all__ = [
@@ -166,17 +166,18 @@ def super_resolve(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info
 
 
 def classifier_input(image: np.ndarray | torch.Tensor, image_size: int = 224, lung_field: Any = None,
-                     views: Sequence[str] | None = None) -> torch.Tensor:
+                     views: Sequence[str] | None = None, exposed_field: bool = False) -> torch.Tensor:
     """``(1, V, S, S)`` network input from a ``(1, H, W)`` image, through the one classifier preprocessing
     definition (:func:`cxr_monai.transforms.classifier_preprocessing`); with ``lung_field`` (a
     :class:`~cxr_monai.transforms.LungField` or its file) the lung-field view, whose box is in the returned
-    MetaTensor's ``meta["lung_field"]``; ``views`` as the preprocessing takes them (``None``: one view)."""
+    MetaTensor's ``meta["lung_field"]``; ``views`` as the preprocessing takes them (``None``: one view); with
+    ``exposed_field`` the film is first cropped to its exposed field (``meta["exposed_field"]``)."""
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, dtype=np.float32)
     out = Compose(classifier_preprocessing(["image"], int(image_size), lung_field=lung_field,
-                                           views=views))({"image": arr})["image"]
+                                           views=views, exposed_field=exposed_field))({"image": arr})["image"]
     meta = dict(getattr(out, "meta", {}) or {})
     x = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
-    return MetaTensor(x[None].float(), meta={"lung_field": meta["lung_field"]} if "lung_field" in meta else {})
+    return MetaTensor(x[None].float(), meta={k: meta[k] for k in ("lung_field", "exposed_field") if k in meta})
 
 
 def check_lung_field(info: Mapping[str, Any], lung_field: Any) -> Any:
@@ -204,16 +205,37 @@ def check_lung_field(info: Mapping[str, Any], lung_field: Any) -> Any:
 
 
 def view_to_film(cam: np.ndarray, box: Mapping[str, Any] | None, shape: tuple[int, int]) -> np.ndarray:
-    """A map on the lung-field view (``(S, S)``) placed back on the film (``shape``): resized into the view's box,
-    zero outside it. Without a box the map is resized to the whole film."""
+    """A map on a view (``(S, S)``) placed back on the film (``shape``): resized into the view's box (the lung-field
+    box, or the exposed field for the whole view of a framed film; fractions of the film), zero outside it. Without
+    a box the map is resized to the whole film."""
     t = torch.as_tensor(np.asarray(cam, dtype=np.float32))[None, None]
     h, w = int(shape[0]), int(shape[1])
     if not box:
         return torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-    y0, x0, y1, x1 = LungBox(**{k: box[k] for k in LungBox.__dataclass_fields__}).pixels(h, w)
+    y0, x0, y1, x1 = box_pixels(box, h, w, eps=1e-6)
     out = np.zeros((h, w), np.float32)
     out[y0:y1, x0:x1] = torch.nn.functional.interpolate(t, size=(y1 - y0, x1 - x0), mode="bilinear",
                                                         align_corners=False)[0, 0].numpy()
+    return out
+
+
+def exposed_box(x: Any) -> dict[str, Any] | None:
+    """The exposed-field box of a preprocessed input's metadata when the film was cropped to it, else ``None``."""
+    field = (getattr(x, "meta", {}) or {}).get("exposed_field") or {}
+    return dict(field) if field.get("found") else None
+
+
+def lung_mask_on_film(lung_field: Any, image: np.ndarray | torch.Tensor,
+                      field: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The widened lung mask on the film (:meth:`~cxr_monai.transforms.LungField.mask_on_film`), found on the
+    exposed field when the film was cropped to it (``field``) and zero on the frame."""
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, dtype=np.float32)
+    if not field:
+        return lung_field.mask_on_film(arr)
+    h, w = arr.shape[-2:]
+    y0, x0, y1, x1 = box_pixels(field, h, w, eps=1e-6)
+    out = np.zeros((h, w), bool)
+    out[y0:y1, x0:x1] = lung_field.mask_on_film(arr[..., y0:y1, x0:x1])
     return out
 
 
@@ -238,15 +260,18 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
 
     Returns:
         ``{"probability": p(PNEUMONIA), "label", "threshold", "probabilities": [p0, p1], "calibration",
-        "lung_field"}`` (+ cam); ``calibration`` is the calibration in force (the model's embedded record:
+        "lung_field", "exposed_field"}`` (+ cam); ``calibration`` is the calibration in force (the model's embedded record:
         ``source`` ``"default"`` or ``"site"``, ``id``, ``date``, ...; :data:`DEFAULT_CALIBRATION` for a model
-        exported without one); ``lung_field`` the view's box on the film (``None`` without a lung field).
+        exported without one); ``lung_field`` the view's box on the film (``None`` without a lung field);
+        ``exposed_field`` the exposed field the film was cropped to (``None``: no shutter frame, or a model that
+        does not look for one).
     """
     lung_field = check_lung_field(info, lung_field)
     device = torch.device(device)
     views = list(info.get("views") or []) or None
-    x = classifier_input(image, int(info.get("image_size", 224)), lung_field, views)
+    x = classifier_input(image, int(info.get("image_size", 224)), lung_field, views, bool(info.get("exposed_field")))
     box = x.meta.get("lung_field") if hasattr(x, "meta") else None
+    field = exposed_box(x)
     x = x.as_tensor().to(device) if hasattr(x, "as_tensor") else x.to(device)
     model = inference_layout(model, device)
     with torch.inference_mode(), _autocast(device, bf16):
@@ -258,22 +283,22 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
     out: dict[str, Any] = {"probability": p, "label": names[label_idx], "label_index": label_idx,
                            "threshold": threshold, "probabilities": [float(v) for v in probs],
                            "calibration": dict(info.get("calibration") or DEFAULT_CALIBRATION),
-                           "lung_field": dict(box) if box else None}
+                           "lung_field": dict(box) if box else None, "exposed_field": field}
     if with_cam:
         shape = tuple(np.asarray(image.shape if not isinstance(image, torch.Tensor) else tuple(image.shape))[-2:])
         if views and len(views) > 1:  # one map per view, each placed back on the film through its own geometry
             cams = gradcam_split(model.cam_features, model.cam_head, x, label_idx, groups=info["view_channels"])[0]
-            film = sum(view_to_film(c, box if v == "lung_field" else None, shape) for v, c in zip(views, cams))
+            film = sum(view_to_film(c, box if v == "lung_field" else field, shape) for v, c in zip(views, cams))
             strongest = int(np.argmax([float(c.max()) for c in cams]))
             cam, channel = cams[strongest], strongest
             peak = float(film.max())
             out["cam"] = film / peak if peak > 0 else film
         else:
             cam, channel = gradcam_split(model.cam_features, model.cam_head, x, label_idx)[0], 0
-            out["cam"] = view_to_film(cam, box, shape)
+            out["cam"] = view_to_film(cam, box or field, shape)
         out["cam_view"] = cam
         if lung_field is not None:  # shown inside the lung field (the mask widened by 5 % of the film)
-            out["cam"] = out["cam"] * lung_field.mask_on_film(image)
+            out["cam"] = out["cam"] * lung_mask_on_film(lung_field, image, field)
             peak = float(out["cam"].max())
             out["cam"] = out["cam"] / peak if peak > 0 else out["cam"]
         out["cam_class"] = names[label_idx]
@@ -295,7 +320,7 @@ def check_scope(gate: Any, image: np.ndarray | torch.Tensor, meta: Mapping[str, 
         lung_field: the lung-field network at hand; used when the gate names one (:func:`check_lung_field`).
     """
     lung_field = check_lung_field(gate.info, lung_field)
-    x = classifier_input(image, int(image_size), lung_field)
+    x = classifier_input(image, int(image_size), lung_field, exposed_field=bool(gate.info.get("exposed_field")))
     box = x.meta.get("lung_field") if hasattr(x, "meta") else None
     merged = {**dict(meta or {}), "lung_field": box} if box else meta
     x = x.as_tensor() if hasattr(x, "as_tensor") else x

@@ -182,3 +182,42 @@ def test_reframe_draws_shutter_frames_inside_the_film() -> None:
     np.testing.assert_array_equal(reframe(x, "frameblack:0"), x)
     with pytest.raises(ValueError, match="frame fraction"):
         reframe(x, "framewhite:0.5")
+
+
+def test_frame_verdict_on_synthetic_reports() -> None:
+    """judge_frames (round 6) adds point 5 to points 1-4: a report meeting each passes; a framed version that keeps
+    too few of 0.15 frames, or reads a kept framing one way only, fails point 5 alone; refusing ordinary films more
+    than the shipped classifier fails point 2."""
+    from cxr_monai.studies.framing import FRAME_RULE, judge_frames
+
+    whole = {"in_scope_share": 0.95, "commissioned": {"accuracy": 0.935, "auc": 0.975, "specificity": 0.89,
+                                                      "sensitivity": 0.955, "ece": 0.03}}
+    framed = {"in_scope_share": 0.93, "frame_cropped": 101, "commissioned": {"accuracy": 0.93, "auc": 0.97},
+              "default": {"accuracy": 0.93, "sensitivity": 0.97, "specificity": 0.85}}
+    site = {"whole": whole, "crop:0.7": {"in_scope_share": 0.92, "commissioned": {
+        "accuracy": 0.925, "auc": 0.97, "specificity": 0.879, "sensitivity": 0.95, "ece": 0.04}},
+        "rot:180": {"in_scope": 0, "pneumonia_findings": 0}}
+    site.update({f"{k}:{f}": copy.deepcopy(framed) for k in FRAME_RULE["frames"] for f in FRAME_RULE["fractions"]})
+    good = {"model": {"validation_auc": 0.995}, "sets": {"site_sample": site,
+                                                         "adults_held_out": {"frameblack:0.15": {"out_of_scope_share": 0.97}}}}
+    shipped = {"sets": {"site_sample": {"whole": {"in_scope_share": 0.95, "commissioned": {"accuracy": 0.93,
+                                                                                           "auc": 0.974}}}}}
+    assert judge_frames(good, shipped)["passes"]
+    for name, key, value, point in (("framewhite:0.15", "in_scope_share", 0.85, "5_shutter_frames"),
+                                    ("frameblack:0.2", ("default", "specificity"), 0.0, "5_shutter_frames"),
+                                    ("framewhite:0.2", ("default", "sensitivity"), 0.0, "5_shutter_frames"),
+                                    ("whole", "in_scope_share", 0.92, "2_uncropped")):
+        bad = copy.deepcopy(good)
+        row = bad["sets"]["site_sample"][name]
+        if isinstance(key, tuple):
+            row[key[0]][key[1]] = value
+        else:
+            row[key] = value
+        verdict = judge_frames(bad, shipped)
+        assert [k for k, v in verdict["points"].items() if not v["holds"]] == [point], (name, key)
+    few = copy.deepcopy(good)  # a 0.2 frame refused for most films is not judged on how it reads
+    few["sets"]["site_sample"]["frameblack:0.2"].update({"in_scope_share": 0.2, "default": {"specificity": 0.0}})
+    assert judge_frames(few, shipped)["passes"]
+    missing = copy.deepcopy(good)
+    del missing["sets"]["site_sample"]["frameshadow:0.075"]
+    assert not judge_frames(missing, shipped)["points"]["5_shutter_frames"]["holds"]

@@ -18,7 +18,8 @@ from cxr_monai.scope.rules import (MAX_AGE_YEARS, MAX_LUNG_EDGE_CONTACT, MIN_LUN
 from cxr_monai.transforms.lung_field import named_lung_field
 from cxr_monai.utils import file_sha256, load_torchscript_with_meta, save_torchscript_with_meta
 
-__all__ = ["ScopeGate", "save_scope_gate", "load_scope_gate", "gate_lung_field_of", "gate_with_pass_region"]
+__all__ = ["ScopeGate", "save_scope_gate", "load_scope_gate", "gate_lung_field_of", "gate_with_pass_region",
+           "gate_reading_exposed_field"]
 
 
 class ScopeGate:
@@ -138,3 +139,14 @@ def gate_with_pass_region(scope_gate_file: str | os.PathLike, output_file: str |
             "pass_region": str(why), "derived_from_sha256": file_sha256(scope_gate_file)}
     return save_torchscript_with_meta(module, info, Path(output_file))
 
+
+
+def gate_reading_exposed_field(scope_gate_file: str | os.PathLike, output_file: str | os.PathLike,
+                               on: bool = True) -> Path:
+    """A copy of a gate (same network, thresholds and pass region) that crops each film to its exposed field
+    before it looks (``exposed_field`` in its metadata: :func:`cxr_monai.inference.check_scope` and
+    :class:`cxr_monai.scope.ScopeCheck` follow it), so that its lung-field rule measures lungs cut off by a
+    shutter frame as lungs cut off by the film's edge."""
+    module, info = load_torchscript_with_meta(scope_gate_file, "cpu", kind=SCOPE_KIND)
+    info = {**info, "exposed_field": bool(on), "derived_from_sha256": file_sha256(scope_gate_file)}
+    return save_torchscript_with_meta(module, info, Path(output_file))

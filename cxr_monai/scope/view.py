@@ -77,9 +77,11 @@ class ScopeCheck:
             lung_field = load_lung_field(lung_field, gate.device)
         self.lung_field = check_lung_field(gate.info, lung_field)
         # the classifier's batch is the gate's view: the gate checks it as it is (the only path of a gate that
-        # names no lung-field network)
+        # names no lung-field network and looks for no shutter frame); a gate that crops the film to its exposed
+        # field always reads the film again
         one_view = classifier_views is None or len(classifier_views) == 1
-        self.reads_batch = self.lung_field is None or (one_view and _lung_field_sha(classifier_lung_field) == want)
+        self.reads_batch = not gate.info.get("exposed_field") and (
+            self.lung_field is None or (one_view and _lung_field_sha(classifier_lung_field) == want))
 
     @property
     def info(self) -> dict[str, Any]:

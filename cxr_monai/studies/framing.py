@@ -26,7 +26,7 @@ from cxr_monai.commissioning import commission, logodds_from_logits
 from cxr_monai.data.phantom import make_phantom, phantom_anatomy
 from cxr_monai.data.splits import patient_id
 from cxr_monai.explain import cam_mass_inside, gradcam_split
-from cxr_monai.inference import view_to_film
+from cxr_monai.inference import exposed_box, lung_mask_on_film, view_to_film
 from cxr_monai.io import load_cxr
 from cxr_monai.metrics.classification import roc_auc
 from cxr_monai.networks import classifier_ensemble
@@ -39,17 +39,22 @@ from cxr_monai.utils import bare_state_dict, read_json
 __all__ = ["FRAMING_RULE", "judge_framing", "read_framings", "framing_study", "framing_table", "gradcam_in_lungs",
            "held_out_adults", "load_ensemble", "load_reader", "mixed_logodds", "mixed_validation_auc",
            "pass_region_limits", "GATE_RULE", "judge_gate_change", "framing_figure", "NON_INFERIORITY",
-           "write_reframed_folder"]
+           "write_reframed_folder", "FRAME_RULE", "judge_frames"]
 
 def read_framings(images: Sequence[np.ndarray], framing: str, image_size: int, lung_field: Any,
-                  desc: str = "", views: Sequence[str] | None = None) -> tuple[torch.Tensor, list[dict]]:
-    """Network inputs (N, V, S, S) of re-framed films and their metadata (with the lung-field box)."""
-    pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field, views=views))
+                  desc: str = "", views: Sequence[str] | None = None,
+                  exposed_field: bool = False) -> tuple[torch.Tensor, list[dict]]:
+    """Network inputs (N, V, S, S) of re-framed films and their metadata (with the lung-field box and, with
+    ``exposed_field``, the exposed field the film was cropped to)."""
+    pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field, views=views,
+                                           exposed_field=exposed_field))
     xs, metas = [], []
     for img in tqdm(images, desc=desc or framing, leave=False):
         out = pre({"image": reframe(img, framing)})["image"]
         xs.append(torch.as_tensor(out).float())
-        metas.append({"lung_field": dict(getattr(out, "meta", {}).get("lung_field") or {})})
+        meta = getattr(out, "meta", {})
+        metas.append({"lung_field": dict(meta.get("lung_field") or {}),
+                      "exposed_field": dict(meta.get("exposed_field") or {})})
     return torch.stack(xs), metas
 
 
@@ -117,21 +122,25 @@ def framing_study(network: torch.nn.Module, calibration: Mapping[str, Any], gate
         for framing in framings[name]:
             made: dict[tuple, tuple[torch.Tensor, list[dict]]] = {}
 
-            def view(lf: Any, views: Sequence[str] | None = None) -> tuple[torch.Tensor, list[dict]]:
-                key = (id(lf), tuple(views or ()))
+            def view(lf: Any, views: Sequence[str] | None = None, ef: bool = False) -> tuple[torch.Tensor, list[dict]]:
+                key = (id(lf), tuple(views or ()), bool(ef))
                 if key not in made:
-                    made[key] = read_framings(images, framing, image_size, lf, desc=f"{name} {framing}", views=views)
+                    made[key] = read_framings(images, framing, image_size, lf, desc=f"{name} {framing}", views=views,
+                                              exposed_field=bool(ef))
                 return made[key]
 
-            z = mixed_logodds([(net, cal, view(lf, cal.get("views"))[0]) for net, cal, lf in readers])
+            z = mixed_logodds([(net, cal, view(lf, cal.get("views"), cal.get("exposed_field"))[0])
+                               for net, cal, lf in readers])
             p = 1.0 / (1.0 + np.exp(-z))
-            x, metas = view(gate_lung_field)
+            x, metas = view(gate_lung_field, None, (gate.info if gate is not None else {}).get("exposed_field"))
             decisions = gate.check(x, metas) if gate is not None else []
             keep = np.asarray([d.in_scope for d in decisions]) if decisions else np.ones(len(x), bool)
             reasons = Counter(d.reason.split(":")[0] + ":" + d.reason.split(":")[1].split("(")[0].strip()
                               if ":" in d.reason else d.reason for d in decisions if not d.in_scope)
             row: dict[str, Any] = {"n": int(len(x)), "in_scope": int(keep.sum()), "in_scope_share": float(keep.mean()),
                                    "refusal_reasons": dict(reasons),
+                                   "frame_cropped": int(sum(bool(m.get("exposed_field", {}).get("found"))
+                                                            for m in metas)),
                                    "pneumonia_findings": int(((p >= threshold) & keep).sum())}
             if labelled:
                 row["default"] = _metrics(p[keep], y[keep], threshold)
@@ -177,7 +186,8 @@ def mixed_validation_auc(readers: Sequence[tuple[torch.nn.Module, Mapping[str, A
     images = [load_cxr(it["image"])[0] for it in tqdm(items, desc="loading validation", leave=False)]
     y = np.asarray([int(it["label"]) for it in items])
     z = mixed_logodds([(net, cal, read_framings(images, "whole", image_size, lf, desc="validation",
-                                                views=cal.get("views"))[0])
+                                                views=cal.get("views"),
+                                                exposed_field=bool(cal.get("exposed_field")))[0])
                        for net, cal, lf in readers])
     p = 1.0 / (1.0 + np.exp(-z))
     threshold = float(readers[0][1]["threshold"])
@@ -284,22 +294,24 @@ def gradcam_in_lungs(network: torch.nn.Module, calibration: Mapping[str, Any], l
     """
     temperature = float(calibration.get("temperature", 1.0))
     views = list(calibration.get("views") or []) or None
-    pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field, views=views))
+    pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field, views=views,
+                                           exposed_field=bool(calibration.get("exposed_field"))))
 
     def cam_and_p(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         y = pre({"image": img})["image"]
         box = dict(getattr(y, "meta", {}).get("lung_field") or {})
+        field = exposed_box(y)
         x = torch.as_tensor(y).float()[None]
         with torch.no_grad():
             p = float(torch.softmax(network(x) / temperature, 1)[0, 1])
         head = lambda f: network.cam_head(f) / temperature  # noqa: E731
         if views and len(views) > 1:  # each view's map placed back on the film through its own geometry
             cams = gradcam_split(network.cam_features, head, x, 1, groups=network.view_channels())[0]
-            film = sum(view_to_film(c, (box or None) if v == "lung_field" else None, img.shape[-2:])
+            film = sum(view_to_film(c, (box or None) if v == "lung_field" else field, img.shape[-2:])
                        for v, c in zip(views, cams))
         else:
-            film = view_to_film(gradcam_split(network.cam_features, head, x, 1)[0], box or None, img.shape[-2:])
-        shown = film * lung_field.mask_on_film(img) if lung_field is not None else film
+            film = view_to_film(gradcam_split(network.cam_features, head, x, 1)[0], box or field, img.shape[-2:])
+        shown = film * lung_mask_on_film(lung_field, img, field) if lung_field is not None else film
         return film, shown, p
 
     shares, shown_shares = [], []
@@ -398,6 +410,57 @@ def judge_framing(report: Mapping[str, Any], rule: Mapping[str, Any] = FRAMING_R
             "points": points, "passes": all(p["holds"] for p in points.values())}
 
 
+FRAME_RULE = {"frames": ("frameblack", "framewhite", "frameshadow"), "fractions": (0.075, 0.15, 0.2),
+              "keep_fractions": (0.075, 0.15), "in_scope": FRAMING_RULE["tight"]["in_scope"], "min_share": 0.25,
+              "accuracy": 0.90, "auc": 0.95, "default_accuracy": 0.85, "default_sensitivity": 0.90,
+              "default_specificity": 0.50, "uncropped_in_scope_drop": 0.02}
+"""Round 6's point 5 (shutter frames, ``docs/recipes/framing_plan.md``), as written before evaluating: a. frames of
+0.075 and 0.15 keep >= 90 % of the site sample in scope; b. every framed version keeping >= 25 % is read as
+validated (commissioned on itself accuracy >= 0.90, AUC >= 0.95; default calibration accuracy >= 0.85,
+sensitivity >= 0.90, specificity >= 0.50). Point 2 gains: the uncropped share in scope at least the shipped
+classifier's less 0.02."""
+
+
+def judge_frames(report: Mapping[str, Any], shipped: Mapping[str, Any],
+                 rule: Mapping[str, Any] = FRAME_RULE) -> dict[str, Any]:
+    """Round 6's verdict: points 1-4 (:func:`judge_framing`, point 2 as non-inferiority against ``shipped``, the
+    shipped classifier's report on the same sample, and its uncropped share in scope) and point 5 (:data:`FRAME_RULE`)."""
+    verdict = judge_framing(report, shipped=shipped)
+    site = report["sets"]["site_sample"]
+    two = verdict["points"]["2_uncropped"]
+    base_share = shipped["sets"]["site_sample"]["whole"]["in_scope_share"]
+    share = site["whole"]["in_scope_share"]
+    two["figures"] = {**two["figures"], "in_scope": share, "shipped_in_scope": base_share}
+    two["holds"] = two["holds"] and share >= base_share - rule["uncropped_in_scope_drop"] - FLOAT_TOLERANCE
+    framed = {}
+    for kind in rule["frames"]:
+        for f in rule["fractions"]:
+            name = f"{kind}:{f}"
+            if name not in site:
+                framed[name] = {"missing": True, "holds": False}
+                continue
+            r = site[name]
+            c, d = r.get("commissioned") or {}, r.get("default") or {}
+            keep_ok = f not in rule["keep_fractions"] or r["in_scope_share"] >= rule["in_scope"] - FLOAT_TOLERANCE
+            judged = r["in_scope_share"] >= rule["min_share"]
+
+            def at_least(m: Mapping[str, Any], key: str, floor: float) -> bool:
+                return isinstance(m.get(key), float) and m[key] >= floor - FLOAT_TOLERANCE
+
+            read_ok = not judged or (at_least(c, "accuracy", rule["accuracy"]) and at_least(c, "auc", rule["auc"])
+                                     and at_least(d, "accuracy", rule["default_accuracy"])
+                                     and at_least(d, "sensitivity", rule["default_sensitivity"])
+                                     and at_least(d, "specificity", rule["default_specificity"]))
+            framed[name] = {"in_scope": r["in_scope_share"], "frame_cropped": r.get("frame_cropped"),
+                            "judged": judged, "commissioned": {k: c.get(k) for k in ("accuracy", "auc")},
+                            "default": {k: d.get(k) for k in ("accuracy", "sensitivity", "specificity")},
+                            "keeps_enough": keep_ok, "read_as_validated": read_ok, "holds": keep_ok and read_ok}
+    verdict["points"]["5_shutter_frames"] = {"figures": framed, "holds": all(v["holds"] for v in framed.values())}
+    verdict["rule"] = {**verdict["rule"], "frames": dict(rule)}
+    verdict["passes"] = all(p["holds"] for p in verdict["points"].values())
+    return verdict
+
+
 def framing_figure(reports: Mapping[str, Mapping[str, Any]], output_file: str | Path) -> Path:
     """One figure of several candidates' framing studies (name -> report): per framing of the site sample the
     share kept in scope, the accuracy in scope with the shipped default calibration and commissioned on that
@@ -482,7 +545,7 @@ def judge_gate_change(report: Mapping[str, Any], baseline: Mapping[str, Any],
 
 
 if __name__ == "__main__":  # python -m cxr_monai.studies.framing REPORT.json [VERDICT.json] [--shipped S.json |
-    # --gate-change S.json]: the table and the verdict (points 1-4; with --shipped point 2 as round 5's
+    # --gate-change S.json | --frames S.json]: the table and the verdict (points 1-4; with --shipped point 2 as round 5's
     # non-inferiority against the shipped classifier's report S; with --gate-change points a-c of a gate-only change)
     import argparse
 
@@ -492,11 +555,14 @@ if __name__ == "__main__":  # python -m cxr_monai.studies.framing REPORT.json [V
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--shipped")
     group.add_argument("--gate-change")
+    group.add_argument("--frames", help="round 6: points 1-5 against the shipped classifier's report S")
     args = parser.parse_args()
     rep = json.loads(Path(args.report).read_text())
     print(framing_table(rep))
     if args.gate_change:
         verdict = judge_gate_change(rep, json.loads(Path(args.gate_change).read_text()))
+    elif args.frames:
+        verdict = judge_frames(rep, json.loads(Path(args.frames).read_text()))
     else:
         verdict = judge_framing(rep, shipped=json.loads(Path(args.shipped).read_text()) if args.shipped else None)
     print(json.dumps({k: v["holds"] for k, v in verdict["points"].items()} | {"passes": verdict["passes"]}))

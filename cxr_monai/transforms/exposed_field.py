@@ -56,10 +56,10 @@ class ExposedField:
         return asdict(self)
 
 
-def box_pixels(box: Mapping[str, Any], height: int, width: int) -> tuple[int, int, int, int]:
+def box_pixels(box: Mapping[str, Any], height: int, width: int, eps: float = 0.0) -> tuple[int, int, int, int]:
     """(y0, x0, y1, x1) of a box given in fractions (``top``, ``left``, ``bottom``, ``right``) on a film of
-    ``height`` x ``width`` px (at least 2 px each way)."""
-    eps = 1e-6  # a box made of whole pixels maps back to the same pixels despite float rounding
+    ``height`` x ``width`` px (at least 2 px each way); ``eps`` (pixels) absorbs float rounding for a box made
+    of whole pixels (the exposed field), 0 for the lung-field box (as the shipped models were trained)."""
     y0, x0 = int(np.floor(float(box["top"]) * height + eps)), int(np.floor(float(box["left"]) * width + eps))
     y1, x1 = int(np.ceil(float(box["bottom"]) * height - eps)), int(np.ceil(float(box["right"]) * width - eps))
     y1, x1 = max(y1, min(height, y0 + 2)), max(x1, min(width, x0 + 2))
@@ -81,24 +81,31 @@ def compose_box(inner: Mapping[str, Any], outer: Mapping[str, Any] | None) -> di
     return out
 
 
-def _frame_lines(lines: np.ndarray, tolerance: float, share: float) -> tuple[int, float]:
-    """How many of ``lines`` (``(L, N)``: line 0 at the edge) from the edge inwards are frame, and its value."""
+def _frame_lines(lines: np.ndarray, tolerance: float, share: float, depth: int) -> tuple[int, float, float]:
+    """How many of ``lines`` (``(L, N)``: line 0 at the edge) from the edge inwards are frame, its value, and the
+    step at its inner edge (the frame's median against the median of the ``depth`` lines beyond it)."""
     value = float(np.median(lines[0]))
     near = (np.abs(lines - value) <= tolerance).mean(axis=1) >= share
     if not near[0]:
-        return 0, value
+        return 0, value, 0.0
     count = int(np.argmin(near)) if not near.all() else len(near)
-    return count, value
+    beyond = lines[count: count + depth]
+    step = abs(float(np.median(lines[:count])) - float(np.median(beyond))) if len(beyond) else 0.0
+    return count, value, step
 
 
-def exposed_field(image: np.ndarray | torch.Tensor, tolerance: float = 0.06, share: float = 0.9,
-                  min_frame: float = 0.01, min_field: float = 0.3, max_side_band: float = 0.12) -> ExposedField:
+def exposed_field(image: np.ndarray | torch.Tensor, tolerance: float = 0.1, share: float = 0.9,
+                  min_frame: float = 0.01, min_field: float = 0.3, max_side_band: float = 0.12,
+                  min_step: float = 0.15, step_depth: float = 0.03) -> ExposedField:
     """The exposed field of one ``(1, H, W)`` (or ``(H, W)``) film in [0, 1].
 
     On each side the frame is the run of lines from the edge inwards in which at least ``share`` of the pixels lie
     within ``tolerance`` of the edge line's median (a shutter is near-constant; a marker or burned-in text inside it
     is tolerated up to ``1 - share`` of a line). A run thinner than ``min_frame`` of the side is not a frame (a
-    scanner's border line). When the field left would be under ``min_field`` of the film's height or width (an
+    scanner's border line). A frame has a sharp edge somewhere: at least one side's run must end in a step (its
+    median differs by at least ``min_step`` from the median of the ``step_depth`` of the side beyond it); runs on
+    the other sides count when their value is the same (within ``tolerance``): anatomy that fades evenly, such as
+    the abdomen at the bottom of a tight crop, is not a frame. When the field left would be under ``min_field`` of the film's height or width (an
     almost uniform image: not a film), nothing is cropped.
 
     A film is cropped only when its frame is a shutter, unlike the films the models were trained on: a frame on the
@@ -116,12 +123,19 @@ def exposed_field(image: np.ndarray | torch.Tensor, tolerance: float = 0.06, sha
                          f"{tolerance}, {share}, {min_frame}, {min_field}")
     h, w = x.shape
     sides = {"top": (x, h), "bottom": (x[::-1], h), "left": (x.T, w), "right": (x.T[::-1], w)}
-    frame, value = {}, {}
+    runs = {}
     for side, (lines, n) in sides.items():
-        count, v = _frame_lines(lines[: n // 2], tolerance, share)
-        frame[side] = count / n if count >= max(1, min_frame * n) else 0.0
-        if frame[side]:
-            value[side] = v
+        count, v, step = _frame_lines(lines[: n // 2 + 1], tolerance, share, max(2, round(step_depth * n)))
+        if count >= max(1, min_frame * n):
+            runs[side] = (count / n, v, step)
+    # one shutter, one value: the sides whose run ends in a sharp edge set it, and the other runs of that value
+    # (a side whose frame meets anatomy of about its own brightness) belong to the same frame
+    edges = [v for _, v, step in runs.values() if step >= min_step]
+    frame = {side: 0.0 for side in sides}
+    value = {}
+    for side, (fraction, v, _) in runs.items():
+        if any(abs(v - e) <= tolerance for e in edges):
+            frame[side], value[side] = fraction, v
     field_h, field_w = 1 - frame["top"] - frame["bottom"], 1 - frame["left"] - frame["right"]
     shutter = (frame["top"] > 0 or frame["bottom"] > 0 or any(v > 0.5 for v in value.values())
                or max(frame["left"], frame["right"]) > max_side_band)
@@ -137,13 +151,15 @@ class ExposedFieldCrop(Transform):
     whole film, ``found`` false).
 
     Args:
-        tolerance, share, min_frame, min_field, max_side_band: as :func:`exposed_field` takes them.
+        tolerance, share, min_frame, min_field, max_side_band, min_step, step_depth: as :func:`exposed_field`
+            takes them.
     """
 
-    def __init__(self, tolerance: float = 0.06, share: float = 0.9, min_frame: float = 0.01,
-                 min_field: float = 0.3, max_side_band: float = 0.12) -> None:
+    def __init__(self, tolerance: float = 0.1, share: float = 0.9, min_frame: float = 0.01,
+                 min_field: float = 0.3, max_side_band: float = 0.12, min_step: float = 0.15,
+                 step_depth: float = 0.03) -> None:
         self.kwargs = {"tolerance": tolerance, "share": share, "min_frame": min_frame, "min_field": min_field,
-                       "max_side_band": max_side_band}
+                       "max_side_band": max_side_band, "min_step": min_step, "step_depth": step_depth}
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         t = img if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img, dtype=np.float32))
@@ -154,7 +170,7 @@ class ExposedFieldCrop(Transform):
         meta[EXPOSED_FIELD_KEY] = field.as_dict()
         raw = t.as_tensor() if isinstance(t, MetaTensor) else t
         if field.found:
-            y0, x0, y1, x1 = box_pixels(field.as_dict(), int(t.shape[-2]), int(t.shape[-1]))
+            y0, x0, y1, x1 = box_pixels(field.as_dict(), int(t.shape[-2]), int(t.shape[-1]), eps=1e-6)
             raw = raw[:, y0:y1, x0:x1].clone()
         return MetaTensor(raw.float(), meta=meta)
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
+from cxr_monai.transforms.exposed_field import EXPOSED_FIELD_KEY, box_pixels, compose_box
 from cxr_monai.utils import load_torchscript_with_meta
 from cxr_monai.utils import file_sha256, read_json
 import shutil
@@ -79,10 +80,7 @@ class LungBox:
 
     def pixels(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(y0, x0, y1, x1) of the box on a film of ``height`` x ``width`` px (at least 2 px each way)."""
-        y0, x0 = int(np.floor(self.top * height)), int(np.floor(self.left * width))
-        y1, x1 = int(np.ceil(self.bottom * height)), int(np.ceil(self.right * width))
-        y1, x1 = max(y1, min(height, y0 + 2)), max(x1, min(width, x0 + 2))
-        return y0, x0, y1, x1
+        return box_pixels(self.as_dict(), height, width)
 
 
 def _extent(profile: np.ndarray, tail: float) -> tuple[int, int]:
@@ -279,7 +277,10 @@ class LungFieldCrop(Transform):
         box = self.lung_field.box(x.as_tensor() if isinstance(x, MetaTensor) else x)
         y0, x0, y1, x1 = box.pixels(int(x.shape[-2]), int(x.shape[-1]))
         meta = dict(getattr(img, "meta", {}) or {})
-        meta[LUNG_FIELD_KEY] = box.as_dict()
+        # on a film cropped to its exposed field the box is placed back on the film as read (its lung share and
+        # edge contact stay those of the exposed field: the lung-field rule judges what was exposed)
+        field = meta.get(EXPOSED_FIELD_KEY) or {}
+        meta[LUNG_FIELD_KEY] = compose_box(box.as_dict(), field if field.get("found") else None)
         out = x.as_tensor() if isinstance(x, MetaTensor) else x
         return MetaTensor(out[:, y0:y1, x0:x1].float().clone(), meta=meta)
 

@@ -16,6 +16,7 @@ from monai.transforms import CopyItemsd, EnsureTyped, MapTransform, Resized, Tra
 from monai.utils import TransformBackends, convert_to_dst_type
 
 from cxr_monai.transforms.augmentation import cxr_augmentation, cxr_framing_augmentation, cxr_strong_augmentation
+from cxr_monai.transforms.exposed_field import ExposedFieldCropd
 from cxr_monai.transforms.lung_field import LungField, LungFieldCropd
 
 __all__ = [
@@ -134,7 +135,7 @@ class StackViewsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             parts = [d[k] for k in self.view_keys[key]]
-            meta = dict(getattr(parts[0], "meta", {}) or {})
+            meta = dict(getattr(parts[0], "meta", {}) or {})  # with the exposed field, when the film was cropped
             for part in parts[1:]:
                 box = (getattr(part, "meta", {}) or {}).get("lung_field")
                 if box is not None:
@@ -148,8 +149,10 @@ class StackViewsd(MapTransform):
 
 def classifier_preprocessing(keys: Sequence[str] = ("image",), spatial_size: int = 224,
                              max_pixels: int = 50_000_000, lung_field: LungField | str | None = None,
-                             views: Sequence[str] | None = None) -> list:
-    """Deterministic classifier preprocessing: load (display orientation, [0, 1]) -> with ``lung_field``,
+                             views: Sequence[str] | None = None, exposed_field: bool = False) -> list:
+    """Deterministic classifier preprocessing: load (display orientation, [0, 1]) -> with ``exposed_field``, crop
+    the film to its exposed field (:class:`~cxr_monai.transforms.ExposedFieldCropd`: a shutter frame removed; the
+    box is kept in the image's metadata) -> with ``lung_field``,
     crop the film to its lung-field view (:class:`~cxr_monai.transforms.LungFieldCropd`: the box the lungs
     define, found by the lung-field network, so that collimation and zoom change the view little; the box is
     kept in the image's metadata) -> resize to ``spatial_size`` squared (stretched, as the Kermany images were)
@@ -165,6 +168,9 @@ def classifier_preprocessing(keys: Sequence[str] = ("image",), spatial_size: int
         views: the input views in channel order (:data:`VIEWS`; ``None``: one view, the lung-field view when
             ``lung_field`` is given, else the whole film). ``("whole", "lung_field")`` gives ``(2, S, S)``: each
             view is made as the one-view preprocessing makes it (crop, resize and normalisation per view).
+        exposed_field: remove a shutter frame first (classifiers from 0.6 and their gate: ``exposed_field`` in the
+            calibration / the gate's metadata); every view, the lung-field box and its rule are then taken on the
+            exposed field, the boxes in the metadata stay in fractions of the film as read.
     """
     keys = list(keys)
     if views is None:
@@ -178,6 +184,7 @@ def classifier_preprocessing(keys: Sequence[str] = ("image",), spatial_size: int
         crop = [LungFieldCropd(keys, lung_field)] if views[0] == "lung_field" else []
         return [
             LoadCXRImaged(keys, max_pixels=max_pixels),
+            *([ExposedFieldCropd(keys)] if exposed_field else []),
             *crop,
             Resized(keys, spatial_size=(spatial_size, spatial_size), mode="bilinear", anti_aliasing=True),
             PercentileNormalized(keys, lower=1.0, upper=99.0),
@@ -189,6 +196,7 @@ def classifier_preprocessing(keys: Sequence[str] = ("image",), spatial_size: int
     lung_keys = [view_keys[k][views.index("lung_field")] for k in keys] if "lung_field" in views else []
     return [
         LoadCXRImaged(keys, max_pixels=max_pixels),
+        *([ExposedFieldCropd(keys)] if exposed_field else []),
         *[CopyItemsd(keys, times=1, names=names) for names in extra.values()],
         *([LungFieldCropd(lung_keys, lung_field)] if lung_keys else []),
         Resized(all_keys, spatial_size=(spatial_size, spatial_size), mode="bilinear", anti_aliasing=True),
