@@ -58,6 +58,10 @@ def test_named_model_layout_and_embedded_metadata(models: Path) -> None:
     assert ginfo.get("lung_field_sha256") == load_scope_gate(CLS_BUNDLE / "models" / "scope_gate.ts").info.get(
         "lung_field_sha256")
     assert (check_lung_field(info, lung) is lung) == bool(cal.get("lung_field_sha256"))
+    # both crop to the exposed field (shutter frames) exactly when their bundle files say so
+    assert info.get("exposed_field") == bool(cal.get("exposed_field"))
+    assert bool(ginfo.get("exposed_field")) == bool(load_scope_gate(CLS_BUNDLE / "models" / "scope_gate.ts").info.get(
+        "exposed_field"))
 
 
 def test_load_deploy_model_refuses_wrong_files(models: Path, tmp_path: Path) -> None:

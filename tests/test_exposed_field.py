@@ -130,8 +130,9 @@ def test_a_framed_film_is_preprocessed_as_its_crop() -> None:
 def test_gate_reading_the_exposed_field_judges_a_framed_film_as_its_crop(tmp_path: Path) -> None:
     src = MODELS / "scope_gate.ts"
     gate_file = gate_reading_exposed_field(src, tmp_path / "scope_gate.ts")
+    old_file = gate_reading_exposed_field(src, tmp_path / "old" / "scope_gate.ts", on=False)  # as 0.5.0 shipped it
     (tmp_path / "lung_field.ts").write_bytes((MODELS / "lung_field.ts").read_bytes())
-    gate, old = load_scope_gate(gate_file), load_scope_gate(src)
+    gate, old = load_scope_gate(gate_file), load_scope_gate(old_file)
     assert gate.info["exposed_field"] is True and not old.info.get("exposed_field")
     lung = load_lung_field(tmp_path / "lung_field.ts")
     film = _hr_film()
@@ -148,3 +149,27 @@ def test_gate_reading_the_exposed_field_judges_a_framed_film_as_its_crop(tmp_pat
     # in the bundle path a gate that crops to the exposed field always reads the film itself
     check = load_scope_check(gate_file, 160, None)
     assert check.reads_batch is False
+
+
+def test_shipped_classifier_and_gate_read_a_framed_film_as_its_crop() -> None:
+    """The shipped calibration and gate crop to the exposed field; a site film under a black 20 % frame is read as
+    its 0.6 crop (0.5.0, reading the frame, called the site sample's framed normals PNEUMONIA)."""
+    from cxr_monai.studies.framing import load_reader
+
+    net, cal, lung = load_reader(MODELS)
+    assert cal.get("exposed_field") is True and load_scope_gate(MODELS / "scope_gate.ts").info.get("exposed_field")
+    threshold, views = float(cal["threshold"]), cal["views"]
+
+    def p(img: np.ndarray, on: bool) -> float:
+        x = classifier_input(img, 160, lung, views, exposed_field=on)
+        with torch.no_grad():
+            return float(torch.softmax(net(x.as_tensor()).float(), 1)[0, 1])
+
+    flipped = 0
+    normals = sorted((DATA / "kermany_site_sample" / "NORMAL").iterdir())[:8]
+    for path in normals:
+        film = load_cxr(path)[0]
+        framed, crop = reframe(film, "frameblack:0.2"), reframe(film, "crop:0.6")
+        assert abs(p(framed, True) - p(crop, True)) < 0.05
+        flipped += p(framed, False) >= threshold > p(framed, True)
+    assert flipped >= 2  # the frame itself turned these normals PNEUMONIA; the exposed field does not

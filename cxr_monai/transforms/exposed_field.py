@@ -40,7 +40,8 @@ class ExposedField:
         top, left, bottom, right: the exposed field's box.
         frame: the frame's thickness on each side (``top``, ``bottom``, ``left``, ``right``) as a fraction of the
             film's side (0 where there is none).
-        frame_value: the frame's intensity on each side where there is one (the edge line's median, [0, 1]).
+        edge_value: the median of each side's outermost line, [0, 1] (the frame's intensity where there is one);
+            every field has the same keys on every film, so that batches of metadata collate.
         found: a frame was found on at least one side (the film is cropped).
     """
 
@@ -49,7 +50,7 @@ class ExposedField:
     bottom: float
     right: float
     frame: dict[str, float]
-    frame_value: dict[str, float]
+    edge_value: dict[str, float]
     found: bool
 
     def as_dict(self) -> dict[str, Any]:
@@ -123,9 +124,10 @@ def exposed_field(image: np.ndarray | torch.Tensor, tolerance: float = 0.1, shar
                          f"{tolerance}, {share}, {min_frame}, {min_field}")
     h, w = x.shape
     sides = {"top": (x, h), "bottom": (x[::-1], h), "left": (x.T, w), "right": (x.T[::-1], w)}
-    runs = {}
+    runs, edge = {}, {}
     for side, (lines, n) in sides.items():
         count, v, step = _frame_lines(lines[: n // 2 + 1], tolerance, share, max(2, round(step_depth * n)))
+        edge[side] = v
         if count >= max(1, min_frame * n):
             runs[side] = (count / n, v, step)
     # one shutter, one value: the sides whose run ends in a sharp edge set it, and the other runs of that value
@@ -140,9 +142,9 @@ def exposed_field(image: np.ndarray | torch.Tensor, tolerance: float = 0.1, shar
     shutter = (frame["top"] > 0 or frame["bottom"] > 0 or any(v > 0.5 for v in value.values())
                or max(frame["left"], frame["right"]) > max_side_band)
     if not shutter or field_h < min_field or field_w < min_field:
-        return ExposedField(0.0, 0.0, 1.0, 1.0, {k: 0.0 for k in frame}, {}, False)
+        return ExposedField(0.0, 0.0, 1.0, 1.0, {k: 0.0 for k in frame}, edge, False)
     return ExposedField(top=frame["top"], left=frame["left"], bottom=1 - frame["bottom"], right=1 - frame["right"],
-                        frame=frame, frame_value=value, found=True)
+                        frame=frame, edge_value=edge, found=True)
 
 
 class ExposedFieldCrop(Transform):
