@@ -64,6 +64,7 @@ class ClassificationRecord(TypedDict, total=False):
     probabilities: list[float]
     calibration: dict[str, Any]
     lung_field: dict[str, Any] | None
+    exposed_field: dict[str, Any] | None
     probability_unenhanced: float | None
     model: str
     version: str
