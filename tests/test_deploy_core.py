@@ -85,7 +85,8 @@ def test_exported_classifier_equals_bundle_network_with_temperature(models: Path
     net = load_bundle_network(CLS_BUNDLE)
     lung = load_lung_field(models / "cxr_lung" / "model.ts")
     image, _ = load_cxr(require_shared("dicom", "dx_thorax_mono1_small.dcm"))
-    x = classifier_input(image, info["image_size"], check_lung_field(info, lung), info.get("views"))
+    x = classifier_input(image, info["image_size"], check_lung_field(info, lung), info.get("views"),
+                         bool(info.get("exposed_field")))
     with torch.no_grad():
         ref = torch.softmax(net(x.as_tensor()) / info["temperature"], dim=1)
         got = module(x.as_tensor())

@@ -135,7 +135,7 @@ def test_shipped_threshold_and_calibration_reproduce_the_committed_validation() 
     (tn, fp), (fn, tp) = cal["calibration_split"]["confusion_matrix"]
     assert cal["threshold"] == committed["threshold"] == pytest.approx((fn + tp) / (tn + fp + fn + tp), abs=1e-12)
     logits, labels = W.classifier_logits(W.classifier_network(), W.kermany_val_items(), W.classifier_image_size(),
-                                         W.classifier_lung_field(), W.classifier_views())
+                                         W.classifier_lung_field(), W.classifier_views(), W.classifier_exposed_field())
     _assert_reproduces(W.committed_metrics(logits, labels, cal["temperature"], cal["threshold"]), committed)
     # the same check fails on a shifted threshold and on a wrong temperature
     shifted = W.committed_metrics(logits, labels, cal["temperature"], cal["threshold"] + 0.05)

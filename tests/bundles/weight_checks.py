@@ -72,6 +72,13 @@ def classifier_views() -> list[str] | None:
     return read_json(BUNDLES / "cxr_pneumonia_classifier" / "models" / "calibration.json").get("views")
 
 
+def classifier_exposed_field() -> bool:
+    """Whether the shipped classifier reads the film's exposed field (``exposed_field`` in ``models/calibration.json``)."""
+    from cxr_monai.utils import read_json
+
+    return bool(read_json(BUNDLES / "cxr_pneumonia_classifier" / "models" / "calibration.json").get("exposed_field"))
+
+
 def classifier_auc(net: nn.Module, per_class: int = 30) -> float:
     """AUC of PNEUMONIA on the first ``per_class`` images of each class of the patient-aware validation split
     of kermany224/train (the split the shipped model was validated on, never trained on)."""
@@ -84,7 +91,7 @@ def classifier_auc(net: nn.Module, per_class: int = 30) -> float:
     _, val = training_split(require_shared("kermany224", "train"), 0.15, 0)
     items = [d for d in val if int(d["label"]) == 0][:per_class] + [d for d in val if int(d["label"]) == 1][:per_class]
     pre = Compose(classifier_preprocessing(["image"], classifier_image_size(), lung_field=classifier_lung_field(),
-                                           views=classifier_views()))
+                                           views=classifier_views(), exposed_field=classifier_exposed_field()))
     x = torch.stack([torch.as_tensor(pre({"image": d["image"]})["image"]) for d in items])
     with torch.no_grad():
         p = torch.softmax(net.eval()(x), 1)[:, 1].numpy()
@@ -148,7 +155,7 @@ def generator_fidelity(net: nn.Module, per_class: int = 24) -> tuple[float, floa
     cls = classifier_network()
     cal = read_json(BUNDLES / "cxr_pneumonia_classifier" / "models" / "calibration.json")
     pre = Compose(classifier_preprocessing(["image"], classifier_image_size(), lung_field=classifier_lung_field(),
-                                           views=classifier_views()))
+                                           views=classifier_views(), exposed_field=classifier_exposed_field()))
     out = []
     for c in (0, 1):
         imgs, _ = generate(net, per_class, c, seed=123)
@@ -161,14 +168,15 @@ def generator_fidelity(net: nn.Module, per_class: int = 24) -> tuple[float, floa
 
 
 def classifier_logits(net: nn.Module, items: list[dict], image_size: int, lung_field: Path | None = None,
-                      views: list[str] | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Logits of ``net`` on ``items`` (the bundle's classifier preprocessing, with ``lung_field`` and ``views`` as
-    the classifier's calibration names them) and their labels."""
+                      views: list[str] | None = None, exposed_field: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits of ``net`` on ``items`` (the bundle's classifier preprocessing, with ``lung_field``, ``views`` and
+    ``exposed_field`` as the classifier's calibration names them) and their labels."""
     from monai.transforms import Compose
 
     from cxr_monai.transforms import classifier_preprocessing
 
-    pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field, views=views))
+    pre = Compose(classifier_preprocessing(["image"], image_size, lung_field=lung_field, views=views,
+                                           exposed_field=exposed_field))
     logits = []
     for i in range(0, len(items), 64):
         x = torch.stack([torch.as_tensor(pre({"image": d["image"]})["image"]) for d in items[i:i + 64]])
