@@ -19,6 +19,8 @@ new procedural negatives, real CT/MR slices from pydicom's test files and the sh
 
 from __future__ import annotations
 
+import functools
+
 import json
 import logging
 import math
@@ -64,7 +66,7 @@ def _progress(iterable, total: int | None = None, desc: str = "", enabled: bool 
 
 def preprocess_images(items: Sequence[Any], image_size: int, progress: bool = False, desc: str = "",
                       lung_field: Any = None, framing: str | Sequence[str] | None = None,
-                      return_boxes: bool = False):
+                      return_boxes: bool = False, exposed_field: bool = False):
     """The classifier's network input (N, 1, S, S) for paths or ``(1, H, W)`` arrays, through the one
     classifier preprocessing (:func:`cxr_monai.transforms.classifier_preprocessing`, with its lung-field view
     when ``lung_field`` is given), stored as uint8.
@@ -76,8 +78,11 @@ def preprocess_images(items: Sequence[Any], image_size: int, progress: bool = Fa
         lung_field: the lung-field network (path or :class:`~cxr_monai.transforms.LungField`); ``None``: whole film.
         framing: re-frame each film first (:func:`cxr_monai.transforms.reframe`): one framing for all, or one per item.
         return_boxes: also return each image's lung-field box (dicts; empty without ``lung_field``).
+        exposed_field: crop each film to its exposed field first (a gate that reads it, ``exposed_field`` in its
+            metadata).
     """
-    pre = Compose(classifier_preprocessing(["image"], int(image_size), lung_field=lung_field))
+    pre = Compose(classifier_preprocessing(["image"], int(image_size), lung_field=lung_field,
+                                           exposed_field=exposed_field))
     framings = [framing] * len(items) if framing is None or isinstance(framing, str) else list(framing)
     out = torch.empty((len(items), 1, image_size, image_size), dtype=torch.uint8)
     boxes = []
@@ -197,6 +202,7 @@ def train_scope_gate(
     lung_field: Any = None,
     min_crop: float = 0.6,
     orientation_every: int = 4,
+    exposed_field: bool = False,
 ) -> dict[str, Any]:
     """Train the gate, calibrate its thresholds and write it (:func:`cxr_monai.scope.save_scope_gate`).
 
@@ -223,6 +229,7 @@ def train_scope_gate(
         orientation_every: every n-th in-population training film, turned by 90, 180 or 270 degrees, is a
             negative (a turned film is out of scope).
     """
+    _pre = functools.partial(preprocess_images, exposed_field=exposed_field)
     t0 = time.time()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -237,24 +244,24 @@ def train_scope_gate(
     paths = [it["image"] for it in train_items]
     # in population: every training film whole and once more at a random central crop (tight collimation)
     crops = _random_crops(rng, len(paths), min_crop)
-    x_in = torch.cat([preprocess_images(paths, image_size, progress, "in population", lf),
-                      preprocess_images(paths, image_size, progress, "in population, cropped", lf, crops)])
+    x_in = torch.cat([_pre(paths, image_size, progress, "in population", lf),
+                      _pre(paths, image_size, progress, "in population, cropped", lf, crops)])
     val_paths = [it["image"] for it in val_items]
     val_crops = _random_crops(rng, len(val_paths), min_crop)
-    x_val = torch.cat([preprocess_images(val_paths, image_size, progress, "validation", lf),
-                       preprocess_images(val_paths, image_size, progress, "validation, cropped", lf, val_crops)])
+    x_val = torch.cat([_pre(val_paths, image_size, progress, "validation", lf),
+                       _pre(val_paths, image_size, progress, "validation, cropped", lf, val_crops)])
     # adults at every framing, and made bedside-like (lines, tubes, opacities)
     adult_imgs = [load_cxr(f)[0] for f in adult_train]
     bedside = [bedside_like(a, rng) for a in adult_imgs]
-    x_adult = torch.cat([preprocess_images(adult_imgs, image_size, progress, f"adults {fr}", lf, fr)
+    x_adult = torch.cat([_pre(adult_imgs, image_size, progress, f"adults {fr}", lf, fr)
                          for fr in ADULT_FRAMINGS]
-                        + [preprocess_images(bedside, image_size, progress, f"adults bedside {fr}", lf, fr)
+                        + [_pre(bedside, image_size, progress, f"adults bedside {fr}", lf, fr)
                            for fr in ("whole", "crop:0.7")])
     # orientation: children's films turned by 90, 180 or 270 degrees
     turns = [f"rot:{int(r)}" for r in rng.choice([90, 180, 270], len(paths[::orientation_every]))]
-    x_rot = preprocess_images(paths[::orientation_every], image_size, progress, "turned", lf, turns)
+    x_rot = _pre(paths[::orientation_every], image_size, progress, "turned", lf, turns)
     gen, _ = negative_set(n_generated_per_kind, seed, size=224)
-    x_gen = preprocess_images(gen, image_size, progress, "generated negatives", lf)
+    x_gen = _pre(gen, image_size, progress, "generated negatives", lf)
 
     net = scope_net(preset)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -296,6 +303,7 @@ def train_scope_gate(
         "preprocessing": "cxr_monai.transforms.classifier_preprocessing (the classifier's network input)",
         "output": "(N, 2): out-of-scope probability, Mahalanobis feature distance",
         "lung_field_sha256": file_sha256(lf) if isinstance(lf, (str, Path)) else None,
+        "exposed_field": bool(exposed_field),
         "training": {"in_population": len(x_in), "adults": len(adult_train), "adult_inputs": len(x_adult),
                      "adult_framings": list(ADULT_FRAMINGS) + ["bedside_like whole", "bedside_like crop:0.7"],
                      "turned": len(x_rot), "min_crop": min_crop, "generated": len(x_gen),
@@ -335,9 +343,11 @@ def report_scope_gate(gate_file: str | Path, dataset_dir: str | Path, adult_dir:
     _random_crops(rng, len(train_items), min_crop)  # the training crops come first from the same generator
     val_paths = [it["image"] for it in val_items]
     val_crops = _random_crops(rng, len(val_paths), min_crop)
-    x_val = torch.cat([preprocess_images(val_paths, gate.image_size, progress, "validation", lung_field),
+    ef = bool(gate.info.get("exposed_field"))
+    x_val = torch.cat([preprocess_images(val_paths, gate.image_size, progress, "validation", lung_field,
+                                         exposed_field=ef),
                        preprocess_images(val_paths, gate.image_size, progress, "validation, cropped", lung_field,
-                                         val_crops)])
+                                         val_crops, exposed_field=ef)])
     _, adult_test = adult_split(Path(adult_dir))
     report = scope_check_report(gate, x_val=x_val, adult_test=adult_test, image_size=gate.image_size, seed=seed + 1,
                                 extra_checks=extra_checks, site_dir=site_dir, progress=progress, lung_field=lung_field,
@@ -372,7 +382,8 @@ def scope_check_report(gate, x_val: torch.Tensor, adult_test: Sequence[Path], im
     lf = lung_field
 
     def pre(items, desc="", framing=None):
-        return preprocess_images(list(items), image_size, progress, desc, lf, framing, return_boxes=True)
+        return preprocess_images(list(items), image_size, progress, desc, lf, framing, return_boxes=True,
+                                 exposed_field=bool(gate.info.get("exposed_field")))
 
     report: dict[str, Any] = {"in_population_validation_whole_and_cropped_image_check_only": _rate(gate, x_val)}
     if val_paths is not None:
