@@ -82,7 +82,31 @@ def study_dir(tmp_path_factory) -> Path:
     (d / "truncated.dcm").write_bytes(data[: len(data) * 6 // 10])
     (d / "README.txt").write_text("not a DICOM file\n")
     _uid_cases(d, dicom)
+    _shutter_cases(d, PROJECT_ROOT / "examples" / "kermany" / NORMAL_FILM)
     return d
+
+
+FRAMED = {"framed_black_0.2.dcm": (0.2, 0), "framed_white_0.15.dcm": (0.15, 255)}
+
+
+def _shutter_cases(d: Path, film: Path) -> None:
+    """The real NORMAL example with a shutter frame burned into its pixels (black 0.2, white 0.15 of each side),
+    and the same film cropped to what each frame leaves (as separate studies)."""
+    for name, (f, value) in FRAMED.items():
+        for kind in ("framed", "cropped"):
+            ds = pydicom.dcmread(film)
+            arr = ds.pixel_array.copy()
+            h, w = arr.shape
+            dy, dx = round(h * f), round(w * f)
+            if kind == "framed":
+                arr[:dy], arr[h - dy:], arr[:, :dx], arr[:, w - dx:] = value, value, value, value
+            else:
+                arr = np.ascontiguousarray(arr[dy:h - dy, dx:w - dx])
+                ds.Rows, ds.Columns = arr.shape
+            ds.PixelData = arr.tobytes()
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+            ds.save_as(d / (name if kind == "framed" else name.replace("framed", "cropped")))
 
 
 def _uid_cases(d: Path, dicom: Path) -> None:
@@ -138,11 +162,13 @@ def test_every_input_is_processed_skipped_or_failed_with_a_reason(in_process, st
     out, summary = in_process
     images = _images(summary)
     assert json.loads((out / "results.json").read_text())["counts"] == summary["counts"]
-    ok = {n for n, i in images.items() if i["status"] == "ok"}
+    shutter = {n for n in images if n.startswith(("framed_", "cropped_"))}  # their own test
+    assert len(shutter) == 2 * len(FRAMED)
+    ok = {n for n, i in images.items() if i["status"] == "ok"} - shutter
     assert ok == {"phantom_512.dcm", "phantom_2048.dcm", "kermany_child.dcm", NORMAL_FILM, PNEUMONIA_FILM}
     # the intended-population gate: the shared CRs are adults (their pixels; PatientAge 62Y), the DX thorax too
     # (its pixels), the extremity by its header, the child's pixels with an adult age by the age rule
-    out_of_scope = {n: i for n, i in images.items() if i["status"] == "out_of_scope"}
+    out_of_scope = {n: i for n, i in images.items() if i["status"] == "out_of_scope" and n not in shutter}
     assert set(out_of_scope) == {"cr_chest_pa_mono1_jpeg.dcm", "dx_thorax_mono1_small.dcm",
                                  "cr_extremity_mono1_j2k.dcm", "kermany_pixels_adult_age.dcm"}
     assert "EXTREMITY" in out_of_scope["cr_extremity_mono1_j2k.dcm"]["reason"]
@@ -153,7 +179,8 @@ def test_every_input_is_processed_skipped_or_failed_with_a_reason(in_process, st
         assert "summary" in img["outputs"], name  # "not assessed" and why, burned into a summary SC
         assert img["scope"]["in_scope"] is False and img["scope"]["reason"] == img["reason"]
     assert "enhanced" in out_of_scope["kermany_pixels_adult_age.dcm"]["outputs"]
-    assert summary["counts"]["out_of_scope"] == 4 and "children" in summary["intended_use"]
+    refused_shutter = sum(images[n]["status"] == "out_of_scope" for n in shutter)
+    assert summary["counts"]["out_of_scope"] == 4 + refused_shutter and "children" in summary["intended_use"]
     assert images["truncated.dcm"]["status"] == "failed" and "truncated" in images["truncated.dcm"]["reason"]
     rejected = {Path(f["file"]).name: f for f in summary["files_rejected"]}
     # the shared MONOCHROME2 CR has the SOPInstanceUID of its MONOCHROME1 twin: one instance, the second file skipped
@@ -235,6 +262,25 @@ def test_finding_is_burned_into_the_gradcam_sc(in_process) -> None:
     band = sc.pixel_array[: sc.Rows - 512]
     assert (band == [255, 215, 0]).all(axis=-1).any() and 0.01 < (band.max(axis=-1) > 128).mean() < 0.5
     np.testing.assert_array_equal(np.asarray(Image.open(img["outputs"]["gradcam_png"])), sc.pixel_array)
+
+
+def test_a_shutter_frame_is_cropped_off_and_the_film_read_as_its_crop(in_process) -> None:
+    """The app crops a burned-in shutter frame (black or white) off before the gate and the classifier: the framed
+    film gets the decision and, to float noise, the probability of the same film cropped to its exposed field, and
+    results.json records the frame; a film without a frame records none."""
+    images = _images(in_process[1])
+    for name, (f, _) in FRAMED.items():
+        framed, cropped = images[name], images[name.replace("framed", "cropped")]
+        assert framed["status"] == cropped["status"], (name, framed["status"], framed.get("reason"))
+        assert framed["scope"]["in_scope"] == cropped["scope"]["in_scope"]
+        if not cropped["scope"]["in_scope"]:
+            continue
+        field = framed["classification"]["exposed_field"]
+        assert field and field["found"] and abs(field["top"] - f) < 0.01 and abs(1 - field["right"] - f) < 0.01
+        assert framed["classification"]["label"] == cropped["classification"]["label"]
+        assert abs(framed["classification"]["probability"] - cropped["classification"]["probability"]) < 0.02
+    assert images[NORMAL_FILM]["classification"]["exposed_field"] is None
+    assert any(images[n]["scope"]["in_scope"] for n in FRAMED)  # at least one framed film was read
 
 
 def test_timings_on_two_cores(in_process) -> None:
