@@ -225,20 +225,6 @@ def exposed_box(x: Any) -> dict[str, Any] | None:
     return dict(field) if field.get("found") else None
 
 
-def lung_mask_on_film(lung_field: Any, image: np.ndarray | torch.Tensor,
-                      field: Mapping[str, Any] | None = None) -> np.ndarray:
-    """The widened lung mask on the film (:meth:`~cxr_monai.transforms.LungField.mask_on_film`), found on the
-    exposed field when the film was cropped to it (``field``) and zero on the frame."""
-    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, dtype=np.float32)
-    if not field:
-        return lung_field.mask_on_film(arr)
-    h, w = arr.shape[-2:]
-    y0, x0, y1, x1 = box_pixels(field, h, w, eps=1e-6)
-    out = np.zeros((h, w), bool)
-    out[y0:y1, x0:x1] = lung_field.mask_on_film(arr[..., y0:y1, x0:x1])
-    return out
-
-
 def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Mapping[str, Any],
              device: str | torch.device = "cpu", with_cam: bool = False, lung_field: Any = None,
              bf16: bool = True) -> dict[str, Any]:
@@ -298,7 +284,7 @@ def classify(model: torch.nn.Module, image: np.ndarray | torch.Tensor, info: Map
             out["cam"] = view_to_film(cam, box or field, shape)
         out["cam_view"] = cam
         if lung_field is not None:  # shown inside the lung field (the mask widened by 5 % of the film)
-            out["cam"] = out["cam"] * lung_mask_on_film(lung_field, image, field)
+            out["cam"] = out["cam"] * lung_field.mask_on_film(image, field=field)
             peak = float(out["cam"].max())
             out["cam"] = out["cam"] / peak if peak > 0 else out["cam"]
         out["cam_class"] = names[label_idx]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from monai.transforms import Compose
 
-from cxr_monai.inference import check_scope, classifier_input, lung_mask_on_film, view_to_film
+from cxr_monai.inference import check_scope, classifier_input, view_to_film
 from cxr_monai.io import load_cxr
 from cxr_monai.scope import gate_reading_exposed_field, load_scope_check, load_scope_gate
 from cxr_monai.transforms import (ExposedFieldCrop, classifier_preprocessing, compose_box, exposed_field,
@@ -123,7 +123,7 @@ def test_a_framed_film_is_preprocessed_as_its_crop() -> None:
     # maps and masks go back on the film inside the exposed field, zero on the frame
     cam = view_to_film(np.ones((12, 12), np.float32), a.meta["exposed_field"], (h, w))
     assert cam[:, :x0 - 1].max() == 0 and cam[: y0 - 1].max() == 0 and cam[y0 + 2: y1 - 2, x0 + 2: x1 - 2].min() == 1
-    mask = lung_mask_on_film(lung, framed, a.meta["exposed_field"])
+    mask = lung.mask_on_film(framed, field=a.meta["exposed_field"])
     assert mask.shape == (h, w) and mask.any() and not mask[:, : x0 - 1].any() and not mask[: y0 - 1].any()
 
 

@@ -140,7 +140,6 @@ def gate_with_pass_region(scope_gate_file: str | os.PathLike, output_file: str |
     return save_torchscript_with_meta(module, info, Path(output_file))
 
 
-
 def gate_reading_exposed_field(scope_gate_file: str | os.PathLike, output_file: str | os.PathLike,
                                on: bool = True) -> Path:
     """A copy of a gate (same network, thresholds and pass region) that crops each film to its exposed field

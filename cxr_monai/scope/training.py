@@ -20,7 +20,6 @@ new procedural negatives, real CT/MR slices from pydicom's test files and the sh
 from __future__ import annotations
 
 import functools
-
 import json
 import logging
 import math

@@ -26,7 +26,7 @@ from cxr_monai.commissioning import commission, logodds_from_logits
 from cxr_monai.data.phantom import make_phantom, phantom_anatomy
 from cxr_monai.data.splits import patient_id
 from cxr_monai.explain import cam_mass_inside, gradcam_split
-from cxr_monai.inference import exposed_box, lung_mask_on_film, view_to_film
+from cxr_monai.inference import exposed_box, view_to_film
 from cxr_monai.io import load_cxr
 from cxr_monai.metrics.classification import roc_auc
 from cxr_monai.networks import classifier_ensemble
@@ -311,7 +311,7 @@ def gradcam_in_lungs(network: torch.nn.Module, calibration: Mapping[str, Any], l
                        for v, c in zip(views, cams))
         else:
             film = view_to_film(gradcam_split(network.cam_features, head, x, 1)[0], box or field, img.shape[-2:])
-        shown = film * lung_mask_on_film(lung_field, img, field) if lung_field is not None else film
+        shown = film * lung_field.mask_on_film(img, field=field) if lung_field is not None else film
         return film, shown, p
 
     shares, shown_shares = [], []

@@ -106,8 +106,8 @@ def exposed_field(image: np.ndarray | torch.Tensor, tolerance: float = 0.1, shar
     scanner's border line). A frame has a sharp edge somewhere: at least one side's run must end in a step (its
     median differs by at least ``min_step`` from the median of the ``step_depth`` of the side beyond it); runs on
     the other sides count when their value is the same (within ``tolerance``): anatomy that fades evenly, such as
-    the abdomen at the bottom of a tight crop, is not a frame. When the field left would be under ``min_field`` of the film's height or width (an
-    almost uniform image: not a film), nothing is cropped.
+    the abdomen at the bottom of a tight crop, is not a frame. When the field left would be under ``min_field`` of
+    the film's height or width (an almost uniform image: not a film), nothing is cropped.
 
     A film is cropped only when its frame is a shutter, unlike the films the models were trained on: a frame on the
     top or bottom, a bright frame (median above 0.5), or a dark band on the left or right wider than
@@ -153,15 +153,12 @@ class ExposedFieldCrop(Transform):
     whole film, ``found`` false).
 
     Args:
-        tolerance, share, min_frame, min_field, max_side_band, min_step, step_depth: as :func:`exposed_field`
-            takes them.
+        kwargs: the detector's settings, as :func:`exposed_field` takes them (its defaults are the shipped ones).
     """
 
-    def __init__(self, tolerance: float = 0.1, share: float = 0.9, min_frame: float = 0.01,
-                 min_field: float = 0.3, max_side_band: float = 0.12, min_step: float = 0.15,
-                 step_depth: float = 0.03) -> None:
-        self.kwargs = {"tolerance": tolerance, "share": share, "min_frame": min_frame, "min_field": min_field,
-                       "max_side_band": max_side_band, "min_step": min_step, "step_depth": step_depth}
+    def __init__(self, **kwargs: float) -> None:
+        exposed_field(np.zeros((4, 4), np.float32), **kwargs)  # unknown or out-of-range settings fail here
+        self.kwargs = dict(kwargs)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         t = img if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img, dtype=np.float32))

@@ -176,10 +176,18 @@ class LungField:
         """The :class:`LungBox` of each film of a batch."""
         return [lung_box(p[0], self.margin, self.min_lung_fraction) for p in self.probability(images)]
 
-    def mask_on_film(self, image: np.ndarray | torch.Tensor, widen: float = 0.05) -> np.ndarray:
+    def mask_on_film(self, image: np.ndarray | torch.Tensor, widen: float = 0.05,
+                     field: Mapping[str, Any] | None = None) -> np.ndarray:
         """``(H, W)`` boolean lung mask of one ``(1, H, W)`` film, widened by ``widen`` of the film's side (a
-        max filter), at the film's size: where Grad-CAM is shown."""
+        max filter), at the film's size: where Grad-CAM is shown. With ``field`` (the exposed field the film was
+        cropped to, :mod:`~cxr_monai.transforms.exposed_field`) the mask is found on that field and is zero on the
+        frame."""
         x = _film(image)
+        if field:
+            y0, x0, y1, x1 = box_pixels(field, int(x.shape[-2]), int(x.shape[-1]), eps=1e-6)
+            out = np.zeros(tuple(x.shape[-2:]), bool)
+            out[y0:y1, x0:x1] = self.mask_on_film(x[:, y0:y1, x0:x1], widen)
+            return out
         m = (self.probability(x[None].float()) > 0.5).float()
         k = 2 * max(1, round(widen * self.input_size)) + 1
         m = F.max_pool2d(m, k, stride=1, padding=k // 2)
